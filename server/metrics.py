@@ -1,0 +1,111 @@
+"""Every Prometheus metric roomhub exports, defined once.
+
+Names and labels are part of the interface (dashboards, recording rules and k6 tests use
+them); see docs/metrics.md. Labels only take values from the fixed enums below, never room
+or user names. Queue gauges are computed at scrape time from callbacks that the app
+registers with :func:`set_scrape_sources`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+os.environ.setdefault("PROMETHEUS_DISABLE_CREATED_SERIES", "True")
+
+from prometheus_client import Counter, Gauge, Histogram  # noqa: E402
+
+CLOSE_REASONS = (
+    "normal",
+    "client_gone",
+    "slow_consumer",
+    "rate_limited",
+    "protocol_error",
+    "too_big",
+    "heartbeat_timeout",
+    "shutdown",
+    "error",
+)
+REJECT_REASONS = ("origin", "bad_room", "bad_user", "capacity")
+MESSAGE_KINDS = ("message", "command", "invalid")
+BOT_RESULTS = ("ok", "unknown_symbol", "upstream_error", "timeout", "rejected")
+
+# Fan-out and loop lag: 50 µs .. 1 s (seconds).
+FAST_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+# Bot latency and upstream calls: 5 ms .. 10 s (seconds).
+BOT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+RECIPIENT_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+CONNECTIONS = Gauge("chat_connections", "Open WebSocket connections.")
+ROOMS = Gauge("chat_rooms", "Rooms with a running hub.")
+CONNECTIONS_OPENED = Counter(
+    "chat_connections_opened", "Successful WebSocket upgrades."
+)
+CONNECTIONS_CLOSED = Counter(
+    "chat_connections_closed", "WebSocket connections closed, by reason.", ["reason"]
+)
+HANDSHAKES_REJECTED = Counter(
+    "chat_handshakes_rejected", "Upgrade requests refused before the upgrade, by reason.", ["reason"]
+)
+MESSAGES_RECEIVED = Counter(
+    "chat_messages_received", "Client frames received, by kind.", ["kind"]
+)
+EVENTS_DELIVERED = Counter(
+    "chat_events_delivered", "Events handed to recipients (one per event per recipient)."
+)
+FRAMES_SENT = Counter("chat_frames_sent", "WebSocket frames written to clients.")
+BROADCAST_FANOUT = Histogram(
+    "chat_broadcast_fanout_seconds",
+    "Time to hand one event (or one batch) to every member of its room.",
+    buckets=FAST_BUCKETS,
+)
+BROADCAST_RECIPIENTS = Histogram(
+    "chat_broadcast_recipients", "Members per broadcast.", buckets=RECIPIENT_BUCKETS
+)
+HUB_QUEUE_DEPTH = Gauge("chat_hub_queue_depth", "Events waiting in hub inboxes (all rooms).")
+CLIENT_QUEUE_DEPTH = Gauge(
+    "chat_client_queue_depth", "Events waiting in client outboxes (all clients)."
+)
+ASYNCIO_TASKS = Gauge("chat_asyncio_tasks", "Tasks alive in the event loop.")
+EVENT_LOOP_LAG = Histogram(
+    "chat_event_loop_lag_seconds",
+    "Scheduling delay of a periodic event-loop probe.",
+    buckets=FAST_BUCKETS,
+)
+BOT_COMMANDS = Counter("chat_bot_commands", "Bot commands, by result.", ["result"])
+BOT_LATENCY = Histogram(
+    "chat_bot_latency_seconds",
+    "Bot command received to reply broadcast.",
+    buckets=BOT_BUCKETS,
+)
+BOT_UPSTREAM = Histogram(
+    "chat_bot_upstream_seconds", "One call to the quote service.", buckets=BOT_BUCKETS
+)
+BOT_QUEUE_DEPTH = Gauge("chat_bot_queue_depth", "Bot commands waiting for a worker.")
+BUILD_INFO = Gauge("chat_build_info", "Build and mode; always 1.", ["version", "hub_mode"])
+
+for _reason in CLOSE_REASONS:
+    CONNECTIONS_CLOSED.labels(_reason)
+for _reason in REJECT_REASONS:
+    HANDSHAKES_REJECTED.labels(_reason)
+for _kind in MESSAGE_KINDS:
+    MESSAGES_RECEIVED.labels(_kind)
+for _result in BOT_RESULTS:
+    BOT_COMMANDS.labels(_result)
+
+
+def set_scrape_sources(
+    *,
+    hub_queue_depth: Callable[[], float],
+    client_queue_depth: Callable[[], float],
+    bot_queue_depth: Callable[[], float],
+    asyncio_tasks: Callable[[], float],
+) -> None:
+    """Point the queue and task gauges at callbacks evaluated on each scrape."""
+    HUB_QUEUE_DEPTH.set_function(hub_queue_depth)
+    CLIENT_QUEUE_DEPTH.set_function(client_queue_depth)
+    BOT_QUEUE_DEPTH.set_function(bot_queue_depth)
+    ASYNCIO_TASKS.set_function(asyncio_tasks)
