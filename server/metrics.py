@@ -41,18 +41,16 @@ RECIPIENT_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
 CONNECTIONS = Gauge("chat_connections", "Open WebSocket connections.")
 ROOMS = Gauge("chat_rooms", "Rooms with a running hub.")
-CONNECTIONS_OPENED = Counter(
-    "chat_connections_opened", "Successful WebSocket upgrades."
-)
+CONNECTIONS_OPENED = Counter("chat_connections_opened", "Successful WebSocket upgrades.")
 CONNECTIONS_CLOSED = Counter(
     "chat_connections_closed", "WebSocket connections closed, by reason.", ["reason"]
 )
 HANDSHAKES_REJECTED = Counter(
-    "chat_handshakes_rejected", "Upgrade requests refused before the upgrade, by reason.", ["reason"]
+    "chat_handshakes_rejected",
+    "Upgrade requests refused before the upgrade, by reason.",
+    ["reason"],
 )
-MESSAGES_RECEIVED = Counter(
-    "chat_messages_received", "Client frames received, by kind.", ["kind"]
-)
+MESSAGES_RECEIVED = Counter("chat_messages_received", "Client frames received, by kind.", ["kind"])
 EVENTS_DELIVERED = Counter(
     "chat_events_delivered", "Events handed to recipients (one per event per recipient)."
 )
@@ -99,12 +97,16 @@ for _result in BOT_RESULTS:
 
 def set_scrape_sources(
     *,
+    connections: Callable[[], float],
+    rooms: Callable[[], float],
     hub_queue_depth: Callable[[], float],
     client_queue_depth: Callable[[], float],
     bot_queue_depth: Callable[[], float],
     asyncio_tasks: Callable[[], float],
 ) -> None:
-    """Point the queue and task gauges at callbacks evaluated on each scrape."""
+    """Point the state gauges at callbacks evaluated on each scrape."""
+    CONNECTIONS.set_function(connections)
+    ROOMS.set_function(rooms)
     HUB_QUEUE_DEPTH.set_function(hub_queue_depth)
     CLIENT_QUEUE_DEPTH.set_function(client_queue_depth)
     BOT_QUEUE_DEPTH.set_function(bot_queue_depth)

@@ -1,0 +1,137 @@
+"""The application factory: routes, shared objects and their lifetimes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp_jinja2
+import httpx
+import jinja2
+from aiohttp import web
+
+from . import metrics
+from .bot.providers import make_provider
+from .bot.stockbot import StockBot
+from .config import Settings
+from .hub import GlobalHub, ShardedHubs
+from .keys import ServerState, bot_key, hubs_key, http_client_key, settings_key, state_key
+from .protocol import CLOSE_SHUTDOWN
+from .views import VERSION, setup_routes
+
+log = logging.getLogger("roomhub.app")
+
+LOOP_PROBE_INTERVAL = 0.25  # seconds between event-loop lag probes
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+        "form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+async def http_client_context(app: web.Application) -> AsyncIterator[None]:
+    """One shared ``httpx.AsyncClient`` for quote calls, with pool limits."""
+    settings = app[settings_key]
+    limits = httpx.Limits(
+        max_connections=settings.bot_workers * 2, max_keepalive_connections=settings.bot_workers
+    )
+    async with httpx.AsyncClient(limits=limits, timeout=settings.bot_timeout) as client:
+        app[http_client_key] = client
+        yield
+
+
+async def bot_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[settings_key]
+    provider = make_provider(settings.quote_provider, settings.quote_url, app[http_client_key])
+    bot = StockBot(
+        provider,
+        workers=settings.bot_workers,
+        queue_size=settings.bot_queue_size,
+        timeout=settings.bot_timeout,
+        cache_ttl=settings.bot_cache_ttl,
+    )
+    await bot.start()
+    app[bot_key] = bot
+    yield
+    await bot.stop()
+
+
+async def hubs_context(app: web.Application) -> AsyncIterator[None]:
+    settings, state = app[settings_key], app[state_key]
+    hubs = (
+        GlobalHub(settings.history_size)
+        if settings.hub_mode == "global"
+        else ShardedHubs(settings.history_size, settings.room_grace)
+    )
+    app[hubs_key] = hubs
+    loop = asyncio.get_running_loop()
+    bot = app[bot_key]
+    metrics.set_scrape_sources(
+        connections=lambda: len(state.connections),
+        rooms=hubs.room_count,
+        hub_queue_depth=hubs.queue_depth,
+        client_queue_depth=lambda: sum(len(c.outbox) for c in state.connections),
+        bot_queue_depth=bot.queue_depth,
+        asyncio_tasks=lambda: len(asyncio.all_tasks(loop)),
+    )
+    yield
+    await hubs.stop()
+
+
+async def loop_monitor_context(app: web.Application) -> AsyncIterator[None]:
+    """Observe ``chat_event_loop_lag_seconds``: how late a periodic sleep wakes up."""
+
+    async def probe() -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(LOOP_PROBE_INTERVAL)
+            lag = time.perf_counter() - started - LOOP_PROBE_INTERVAL
+            metrics.EVENT_LOOP_LAG.observe(max(lag, 0.0))
+
+    task = asyncio.create_task(probe(), name="loop-monitor")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def shutdown_connections(app: web.Application) -> None:
+    """Refuse new upgrades, flush outboxes for a bounded time, then close everyone with 1001."""
+    settings, state = app[settings_key], app[state_key]
+    state.shutting_down = True
+    conns = list(state.connections)
+    log.info("shutdown", extra={"fields": {"connections": len(conns)}})
+    if not conns:
+        return
+    budget = max(settings.shutdown_timeout / 2, 0.1)
+    await asyncio.gather(*(c.flush(budget) for c in conns))
+    for conn in conns:
+        conn.close_reason = conn.close_reason or "shutdown"
+    await asyncio.gather(
+        *(c.close_now(CLOSE_SHUTDOWN, "server shutdown") for c in conns), return_exceptions=True
+    )
+
+
+async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the roomhub application for ``settings``."""
+    app = web.Application()
+    app[settings_key] = settings
+    app[state_key] = ServerState()
+    metrics.BUILD_INFO.labels(VERSION, settings.hub_mode).set(1)
+    aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("server", "templates"), autoescape=True)
+    setup_routes(app)
+    app.cleanup_ctx.extend([http_client_context, bot_context, hubs_context, loop_monitor_context])
+    app.on_shutdown.append(shutdown_connections)
+    app.on_response_prepare.append(add_security_headers)
+    return app

@@ -1,0 +1,28 @@
+"""Typed application keys: every object the app shares between handlers and lifetimes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httpx
+from aiohttp import web
+
+from .bot.stockbot import StockBot
+from .config import Settings
+from .connection import Connection
+from .hub import Hubs
+
+
+@dataclass(slots=True)
+class ServerState:
+    """Mutable server-wide state: open connections and whether shutdown has begun."""
+
+    connections: set[Connection] = field(default_factory=set)
+    shutting_down: bool = False
+
+
+settings_key = web.AppKey("settings_key", Settings)
+state_key = web.AppKey("state_key", ServerState)
+hubs_key = web.AppKey("hubs_key", Hubs)
+http_client_key = web.AppKey("http_client_key", httpx.AsyncClient)
+bot_key = web.AppKey("bot_key", StockBot)

@@ -1,0 +1,180 @@
+"""WebSocket protocol v1: query validation, inbound frames, outbound events, close codes.
+
+The wire format is specified for users in docs/protocol.md. Outbound events are encoded
+once (``orjson``) and the bytes are shared by every recipient; :func:`batch` joins several
+encoded events into one JSON array frame.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+import orjson
+
+# Close codes (RFC 6455 section 7.4.1; 1013 "Try Again Later" from the IANA registry).
+CLOSE_NORMAL = 1000
+CLOSE_SHUTDOWN = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_OVERLOADED = 1013
+
+MAX_TEXT = 2000
+MAX_CLIENT_ID = 64
+MAX_USER = 32
+ROOM_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class ProtocolError(ValueError):
+    """Bad client input. ``code`` is the machine-readable error code, ``detail`` the text."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """A validated inbound ``message`` frame."""
+
+    text: str
+    id: str | None = None
+    sent: float | None = None
+
+
+def validate_room(raw: str | None) -> str:
+    """Return the room name; raise ``ProtocolError('bad_room')`` unless 1-64 of [A-Za-z0-9_.-]."""
+    if raw is None or not ROOM_RE.fullmatch(raw):
+        raise ProtocolError("bad_room", "room must be 1-64 characters of A-Z a-z 0-9 _ . -")
+    return raw
+
+
+def validate_user(raw: str | None) -> str:
+    """Return the trimmed user name, or ``guest-xxxx`` when missing or blank.
+
+    Raises ``ProtocolError('bad_user')`` when longer than 32 characters or not printable.
+    """
+    name = (raw or "").strip()
+    if not name:
+        return f"guest-{secrets.token_hex(2)}"
+    if len(name) > MAX_USER or not name.isprintable():
+        raise ProtocolError("bad_user", "user must be 1-32 printable characters")
+    return name
+
+
+def validate_since(raw: str | None) -> int | None:
+    """Return the last sequence number the client saw, or None; ``bad_since`` if not an int >= 0."""
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise ProtocolError("bad_since", "since must be a non-negative integer")
+    return int(raw)
+
+
+def parse_frame(data: str) -> ChatMessage:
+    """Parse one client text frame.
+
+    Raises ``ProtocolError`` with code ``bad_json`` (not a JSON object), ``bad_message``
+    (unknown type, wrong field types, empty text) or ``too_long`` (text over 2000 chars).
+    """
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("bad_json", "frame is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_json", "frame must hold one JSON object")
+    kind = obj.get("type")
+    if kind != "message":
+        raise ProtocolError("bad_message", f"unknown type {str(kind)[:32]!r}")
+    text = obj.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ProtocolError("bad_message", "text must be a non-empty string")
+    if len(text) > MAX_TEXT:
+        raise ProtocolError("too_long", f"text is longer than {MAX_TEXT} characters")
+    client_id = obj.get("id")
+    if client_id is not None and (not isinstance(client_id, str) or len(client_id) > MAX_CLIENT_ID):
+        raise ProtocolError("bad_message", f"id must be a string of at most {MAX_CLIENT_ID} chars")
+    sent = obj.get("sent")
+    if sent is not None and (
+        isinstance(sent, bool) or not isinstance(sent, int | float) or not math.isfinite(sent)
+    ):
+        raise ProtocolError("bad_message", "sent must be a number (client ms)")
+    return ChatMessage(text, client_id, sent)
+
+
+def client_id_of(data: str) -> str | None:
+    """Best-effort ``id`` of a frame that failed validation, for ``reply_to``."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    cid = obj.get("id") if isinstance(obj, dict) else None
+    return cid if isinstance(cid, str) and len(cid) <= MAX_CLIENT_ID else None
+
+
+def now_ms() -> int:
+    """Server wall clock in milliseconds since the Unix epoch."""
+    return time.time_ns() // 1_000_000
+
+
+def message_event(seq: int, room: str, user: str, msg: ChatMessage) -> bytes:
+    event: dict[str, object] = {
+        "type": "message",
+        "seq": seq,
+        "room": room,
+        "user": user,
+        "text": msg.text,
+        "ts": now_ms(),
+    }
+    if msg.id is not None:
+        event["id"] = msg.id
+    if msg.sent is not None:
+        event["sent"] = msg.sent
+    return orjson.dumps(event)
+
+
+def presence_event(kind: str, user: str, members: int) -> bytes:
+    """A ``join`` or ``leave`` event."""
+    return orjson.dumps({"type": kind, "user": user, "members": members, "ts": now_ms()})
+
+
+def welcome_event(room: str, user: str, seq: int, members: int, history: list[bytes]) -> bytes:
+    """The first event on a connection; ``history`` holds encoded ``message`` events, oldest first."""
+    head = orjson.dumps(
+        {"type": "welcome", "room": room, "user": user, "seq": seq, "members": members}
+    )
+    return head[:-1] + b',"history":[' + b",".join(history) + b"]}"
+
+
+def bot_event(user: str, text: str, ok: bool, reply_to: str | None) -> bytes:
+    return orjson.dumps(
+        {"type": "bot", "user": user, "text": text, "ts": now_ms(), "reply_to": reply_to, "ok": ok}
+    )
+
+
+def error_event(code: str, detail: str, reply_to: str | None = None) -> bytes:
+    event: dict[str, object] = {"type": "error", "code": code, "detail": detail}
+    if reply_to is not None:
+        event["reply_to"] = reply_to
+    return orjson.dumps(event)
+
+
+def batch(events: list[bytes]) -> bytes:
+    """One frame payload for encoded events: the event itself, or a JSON array of them."""
+    if len(events) == 1:
+        return events[0]
+    return b"[" + b",".join(events) + b"]"
+
+
+def frame_header(length: int) -> bytes:
+    """RFC 6455 section 5.2 header of an unmasked, final text frame with a ``length``-byte payload."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return bytes((0x81, 126)) + length.to_bytes(2, "big")
+    return bytes((0x81, 127)) + length.to_bytes(8, "big")

@@ -1,0 +1,236 @@
+"""HTTP and WebSocket handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import aiohttp_jinja2
+from aiohttp import WSMsgType, web
+from prometheus_client.aiohttp import make_aiohttp_handler
+from yarl import URL
+
+from . import metrics
+from .bot.commands import CommandError, parse_stock_command
+from .bot.stockbot import BotReply
+from .connection import Connection
+from .hub import BOT, JOIN, LEAVE, SAY
+from .keys import bot_key, hubs_key, settings_key, state_key
+from .protocol import (
+    CLOSE_INTERNAL,
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    ProtocolError,
+    bot_event,
+    client_id_of,
+    error_event,
+    parse_frame,
+    validate_room,
+    validate_since,
+    validate_user,
+)
+
+log = logging.getLogger("roomhub.views")
+
+ABUSE_STRIKES = 20
+"""Frames refused in a row by the rate limiter before the connection is closed with 1008."""
+
+VERSION = "0.1.0"
+
+
+def _rooms(request: web.Request) -> list[dict[str, object]]:
+    rooms = request.app[hubs_key].rooms()
+    return [{"name": name, "members": members} for name, members in sorted(rooms)]
+
+
+@aiohttp_jinja2.template("lobby.html")
+async def lobby(request: web.Request) -> dict[str, object]:
+    return {"rooms": _rooms(request), "version": VERSION}
+
+
+async def room_page(request: web.Request) -> web.Response:
+    try:
+        room = validate_room(request.match_info["room"])
+    except ProtocolError as exc:
+        raise web.HTTPBadRequest(text=exc.detail) from None
+    return aiohttp_jinja2.render_template("room.html", request, {"room": room, "version": VERSION})
+
+
+async def api_rooms(request: web.Request) -> web.Response:
+    """``{"rooms": [{"name": str, "members": int}, ...]}``, sorted by name."""
+    return web.json_response({"rooms": _rooms(request)})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 while accepting connections, 503 once shutdown has begun."""
+    if request.app[state_key].shutting_down:
+        return web.json_response({"status": "shutting_down"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+def _reject(status: int, reason: str | None, code: str, detail: str) -> web.Response:
+    if reason is not None:
+        metrics.HANDSHAKES_REJECTED.labels(reason).inc()
+    return web.json_response({"error": code, "detail": detail}, status=status)
+
+
+def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
+    """Browsers always send ``Origin`` on a WebSocket upgrade; other clients may omit it.
+
+    Allowed: no ``Origin``; an origin in ``allowed`` (``*`` allows any); with an empty
+    ``allowed``, an origin whose host[:port] is the request's own ``Host``.
+    """
+    origin = request.headers.get("Origin")
+    if origin is None or "*" in allowed:
+        return True
+    if allowed:
+        return origin.rstrip("/") in allowed
+    try:
+        return URL(origin).authority == request.host
+    except ValueError:
+        return False
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    """``GET /ws?room=ROOM&user=NAME[&since=SEQ]``: protocol v1 (docs/protocol.md)."""
+    app = request.app
+    settings, state = app[settings_key], app[state_key]
+    query = request.query
+    try:
+        room = validate_room(query.get("room"))
+    except ProtocolError as exc:
+        return _reject(400, "bad_room", exc.code, exc.detail)
+    try:
+        user = validate_user(query.get("user"))
+    except ProtocolError as exc:
+        return _reject(400, "bad_user", exc.code, exc.detail)
+    try:
+        since = validate_since(query.get("since"))
+    except ProtocolError as exc:
+        return _reject(400, None, exc.code, exc.detail)
+    if not origin_allowed(request, settings.allowed_origins):
+        return _reject(403, "origin", "bad_origin", "origin not allowed")
+    if state.shutting_down:
+        return _reject(503, None, "shutting_down", "server is shutting down")
+    if len(state.connections) >= settings.max_connections:
+        return _reject(503, "capacity", "capacity", "server is at its connection limit")
+
+    ws = web.WebSocketResponse(
+        compress=False,
+        max_msg_size=settings.max_msg_size,
+        heartbeat=settings.heartbeat or None,
+    )
+    try:
+        await ws.prepare(request)
+    except ConnectionError:
+        return ws
+    conn = Connection(
+        ws,
+        request,
+        room=room,
+        user=user,
+        outbox_limit=settings.outbox_limit,
+        rate=settings.rate_limit,
+        burst=settings.rate_burst,
+        write_delay=settings.write_delay,
+    )
+    hubs = app[hubs_key]
+    state.connections.add(conn)
+    metrics.CONNECTIONS_OPENED.inc()
+    log.info("connection_opened", extra={"fields": {"room": room, "user": user}})
+    hubs.post(room, JOIN, conn, since)
+    reason = "client_gone"
+    try:
+        reason = await _serve(request, conn)
+    except Exception:
+        log.exception("connection_failed", extra={"fields": {"room": room, "user": user}})
+        reason = "error"
+        await conn.close_now(CLOSE_INTERNAL, "internal error")
+    finally:
+        hubs.post(room, LEAVE, conn)
+        state.connections.discard(conn)
+        reason = conn.close_reason or reason
+        metrics.CONNECTIONS_CLOSED.labels(reason).inc()
+        log.info(
+            "connection_closed",
+            extra={"fields": {"room": room, "user": user, "reason": reason, "code": ws.close_code}},
+        )
+    return ws
+
+
+async def _serve(request: web.Request, conn: Connection) -> str:
+    """Read frames until the connection ends; return the close reason."""
+    ws = conn.ws
+    while True:
+        msg = await ws.receive()
+        if msg.type == WSMsgType.TEXT:
+            _on_text(request, conn, msg.data)
+        elif msg.type == WSMsgType.BINARY:
+            _on_invalid(conn, "bad_message", "binary frames are not supported")
+        elif msg.type == WSMsgType.CLOSE:
+            return "normal"
+        elif msg.type == WSMsgType.ERROR:
+            if ws.close_code == CLOSE_TOO_BIG:
+                return "too_big"
+            if isinstance(msg.data, asyncio.TimeoutError):
+                return "heartbeat_timeout"
+            return "protocol_error"
+        else:  # CLOSING / CLOSED
+            if isinstance(ws.exception(), asyncio.TimeoutError):
+                return "heartbeat_timeout"
+            return "client_gone"
+
+
+def _on_invalid(conn: Connection, code: str, detail: str, reply_to: str | None = None) -> None:
+    metrics.MESSAGES_RECEIVED.labels("invalid").inc()
+    conn.send_event(error_event(code, detail, reply_to))
+
+
+def _on_text(request: web.Request, conn: Connection, data: str) -> None:
+    if conn.closing:
+        return
+    if not conn.allow():
+        _on_invalid(conn, "rate_limited", "slow down", client_id_of(data))
+        if conn.strikes >= ABUSE_STRIKES:
+            conn.close(CLOSE_POLICY, "rate_limited", "rate limit exceeded")
+        return
+    try:
+        msg = parse_frame(data)
+        symbol = parse_stock_command(msg.text)
+    except ProtocolError as exc:
+        _on_invalid(conn, exc.code, exc.detail, client_id_of(data))
+        return
+    except CommandError as exc:
+        _on_invalid(conn, "bad_command", str(exc), msg.id)
+        return
+    app = request.app
+    hubs = app[hubs_key]
+    if symbol is None:
+        metrics.MESSAGES_RECEIVED.labels("message").inc()
+        hubs.post(conn.room, SAY, conn, msg)
+        return
+    metrics.MESSAGES_RECEIVED.labels("command").inc()
+    bot = app[bot_key]
+    room = conn.room
+
+    def deliver(reply: BotReply) -> None:
+        hubs.post(room, BOT, None, bot_event(bot.name, reply.text, reply.ok, reply.reply_to))
+
+    if not bot.submit(symbol, msg.id, deliver):
+        conn.send_event(error_event("busy", "the stock bot is busy, try again", msg.id))
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/", lobby, name="lobby")
+    app.router.add_get("/rooms/{room}", room_page, name="room")
+    app.router.add_get("/api/rooms", api_rooms)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/ws", websocket)
+    app.router.add_get("/metrics", make_aiohttp_handler())
+    app.router.add_static("/static/", Path(__file__).parent / "static", name="static")
