@@ -17,7 +17,7 @@ from .bot.providers import make_provider
 from .bot.stockbot import StockBot
 from .config import Settings
 from .hub import GlobalHub, ShardedHubs
-from .keys import ServerState, bot_key, hubs_key, http_client_key, settings_key, state_key
+from .keys import ServerState, bot_key, http_client_key, hubs_key, settings_key, state_key
 from .protocol import CLOSE_SHUTDOWN
 from .views import VERSION, setup_routes
 

@@ -39,12 +39,12 @@ class Connection:
         "_transport",
         "_updated",
         "_writer",
+        "burst",
         "close_reason",
         "outbox",
         "outbox_limit",
         "rate",
         "room",
-        "burst",
         "user",
         "write_delay",
         "ws",
@@ -140,11 +140,11 @@ class Connection:
         finally:
             self._writer = None
 
-    async def flush(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the outbox to be written."""
+    async def flush(self, budget: float) -> None:
+        """Wait up to ``budget`` seconds for the outbox to be written."""
         writer = self._writer
         if writer is not None:
-            await asyncio.wait([writer], timeout=timeout)
+            await asyncio.wait([writer], timeout=budget)
 
     # -- closing --------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 os.environ.setdefault("PROMETHEUS_DISABLE_CREATED_SERIES", "True")
 
-from prometheus_client import Counter, Gauge, Histogram  # noqa: E402
+from prometheus_client import Counter, Gauge, Histogram
 
 CLOSE_REASONS = (
     "normal",

@@ -144,7 +144,7 @@ def presence_event(kind: str, user: str, members: int) -> bytes:
 
 
 def welcome_event(room: str, user: str, seq: int, members: int, history: list[bytes]) -> bytes:
-    """The first event on a connection; ``history`` holds encoded ``message`` events, oldest first."""
+    """The first event on a connection; ``history``: encoded ``message`` events, oldest first."""
     head = orjson.dumps(
         {"type": "welcome", "room": room, "user": user, "seq": seq, "members": members}
     )
@@ -172,7 +172,7 @@ def batch(events: list[bytes]) -> bytes:
 
 
 def frame_header(length: int) -> bytes:
-    """RFC 6455 section 5.2 header of an unmasked, final text frame with a ``length``-byte payload."""
+    """RFC 6455 section 5.2 header of an unmasked final text frame of ``length`` bytes."""
     if length < 126:
         return bytes((0x81, length))
     if length < 65536:
