@@ -1,0 +1,52 @@
+"""Parse ``/stock=CODE`` chat commands into Stooq symbols.
+
+Stooq symbol conventions (https://stooq.com): US tickers carry a ``.US`` suffix
+(``aapl.us``), indices start with ``^`` and carry no suffix (``^spx``). A bare code such as
+``aapl`` is taken to be a US ticker.
+"""
+
+from __future__ import annotations
+
+import re
+
+STOCK_PREFIX = "/stock="
+MAX_CODE_LENGTH = 20
+US_SUFFIX = ".US"
+
+# An optional leading '^', then ASCII letters/digits, with inner '.' or '-' (BRK-B.US).
+_CODE = re.compile(r"\^?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+class CommandError(ValueError):
+    """A ``/stock=`` command with a malformed code; ``str(exc)`` is shown to the user."""
+
+
+def parse_stock_command(text: str) -> str | None:
+    """The normalized upper-case Stooq symbol of a ``/stock=CODE`` command.
+
+    ``text`` is a chat message. Returns ``None`` when it is not a bot command (after
+    stripping it does not start with ``/stock=``, compared case-insensitively). Otherwise
+    returns e.g. ``'aapl'`` -> ``'AAPL.US'``, ``'msft.us'`` -> ``'MSFT.US'``,
+    ``'^spx'`` -> ``'^SPX'``: a code holding a ``.`` or starting with ``^`` keeps its form,
+    any other code gets ``.US``.
+
+    Raises :class:`CommandError` when the code is empty, longer than 20 characters, or holds
+    anything but ASCII letters, digits, inner ``.``/``-`` and a leading ``^``.
+    """
+    stripped = text.strip()
+    head = stripped[: len(STOCK_PREFIX)]
+    if not (head.isascii() and head.lower() == STOCK_PREFIX):
+        return None
+    code = stripped[len(STOCK_PREFIX) :].strip()
+    if not code:
+        raise CommandError("missing stock code, e.g. /stock=AAPL")
+    if len(code) > MAX_CODE_LENGTH:
+        raise CommandError(f"stock code is longer than {MAX_CODE_LENGTH} characters")
+    if not _CODE.fullmatch(code):
+        raise CommandError(
+            "stock code may hold only letters, digits, inner '.' or '-' and a leading '^'"
+        )
+    symbol = code.upper()
+    if symbol.startswith("^") or "." in symbol:
+        return symbol
+    return symbol + US_SUFFIX

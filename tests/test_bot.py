@@ -1,0 +1,347 @@
+"""The stock bot against the real bundled quote service over real HTTP (httpx)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY
+
+from server.bot.commands import STOCK_PREFIX, CommandError, parse_stock_command
+from server.bot.providers import (
+    QuoteProvider,
+    UnknownSymbol,
+    UpstreamError,
+    make_provider,
+    parse_quote_csv,
+    sim_price,
+)
+from server.bot.stockbot import BotReply, StockBot
+from server.stockapi import create_app
+from tests.support.processes import free_port
+
+UNAVAILABLE = "Quote service unavailable for {}, try again later"
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def commands(result: str) -> float:
+    return sample("chat_bot_commands_total", result=result)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=5) as client:
+        yield client
+
+
+@pytest.fixture
+async def quotes(aiohttp_server) -> TestServer:
+    """The bundled quote service in process, without added latency."""
+    return await aiohttp_server(create_app(latency_ms=0))
+
+
+def url_provider(server: TestServer, http: httpx.AsyncClient) -> QuoteProvider:
+    return make_provider("url", str(server.make_url("")), http)
+
+
+async def upstream_calls(server: TestServer, http: httpx.AsyncClient, symbol: str) -> int:
+    """Quote requests the service has seen for ``symbol``, from its ``/stats``."""
+    response = await http.get(str(server.make_url("/stats")))
+    return response.json()["requests"].get(symbol, 0)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    provider: QuoteProvider,
+    *,
+    workers: int = 2,
+    queue_size: int = 20,
+    bot_timeout: float = 5.0,
+    cache_ttl: float = 0.0,
+) -> AsyncIterator[StockBot]:
+    bot = StockBot(
+        provider, workers=workers, queue_size=queue_size, timeout=bot_timeout, cache_ttl=cache_ttl
+    )
+    await bot.start()
+    try:
+        yield bot
+    finally:
+        await bot.stop()
+
+
+def submit(bot: StockBot, symbol: str, reply_to: str | None = "c1") -> asyncio.Future[BotReply]:
+    """Submit a command; the future holds the delivered reply."""
+    future: asyncio.Future[BotReply] = asyncio.get_running_loop().create_future()
+    assert bot.submit(symbol, reply_to, future.set_result)
+    return future
+
+
+async def ask(bot: StockBot, symbol: str, reply_to: str | None = "c1") -> BotReply:
+    async with asyncio.timeout(10):
+        return await submit(bot, symbol, reply_to)
+
+
+# --- /stock= parsing ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "symbol"),
+    [
+        ("/stock=aapl", "AAPL.US"),
+        ("/stock=AAPL.US", "AAPL.US"),
+        ("/stock=msft.us", "MSFT.US"),
+        ("/stock=brk-b", "BRK-B.US"),
+        ("  /stock=aapl  ", "AAPL.US"),
+    ],
+)
+def test_ticker_is_normalized_to_upper_case_stooq_symbol(text: str, symbol: str) -> None:
+    assert parse_stock_command(text) == symbol
+
+
+def test_index_keeps_no_suffix() -> None:
+    assert parse_stock_command("/stock=^spx") == "^SPX"
+
+
+def test_prefix_is_case_insensitive() -> None:
+    assert parse_stock_command("/STOCK=aapl") == "AAPL.US"
+
+
+@pytest.mark.parametrize("text", ["hello", "stock=aapl", "see /stock=aapl", "/stocks=aapl", ""])
+def test_text_without_the_prefix_is_not_a_command(text: str) -> None:
+    assert parse_stock_command(text) is None
+
+
+@pytest.mark.parametrize(
+    "code", ["", "   ", "aa pl", "aapl!", "^", ".us", "aapl.", "a^b", "ÄAPL", "A" * 21]
+)
+def test_malformed_code_raises_command_error(code: str) -> None:
+    with pytest.raises(CommandError):
+        parse_stock_command(STOCK_PREFIX + code)
+
+
+@given(
+    st.one_of(
+        st.text(max_size=30),
+        st.text(alphabet="aZ09.^-_ /=\t\u0130\u212aé", max_size=30).map(STOCK_PREFIX.__add__),
+        st.from_regex(r"/stock=\^?[A-Za-z0-9.-]{0,22}", fullmatch=True),
+    )
+)
+def test_any_accepted_code_parses_to_a_clean_symbol(text: str) -> None:
+    try:
+        symbol = parse_stock_command(text)
+    except CommandError:
+        return
+    assert symbol is None or re.fullmatch(r"[A-Z0-9.^-]+", symbol)
+
+
+# --- CSV parsing --------------------------------------------------------------------------
+
+HEADER = "Symbol,Date,Time,Open,High,Low,Close,Volume"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "",
+        HEADER,
+        "Exceeded the daily hits limit",
+        "<!DOCTYPE html><html><body>Checking your browser</body></html>",
+        f"{HEADER}\nAAPL.US,2026-01-02,22:00:00,1,2,0.5,abc,100",
+        f"{HEADER}\nAAPL.US,2026-01-02,22:00:00,1,2,0.5,-3,100",
+        f"{HEADER}\nAAPL.US,2026-01-02,22:00:00,1,2,0.5,nan,100",
+        f"{HEADER}\nAAPL.US,2026-01-02,22:00:00,1,2,0.5,93.42",
+        f"{HEADER}\nMSFT.US,2026-01-02,22:00:00,1,2,0.5,93.42,100",
+        f"{HEADER}\nAAPL.US,2026-01-02,22:00:00,1,2,0.5,93.42,100\nAAPL.US,x,x,1,2,3,4,5",
+    ],
+)
+def test_body_without_one_numeric_close_for_the_symbol_is_upstream_error(body: str) -> None:
+    with pytest.raises(UpstreamError):
+        parse_quote_csv(body, "AAPL.US")
+
+
+def test_nd_row_is_unknown_symbol() -> None:
+    with pytest.raises(UnknownSymbol):
+        parse_quote_csv(f"{HEADER}\nZZZZ.US,N/D,N/D,N/D,N/D,N/D,N/D,N/D\n", "ZZZZ.US")
+
+
+def test_close_is_the_price() -> None:
+    body = f"{HEADER}\r\nAAPL.US,2026-01-02,22:00:00,92.1,94.0,91.5,93.42,5117232\r\n"
+    assert parse_quote_csv(body, "AAPL.US") == 93.42
+
+
+# --- providers ------------------------------------------------------------------------------
+
+
+async def test_provider_requests_stooq_csv_with_lower_case_symbol(
+    aiohttp_server, http: httpx.AsyncClient
+) -> None:
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.path_qs)
+        return web.Response(text=f"{HEADER}\nAAPL.US,2026-01-02,22:00:00,1,2,0.5,93.42,100\n")
+
+    app = web.Application()
+    app.router.add_get("/q/l/", handler)
+    server = await aiohttp_server(app)
+    price = await url_provider(server, http).fetch("AAPL.US")
+    assert (seen, price) == (["/q/l/?s=aapl.us&f=sd2t2ohlcv&h&e=csv"], 93.42)
+
+
+async def test_sim_provider_quotes_without_any_io() -> None:
+    closed = httpx.AsyncClient()
+    await closed.aclose()
+    provider = make_provider("sim", "http://127.0.0.1:9", closed)
+    assert await provider.fetch("AAPL.US") == sim_price("AAPL.US")
+    with pytest.raises(UnknownSymbol):
+        await provider.fetch("ZZZZ.US")
+
+
+# --- the bot ------------------------------------------------------------------------------
+
+
+async def test_ok_reply_names_symbol_and_price_with_two_decimals(
+    quotes: TestServer, http: httpx.AsyncClient
+) -> None:
+    async with running(url_provider(quotes, http)) as bot:
+        reply = await ask(bot, "AAPL.US", "m-17")
+    assert reply == BotReply("AAPL.US quote is $955.09 per share", True, "m-17")
+
+
+async def test_ok_command_counts_result_latency_and_one_upstream_call(
+    quotes: TestServer, http: httpx.AsyncClient
+) -> None:
+    before = (
+        commands("ok"),
+        sample("chat_bot_latency_seconds_count"),
+        sample("chat_bot_upstream_seconds_count"),
+    )
+    async with running(url_provider(quotes, http)) as bot:
+        await ask(bot, "MSFT.US")
+    after = (
+        commands("ok"),
+        sample("chat_bot_latency_seconds_count"),
+        sample("chat_bot_upstream_seconds_count"),
+    )
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]
+
+
+async def test_unknown_symbol_gets_a_no_quote_reply(
+    quotes: TestServer, http: httpx.AsyncClient
+) -> None:
+    before = commands("unknown_symbol")
+    async with running(url_provider(quotes, http)) as bot:
+        reply = await ask(bot, "ZZZZ.US")
+    assert reply == BotReply("No quote for ZZZZ.US", False, "c1")
+    assert commands("unknown_symbol") - before == 1
+
+
+async def test_slow_upstream_times_out_as_unavailable(
+    quotes: TestServer, http: httpx.AsyncClient
+) -> None:
+    before = commands("timeout")
+    async with running(url_provider(quotes, http), bot_timeout=0.2) as bot:
+        reply = await ask(bot, "SLOW.US")
+    assert reply == BotReply(UNAVAILABLE.format("SLOW.US"), False, "c1")
+    assert commands("timeout") - before == 1
+
+
+@pytest.mark.parametrize(
+    "symbol", ["FAIL.US", "HTML.US", "QUOTA.US"], ids=["http500", "html", "quota"]
+)
+async def test_failed_upstream_answer_is_unavailable_never_a_price(
+    symbol: str, quotes: TestServer, http: httpx.AsyncClient
+) -> None:
+    before = commands("upstream_error")
+    async with running(url_provider(quotes, http)) as bot:
+        reply = await ask(bot, symbol)
+    assert reply == BotReply(UNAVAILABLE.format(symbol), False, "c1")
+    assert commands("upstream_error") - before == 1
+
+
+async def test_unreachable_service_is_unavailable(http: httpx.AsyncClient) -> None:
+    provider = make_provider("url", f"http://127.0.0.1:{free_port()}", http)
+    async with running(provider) as bot:
+        reply = await ask(bot, "AAPL.US")
+    assert reply == BotReply(UNAVAILABLE.format("AAPL.US"), False, "c1")
+
+
+async def test_second_command_within_ttl_makes_no_upstream_call(
+    quotes: TestServer, http: httpx.AsyncClient
+) -> None:
+    async with running(url_provider(quotes, http), cache_ttl=60) as bot:
+        first = await ask(bot, "AAPL.US")
+        upstream_before = sample("chat_bot_upstream_seconds_count")
+        second = await ask(bot, "AAPL.US")
+    assert second == first
+    assert await upstream_calls(quotes, http, "AAPL.US") == 1
+    assert sample("chat_bot_upstream_seconds_count") == upstream_before
+
+
+async def test_failed_quote_is_not_cached(quotes: TestServer, http: httpx.AsyncClient) -> None:
+    async with running(url_provider(quotes, http), cache_ttl=60) as bot:
+        await ask(bot, "FAIL.US")
+        await ask(bot, "FAIL.US")
+    assert await upstream_calls(quotes, http, "FAIL.US") == 2
+
+
+async def test_zero_ttl_fetches_every_command(quotes: TestServer, http: httpx.AsyncClient) -> None:
+    async with running(url_provider(quotes, http), cache_ttl=0) as bot:
+        await ask(bot, "AAPL.US")
+        await ask(bot, "AAPL.US")
+    assert await upstream_calls(quotes, http, "AAPL.US") == 2
+
+
+async def test_concurrent_commands_for_one_symbol_share_one_upstream_call(
+    aiohttp_server, http: httpx.AsyncClient
+) -> None:
+    server = await aiohttp_server(create_app(latency_ms=50))
+    async with running(url_provider(server, http), workers=10, cache_ttl=0) as bot:
+        futures = [submit(bot, "AAPL.US", f"c{i}") for i in range(10)]
+        async with asyncio.timeout(10):
+            replies = await asyncio.gather(*futures)
+    assert [r.reply_to for r in replies] == [f"c{i}" for i in range(10)]
+    assert all(r.ok for r in replies)
+    assert await upstream_calls(server, http, "AAPL.US") == 1
+
+
+async def test_full_queue_rejects_and_counts_rejected(http: httpx.AsyncClient) -> None:
+    bot = StockBot(
+        make_provider("sim", "", http),
+        workers=1,
+        queue_size=2,
+        timeout=1,
+        cache_ttl=0,
+    )
+    before = commands("rejected")
+    accepted = [bot.submit("AAPL.US", f"c{i}", lambda reply: None) for i in range(3)]
+    assert accepted == [True, True, False]
+    assert bot.queue_depth() == 2
+    assert commands("rejected") - before == 1
+
+
+async def test_worker_keeps_serving_after_a_failing_delivery(http: httpx.AsyncClient) -> None:
+    def broken(reply: BotReply) -> None:
+        raise RuntimeError("recipient gone")
+
+    async with running(make_provider("sim", "", http), workers=1) as bot:
+        assert bot.submit("AAPL.US", "c1", broken)
+        reply = await ask(bot, "MSFT.US", "c2")
+    assert reply.ok
+
+
+async def test_sim_bot_answers_offline(http: httpx.AsyncClient) -> None:
+    async with running(make_provider("sim", "", http)) as bot:
+        reply = await ask(bot, "^SPX")
+    assert reply == BotReply(f"^SPX quote is ${sim_price('^SPX'):.2f} per share", True, "c1")
