@@ -36,7 +36,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from server.bot.providers import CSV_HEADER, NO_DATA, SIM_UNKNOWN, sim_price
+from server.bot.providers import CSV_FIELDS, CSV_HEADER, NO_DATA, SIM_UNKNOWN, sim_price
 
 OUTCOMES = ("ok", "unknown", "error", "html", "quota", "slow")
 SPECIAL_SYMBOLS: dict[str, str] = {
@@ -123,8 +123,7 @@ def quote_csv(symbol: str, now: datetime) -> str:
 
 def no_data_csv(symbol: str) -> str:
     """Stooq's answer for an unknown symbol: the header and ``N/D`` in every data field."""
-    fields = len(CSV_HEADER.split(",")) - 1
-    return f"{CSV_HEADER}\n{symbol}{f',{NO_DATA}' * fields}\n"
+    return f"{CSV_HEADER}\n{symbol}{f',{NO_DATA}' * (len(CSV_FIELDS) - 1)}\n"
 
 
 def _response(outcome: str, symbol: str) -> web.Response:

@@ -23,7 +23,8 @@ from urllib.parse import quote
 import httpx
 
 CSV_HEADER = "Symbol,Date,Time,Open,High,Low,Close,Volume"
-CLOSE_FIELD = CSV_HEADER.split(",").index("Close")
+CSV_FIELDS = tuple(CSV_HEADER.split(","))
+CLOSE_FIELD = CSV_FIELDS.index("Close")
 NO_DATA = "N/D"
 SIM_UNKNOWN = frozenset({"ZZZZ.US"})
 """Symbols the ``sim`` provider (and the bundled stockapi) answer as unknown."""
@@ -59,7 +60,7 @@ def parse_quote_csv(body: str, symbol: str) -> float:
     if len(lines) != 2 or lines[0].strip() != CSV_HEADER:
         raise UpstreamError(f"not a Stooq CSV quote: {body[:80]!r}")
     fields = lines[1].strip().split(",")
-    if len(fields) != len(CSV_HEADER.split(",")):
+    if len(fields) != len(CSV_FIELDS):
         raise UpstreamError(f"bad CSV row: {lines[1][:80]!r}")
     if fields[0].upper() != symbol.upper():
         raise UpstreamError(f"row is for {fields[0][:40]!r}, not {symbol!r}")
