@@ -175,7 +175,7 @@ async def _serve(request: web.Request, conn: Connection) -> str:
         elif msg.type == WSMsgType.CLOSE:
             return "normal"
         elif msg.type == WSMsgType.ERROR:
-            if ws.close_code == CLOSE_TOO_BIG:
+            if getattr(msg.data, "code", None) == CLOSE_TOO_BIG:
                 return "too_big"
             if isinstance(msg.data, asyncio.TimeoutError):
                 return "heartbeat_timeout"

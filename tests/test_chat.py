@@ -1,0 +1,329 @@
+"""Protocol v1 against the real app, in process: rooms, history, errors, limits, hub modes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from server.app import create_app
+from server.keys import state_key
+from tests.chat import Client, sample, settings, wait_until
+
+HUB_MODES = ["sharded", "global"]
+
+
+@pytest.fixture
+def make_server(aiohttp_client: Any):
+    async def make(**overrides: Any) -> TestClient:
+        return await aiohttp_client(create_app(settings(**overrides)))
+
+    return make
+
+
+@pytest.fixture
+async def server(make_server: Any) -> TestClient:
+    return await make_server()
+
+
+async def connect(
+    server: TestClient, room: str = "lobby", user: str = "ann", **query: Any
+) -> Client:
+    ws = await server.ws_connect("/ws", params={"room": room, "user": user, **query})
+    return Client(ws)
+
+
+async def joined(
+    server: TestClient, room: str = "lobby", user: str = "ann", **query: Any
+) -> Client:
+    """Connect and consume the welcome and own join events."""
+    client = await connect(server, room, user, **query)
+    await client.next_of("welcome")
+    await client.next(lambda e: e["type"] == "join" and e["user"] == user)
+    return client
+
+
+@pytest.mark.parametrize("hub_mode", HUB_MODES)
+async def test_welcome_names_room_user_seq_and_members(make_server: Any, hub_mode: str) -> None:
+    server = await make_server(hub_mode=hub_mode)
+    client = await connect(server, "r1", "  ann  ")
+    welcome = await client.next()
+    assert welcome == {
+        "type": "welcome", "room": "r1", "user": "ann", "seq": 0, "members": 1, "history": []
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("hub_mode", HUB_MODES)
+async def test_message_reaches_every_member_with_seq_and_echoed_id(
+    make_server: Any, hub_mode: str
+) -> None:
+    server = await make_server(hub_mode=hub_mode)
+    ann = await joined(server, "r1", "ann")
+    bob = await joined(server, "r1", "bob")
+    await ann.say("hello", id="m-1", sent=123)
+    for client in (ann, bob):
+        event = await client.next_of("message")
+        assert event["text"] == "hello"
+        assert event["user"] == "ann"
+        assert event["seq"] == 1
+        assert event["id"] == "m-1"
+        assert event["sent"] == 123
+        assert isinstance(event["ts"], int)
+
+
+async def test_join_and_leave_are_announced_with_member_count(server: TestClient) -> None:
+    ann = await joined(server, "r1", "ann")
+    bob = await joined(server, "r1", "bob")
+    join = await ann.next_of("join")
+    assert (join["user"], join["members"]) == ("bob", 2)
+    await bob.close()
+    leave = await ann.next_of("leave")
+    assert leave["user"] == "bob"
+    assert leave["members"] == 1
+
+
+async def test_rooms_are_isolated(server: TestClient) -> None:
+    ann = await joined(server, "r1", "ann")
+    bob = await joined(server, "r2", "bob")
+    await ann.say("only r1")
+    await bob.say("only r2")
+    assert (await ann.next_of("message"))["text"] == "only r1"
+    assert (await bob.next_of("message"))["text"] == "only r2"
+    assert ann.events.empty()
+    assert bob.events.empty()
+
+
+@pytest.mark.parametrize("hub_mode", HUB_MODES)
+async def test_history_is_replayed_oldest_first(make_server: Any, hub_mode: str) -> None:
+    server = await make_server(hub_mode=hub_mode, history_size=3)
+    ann = await joined(server, "r1", "ann")
+    for i in range(5):
+        await ann.say(f"m{i}")
+    for i in range(5):
+        assert (await ann.next_of("message"))["text"] == f"m{i}"
+    welcome = await (await connect(server, "r1", "bob")).next_of("welcome")
+    assert welcome["seq"] == 5
+    assert [m["text"] for m in welcome["history"]] == ["m2", "m3", "m4"]
+    assert [m["seq"] for m in welcome["history"]] == [3, 4, 5]
+
+
+async def test_since_replays_only_what_the_client_missed(server: TestClient) -> None:
+    ann = await joined(server, "r1", "ann")
+    for i in range(4):
+        await ann.say(f"m{i}")
+    for _ in range(4):
+        await ann.next_of("message")
+    welcome = await (await connect(server, "r1", "bob", since=2)).next_of("welcome")
+    assert [m["seq"] for m in welcome["history"]] == [3, 4]
+
+
+async def test_events_waiting_together_arrive_batched_in_one_frame(make_server: Any) -> None:
+    server = await make_server(rate_burst=100)
+    ann = await joined(server, "r1", "ann")
+    bob = await joined(server, "r1", "bob")
+    frames_before = bob.frames
+    await asyncio.gather(*(ann.say(f"m{i}") for i in range(50)))
+    texts = [(await bob.next_of("message"))["text"] for _ in range(50)]
+    assert texts == [f"m{i}" for i in range(50)]
+    assert bob.frames - frames_before < 50
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("not json", "bad_json"),
+        ("[1, 2]", "bad_json"),
+        ('{"type": "dance"}', "bad_message"),
+        ('{"type": "message", "text": ""}', "bad_message"),
+        ('{"type": "message", "text": 5}', "bad_message"),
+        ('{"type": "message", "text": "hi", "id": 7}', "bad_message"),
+        ('{"type": "message", "text": "hi", "sent": "now"}', "bad_message"),
+        ('{"type": "message", "text": "' + "x" * 2001 + '", "id": "long"}', "too_long"),
+        ('{"type": "message", "text": "/stock=", "id": "c"}', "bad_command"),
+    ],
+)
+async def test_bad_frame_gets_error_event_and_connection_keeps_working(
+    server: TestClient, frame: str, code: str
+) -> None:
+    ann = await joined(server, "r1", "ann")
+    invalid_before = sample("chat_messages_received_total", kind="invalid")
+    await ann.ws.send_str(frame)
+    error = await ann.next_of("error")
+    assert error["code"] == code
+    assert error["detail"]
+    if code in ("too_long", "bad_command"):
+        assert error["reply_to"] in ("long", "c")
+    assert sample("chat_messages_received_total", kind="invalid") == invalid_before + 1
+    await ann.say("still here")
+    assert (await ann.next_of("message"))["text"] == "still here"
+
+
+async def test_binary_frame_gets_error_event(server: TestClient) -> None:
+    ann = await joined(server)
+    await ann.ws.send_bytes(b"\x00\x01")
+    assert (await ann.next_of("error"))["code"] == "bad_message"
+
+
+async def test_oversized_frame_closes_with_1009_and_server_keeps_serving(
+    server: TestClient,
+) -> None:
+    ann = await joined(server, "r1", "ann")
+    bob = await joined(server, "r1", "bob")
+    before = sample("chat_connections_closed_total", reason="too_big")
+    await ann.ws.send_str("x" * (17 * 1024))
+    assert await ann.closed() == 1009
+    await wait_until(lambda: sample("chat_connections_closed_total", reason="too_big") > before)
+    await bob.say("after")
+    assert (await bob.next_of("message"))["text"] == "after"
+
+
+@pytest.mark.parametrize(
+    ("params", "error", "reason"),
+    [
+        ({"room": "bad room"}, "bad_room", "bad_room"),
+        ({"room": "x" * 65}, "bad_room", "bad_room"),
+        ({}, "bad_room", "bad_room"),
+        ({"room": "ok", "user": "x" * 33}, "bad_user", "bad_user"),
+        ({"room": "ok", "user": "a\x07b"}, "bad_user", "bad_user"),
+        ({"room": "ok", "since": "-1"}, "bad_since", None),
+    ],
+)
+async def test_bad_query_is_refused_with_400_json(
+    server: TestClient, params: dict[str, str], error: str, reason: str | None
+) -> None:
+    before = sample("chat_handshakes_rejected_total", reason=reason or "bad_room")
+    response = await server.get("/ws", params=params, headers={"Upgrade": "websocket"})
+    assert response.status == 400
+    assert (await response.json())["error"] == error
+    if reason:
+        assert sample("chat_handshakes_rejected_total", reason=reason) == before + 1
+
+
+async def test_missing_user_becomes_a_guest(server: TestClient) -> None:
+    welcome = await (await connect(server, "r1", "")).next_of("welcome")
+    assert welcome["user"].startswith("guest-")
+
+
+async def test_foreign_origin_is_refused_with_403(server: TestClient) -> None:
+    before = sample("chat_handshakes_rejected_total", reason="origin")
+    with pytest.raises(Exception) as info:
+        await server.ws_connect("/ws?room=r1", headers={"Origin": "http://evil.example"})
+    assert getattr(info.value, "status", None) == 403
+    assert sample("chat_handshakes_rejected_total", reason="origin") == before + 1
+
+
+async def test_own_origin_and_allow_listed_origins_are_accepted(make_server: Any) -> None:
+    server = await make_server(allowed_origins=("http://chat.example",))
+    ws = await server.ws_connect("/ws?room=r1", headers={"Origin": "http://chat.example"})
+    assert (await Client(ws).next())["type"] == "welcome"
+    default = await make_server()
+    own = f"http://{default.host}:{default.port}"
+    ws = await default.ws_connect("/ws?room=r1", headers={"Origin": own})
+    assert (await Client(ws).next())["type"] == "welcome"
+
+
+async def test_over_capacity_is_refused_with_503(make_server: Any) -> None:
+    server = await make_server(max_connections=2)
+    await joined(server, "r1", "a")
+    await joined(server, "r1", "b")
+    before = sample("chat_handshakes_rejected_total", reason="capacity")
+    with pytest.raises(Exception) as info:
+        await server.ws_connect("/ws?room=r1")
+    assert getattr(info.value, "status", None) == 503
+    assert sample("chat_handshakes_rejected_total", reason="capacity") == before + 1
+
+
+async def test_rate_limit_answers_rate_limited_then_closes_abuser_with_1008(
+    make_server: Any,
+) -> None:
+    server = await make_server(rate_limit=1, rate_burst=3)
+    ann = await joined(server)
+    for i in range(3):
+        await ann.say(f"ok{i}")
+    await ann.say("too fast", id="x")
+    error = await ann.next_of("error")
+    assert (error["code"], error["reply_to"]) == ("rate_limited", "x")
+    for _ in range(30):
+        await ann.say("spam")
+    assert await ann.closed() == 1008
+
+
+def raw_client_that_never_reads(host: str, port: int) -> socket.socket:
+    """Upgrade a TCP socket with a tiny receive buffer, then never read from it."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, port))
+    sock.sendall(
+        b"GET /ws?room=r1&user=slow HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    return sock
+
+
+async def test_slow_consumer_is_closed_with_1013_while_others_keep_receiving(
+    make_server: Any,
+) -> None:
+    server = await make_server(outbox_limit=20, rate_limit=10000, rate_burst=10000)
+    state = server.app[state_key]
+    ann = await joined(server, "r1", "ann")
+    before = sample("chat_connections_closed_total", reason="slow_consumer")
+    slow = raw_client_that_never_reads(server.host, server.port)
+    try:
+        await wait_until(lambda: len(state.connections) == 2)
+        big = "x" * 1900
+        sent = 0
+        while sample("chat_connections_closed_total", reason="slow_consumer") == before:
+            assert sent < 5000, "the silent client was never closed as a slow consumer"
+            await ann.say(big, id=str(sent))
+            sent += 1
+            if sent % 20 == 0:
+                await asyncio.sleep(0.01)
+        await ann.say("last", id="last")
+        ids = set()
+        while "last" not in ids:
+            ids.add((await ann.next_of("message"))["id"])
+        assert len(ids) == sent + 1
+        await wait_until(lambda: len(state.connections) == 1)
+    finally:
+        slow.close()
+
+
+async def test_bot_reply_is_broadcast_to_the_room_and_command_is_not_stored(
+    server: TestClient,
+) -> None:
+    ann = await joined(server, "r1", "ann")
+    bob = await joined(server, "r1", "bob")
+    before = sample("chat_bot_commands_total", result="ok")
+    await ann.say("/stock=aapl", id="c1")
+    for client in (ann, bob):
+        reply = await client.next_of("bot")
+        assert reply["user"] == "stockbot"
+        assert reply["ok"] is True
+        assert reply["reply_to"] == "c1"
+        assert reply["text"].startswith("AAPL.US quote is $")
+        assert reply["text"].endswith(" per share")
+    assert sample("chat_bot_commands_total", result="ok") == before + 1
+    welcome = await (await connect(server, "r1", "cat")).next_of("welcome")
+    assert welcome["history"] == []
+    assert welcome["seq"] == 0
+
+
+async def test_empty_room_is_reaped_after_the_grace_period(server: TestClient) -> None:
+    ann = await joined(server, "reap-me", "ann")
+    assert sample("chat_rooms") >= 1
+    assert {"name": "reap-me", "members": 1} in (await (await server.get("/api/rooms")).json())[
+        "rooms"
+    ]
+    await ann.close()
+
+    async def listed() -> bool:
+        rooms = (await (await server.get("/api/rooms")).json())["rooms"]
+        return any(r["name"] == "reap-me" for r in rooms)
+
+    async with asyncio.timeout(5):
+        while await listed():
+            await asyncio.sleep(0.05)

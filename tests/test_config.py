@@ -1,0 +1,77 @@
+"""Settings: defaults, env vars, flags, and bad values that stop start-up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from server.config import ConfigError, Settings, load_settings
+
+
+def test_defaults_serve_sharded_on_8080() -> None:
+    settings = load_settings({})
+    assert settings == Settings()
+    assert (settings.port, settings.hub_mode, settings.history_size) == (8080, "sharded", 50)
+
+
+def test_env_vars_are_parsed_and_validated() -> None:
+    settings = load_settings(
+        {
+            "ROOMHUB_PORT": "9000",
+            "ROOMHUB_HUB_MODE": "GLOBAL",
+            "ROOMHUB_ALLOWED_ORIGINS": "http://a.example, http://b.example/",
+            "ROOMHUB_BOT_TIMEOUT": "1.5",
+        }
+    )
+    assert settings.port == 9000
+    assert settings.hub_mode == "global"
+    assert settings.allowed_origins == ("http://a.example", "http://b.example")
+    assert settings.bot_timeout == 1.5
+
+
+def test_flag_wins_over_env_var() -> None:
+    settings = load_settings({"ROOMHUB_PORT": "9000"}, {"port": "9001"})
+    assert settings.port == 9001
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"ROOMHUB_PORT": "eighty"}, "ROOMHUB_PORT"),
+        ({"ROOMHUB_PORT": "70000"}, "ROOMHUB_PORT"),
+        ({"ROOMHUB_HUB_MODE": "sideways"}, "ROOMHUB_HUB_MODE"),
+        ({"ROOMHUB_HISTORY_SIZE": "0"}, "ROOMHUB_HISTORY_SIZE"),
+        ({"ROOMHUB_RATE_LIMIT": "-1"}, "ROOMHUB_RATE_LIMIT"),
+        ({"ROOMHUB_BOT_TIMEOUT": "nan"}, "ROOMHUB_BOT_TIMEOUT"),
+        ({"ROOMHUB_QUOTE_URL": "ftp://x"}, "ROOMHUB_QUOTE_URL"),
+        ({"ROOMHUB_LOG_LEVEL": "loud"}, "ROOMHUB_LOG_LEVEL"),
+    ],
+)
+def test_bad_value_raises_config_error_naming_the_setting(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_settings(env)
+
+
+def test_bad_env_var_stops_start_up_with_exit_code_2() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "serve"],
+        env={"ROOMHUB_OUTBOX_LIMIT": "lots", "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "ROOMHUB_OUTBOX_LIMIT" in result.stderr
+
+
+def test_bad_flag_stops_start_up_with_exit_code_2() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "serve", "--heartbeat", "soon"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "--heartbeat" in result.stderr

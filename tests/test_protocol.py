@@ -1,0 +1,103 @@
+"""Inbound validation and outbound encoding (protocol v1)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from server.protocol import (
+    MAX_TEXT,
+    ProtocolError,
+    batch,
+    frame_header,
+    parse_frame,
+    validate_room,
+    validate_user,
+    welcome_event,
+)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+frames = st.one_of(
+    st.text(),
+    json_values.map(lambda v: orjson.dumps(v).decode()),
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["message", "other", 1])},
+        optional={
+            "text": st.one_of(st.text(max_size=2100), st.integers()),
+            "id": st.one_of(st.text(max_size=80), st.integers()),
+            "sent": st.one_of(st.floats(allow_nan=False), st.integers(), st.text(), st.booleans()),
+        },
+    ).map(lambda v: orjson.dumps(v).decode()),
+)
+
+
+@given(frames)
+def test_parse_frame_accepts_only_valid_messages_and_raises_only_protocol_error(data: str) -> None:
+    try:
+        msg = parse_frame(data)
+    except ProtocolError as exc:
+        assert exc.code in {"bad_json", "bad_message", "too_long"}
+        return
+    obj = orjson.loads(data)
+    assert obj["type"] == "message"
+    assert 0 < len(msg.text) <= MAX_TEXT and msg.text.strip()
+    assert msg.id is None or (isinstance(msg.id, str) and len(msg.id) <= 64)
+    assert msg.sent is None or (
+        isinstance(msg.sent, int | float) and not isinstance(msg.sent, bool)
+    )
+
+
+@given(st.text(max_size=80))
+def test_validate_room_accepts_exactly_the_documented_alphabet(raw: str) -> None:
+    allowed = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+    expected = 1 <= len(raw) <= 64 and set(raw) <= allowed
+    try:
+        assert validate_room(raw) == raw
+        assert expected
+    except ProtocolError:
+        assert not expected
+
+
+@given(st.text(max_size=40))
+def test_validate_user_returns_trimmed_printable_names(raw: str) -> None:
+    try:
+        name = validate_user(raw)
+    except ProtocolError as exc:
+        assert exc.code == "bad_user"
+        return
+    assert 1 <= len(name) <= 32 and name.isprintable()
+    assert name == raw.strip() or (not raw.strip() and name.startswith("guest-"))
+
+
+def test_batch_is_the_event_itself_or_a_json_array() -> None:
+    a, b = orjson.dumps({"type": "join"}), orjson.dumps({"type": "leave"})
+    assert batch([a]) is a
+    assert orjson.loads(batch([a, b])) == [{"type": "join"}, {"type": "leave"}]
+
+
+def test_welcome_embeds_encoded_history() -> None:
+    history = [orjson.dumps({"type": "message", "seq": 1})]
+    assert orjson.loads(welcome_event("r", "u", 1, 2, history)) == {
+        "type": "welcome", "room": "r", "user": "u", "seq": 1, "members": 2,
+        "history": [{"type": "message", "seq": 1}],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("length", "header"),
+    [
+        (5, b"\x81\x05"),
+        (126, b"\x81\x7e\x00\x7e"),
+        (70000, b"\x81\x7f" + (70000).to_bytes(8, "big")),
+    ],
+)
+def test_frame_header_follows_rfc_6455_length_encoding(length: int, header: bytes) -> None:
+    assert frame_header(length) == header
