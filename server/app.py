@@ -68,7 +68,7 @@ async def hubs_context(app: web.Application) -> AsyncIterator[None]:
     hubs = (
         GlobalHub(settings.history_size)
         if settings.hub_mode == "global"
-        else ShardedHubs(settings.history_size, settings.room_grace)
+        else ShardedHubs(settings.history_size, settings.room_grace, settings.fanout_interval)
     )
     app[hubs_key] = hubs
     loop = asyncio.get_running_loop()

@@ -32,8 +32,9 @@ class Settings:
     history_size: int = 50
     outbox_limit: int = 1000
     """Events that may wait in one client's outbox; more makes it a slow consumer (1013)."""
-    write_delay: float = 0.0
-    """Optional pause before a writer flushes, to coalesce more events per frame."""
+    fanout_interval: float = 0.01
+    """Shortest time between two fan-outs of one room; events arriving sooner leave together
+    in the next one. A room that was quiet for this long fans out at once (0 disables)."""
     rate_limit: float = 5.0
     """Messages per second per connection (token bucket refill rate)."""
     rate_burst: int = 10
@@ -115,7 +116,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "hub_mode": _choice(HUB_MODES),
     "history_size": _positive_int,
     "outbox_limit": _positive_int,
-    "write_delay": _non_negative_float,
+    "fanout_interval": _non_negative_float,
     "rate_limit": _positive_float,
     "rate_burst": _positive_int,
     "max_connections": _positive_int,

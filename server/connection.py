@@ -46,7 +46,6 @@ class Connection:
         "rate",
         "room",
         "user",
-        "write_delay",
         "ws",
     )
 
@@ -60,14 +59,12 @@ class Connection:
         outbox_limit: int,
         rate: float,
         burst: int,
-        write_delay: float = 0.0,
     ) -> None:
         self.ws = ws
         self.room = room
         self.user = user
         self.outbox: deque[bytes] = deque()
         self.outbox_limit = outbox_limit
-        self.write_delay = write_delay
         self.rate = rate
         self.burst = burst
         self.close_reason: str | None = None
@@ -93,12 +90,7 @@ class Connection:
         """
         if self.closing:
             return 0
-        if (
-            not self.outbox
-            and self._writer is None
-            and not self.write_delay
-            and not self._protocol.writing_paused
-        ):
+        if not self.outbox and self._writer is None and not self._protocol.writing_paused:
             return self._write(frame)
         self.outbox.extend(events)
         if len(self.outbox) > self.outbox_limit:
@@ -125,8 +117,6 @@ class Connection:
         """Writer task: send all queued events as one frame per transport drain."""
         try:
             while self.outbox and not self.closing:
-                if self.write_delay:
-                    await asyncio.sleep(self.write_delay)
                 if self._protocol.writing_paused:
                     # Flow control: wait until the transport buffer is below its low-water mark.
                     await self._protocol._drain_helper()

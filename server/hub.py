@@ -5,8 +5,9 @@ touches it. Two hub designs share that state:
 
 * :class:`ShardedHubs` (default): one :class:`RoomHub` task per room. Each wake-up drains
   every waiting inbox item, encodes the resulting events once and hands each member the
-  whole batch as one frame, never awaiting a client. A room empty for ``room_grace``
-  seconds is reaped.
+  whole batch as one frame, never awaiting a client. Fan-outs of one room are at least
+  ``fanout_interval`` seconds apart: under load, events that arrive in between leave
+  together; a quiet room fans out at once. A room empty for ``room_grace`` seconds is reaped.
 * :class:`GlobalHub`: one task and one queue for all rooms that awaits each recipient's
   send in turn: the single-hub design kept to reproduce its bottleneck.
 
@@ -98,8 +99,13 @@ class RoomHub:
         self.inbox.append(item)
         self._wake.set()
 
-    async def run(self, grace: float) -> None:
-        """Serve the inbox until the room has been empty and idle for ``grace`` seconds."""
+    async def run(self, grace: float, interval: float) -> None:
+        """Serve the inbox until the room has been empty and idle for ``grace`` seconds.
+
+        Fan-outs are at least ``interval`` seconds apart.
+        """
+        loop = asyncio.get_running_loop()
+        last = -interval
         while True:
             if not self.inbox:
                 if self.room.members:
@@ -110,8 +116,12 @@ class RoomHub:
                             await self._wake.wait()
                     if not self.inbox and not self.room.members:
                         return
+            wait = last + interval - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
             self._wake.clear()
             self._serve()
+            last = loop.time()
 
     def _serve(self) -> None:
         room, inbox = self.room, self.inbox
@@ -140,9 +150,10 @@ class RoomHub:
 class ShardedHubs:
     """Registry of per-room hubs: a hub starts on a room's first join and is reaped when idle."""
 
-    def __init__(self, history_size: int, room_grace: float) -> None:
+    def __init__(self, history_size: int, room_grace: float, fanout_interval: float) -> None:
         self.history_size = history_size
         self.room_grace = room_grace
+        self.fanout_interval = fanout_interval
         self._hubs: dict[str, RoomHub] = {}
 
     def post(self, room: str, kind: int, conn: Connection | None, payload: object = None) -> None:
@@ -157,7 +168,7 @@ class ShardedHubs:
 
     async def _run(self, hub: RoomHub) -> None:
         try:
-            await hub.run(self.room_grace)
+            await hub.run(self.room_grace, self.fanout_interval)
         except asyncio.CancelledError:
             raise
         except Exception:

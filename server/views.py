@@ -137,7 +137,6 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         outbox_limit=settings.outbox_limit,
         rate=settings.rate_limit,
         burst=settings.rate_burst,
-        write_delay=settings.write_delay,
     )
     hubs = app[hubs_key]
     state.connections.add(conn)
