@@ -1,0 +1,278 @@
+// The room page: one WebSocket speaking protocol v1 (docs/protocol.md).
+// Every piece of user text goes into the page through textContent, never as markup.
+
+const BACKOFF_BASE_MS = 500;
+const BACKOFF_CAP_MS = 10_000;
+const MAX_ATTEMPTS = 40; // about five minutes of retries, then "offline" and a button
+const COMMAND = /^\/stock=/i; // sent like a message, answered by a bot event, never echoed
+const NAME_KEY = "roomhub.name";
+
+const $ = (id) => document.getElementById(id);
+const chat = $("chat");
+const log = $("log");
+const statusEl = $("status");
+const membersEl = $("members");
+const meEl = $("me");
+const retryButton = $("retry");
+const nameForm = $("name-form");
+const nameInput = $("name");
+const composer = $("composer");
+const textInput = $("text");
+const sendButton = $("send");
+
+const room = chat.dataset.room;
+const pageId = Math.random().toString(36).slice(2, 10);
+const state = {
+  user: "",
+  socket: null,
+  lastSeq: 0, // highest message seq shown; anything at or below it is a duplicate
+  attempt: 0,
+  retryTimer: 0,
+  countdownTimer: 0,
+  sent: 0,
+  pending: new Map(), // command id -> its <li>, until the bot answers
+};
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = String(text);
+  return node;
+}
+
+function timeEl(ts) {
+  const date = new Date(Number.isFinite(ts) ? ts : Date.now());
+  const node = el("time", "ts", date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }));
+  node.dateTime = date.toISOString();
+  return node;
+}
+
+function meta(user, ts, badge) {
+  const node = el("div", "meta");
+  node.append(el("span", "user", user));
+  if (badge) node.append(el("span", "badge", badge));
+  node.append(timeEl(ts));
+  return node;
+}
+
+function append(item) {
+  const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 48;
+  log.append(item);
+  if (atBottom) log.scrollTop = log.scrollHeight;
+}
+
+function notice(text, ts, className = "notice") {
+  const item = el("li", className);
+  item.append(el("span", "text", text), timeEl(ts));
+  append(item);
+}
+
+function setStatus(name, label = name) {
+  statusEl.dataset.state = name;
+  statusEl.textContent = label;
+  sendButton.disabled = name !== "online";
+  retryButton.hidden = name !== "offline" || !state.user;
+}
+
+function setMembers(count) {
+  if (Number.isInteger(count)) membersEl.textContent = `${count} online`;
+}
+
+function showMessage(ev) {
+  if (!Number.isInteger(ev.seq) || ev.seq <= state.lastSeq) return;
+  state.lastSeq = ev.seq;
+  const item = el("li", ev.user === state.user ? "msg own" : "msg");
+  item.dataset.seq = String(ev.seq);
+  item.append(meta(ev.user, ev.ts), el("div", "text", ev.text));
+  append(item);
+}
+
+function showCommand(id, text) {
+  const item = el("li", "command own pending");
+  item.append(meta(state.user, Date.now(), "command"), el("div", "text", text));
+  state.pending.set(id, item);
+  append(item);
+}
+
+function settle(id, outcome) {
+  const item = state.pending.get(id);
+  if (!item) return;
+  state.pending.delete(id);
+  item.classList.replace("pending", outcome);
+}
+
+function showBot(ev) {
+  const item = el("li", ev.ok ? "bot" : "bot failed");
+  item.append(meta(ev.user, ev.ts, "bot"), el("div", "text", ev.text));
+  append(item);
+  settle(ev.reply_to, ev.ok ? "answered" : "failed");
+}
+
+function showError(ev) {
+  const item = el("li", "error");
+  const code = String(ev.code || "error").replaceAll("_", " ");
+  item.append(el("span", "badge", code), el("span", "text", ev.detail || ""));
+  append(item);
+  settle(ev.reply_to, "failed");
+}
+
+function onWelcome(ev) {
+  // A lower seq than ours means the room started over (restart or reaped): count afresh.
+  if (Number.isInteger(ev.seq) && ev.seq < state.lastSeq) state.lastSeq = 0;
+  state.user = ev.user;
+  meEl.textContent = `as ${ev.user}`;
+  meEl.hidden = false;
+  setMembers(ev.members);
+  for (const message of ev.history || []) showMessage(message);
+  state.attempt = 0;
+  setStatus("online");
+}
+
+function handle(ev) {
+  switch (ev.type) {
+    case "welcome":
+      onWelcome(ev);
+      break;
+    case "message":
+      showMessage(ev);
+      break;
+    case "join":
+    case "leave":
+      setMembers(ev.members);
+      notice(`${ev.user} ${ev.type === "join" ? "joined" : "left"}`, ev.ts);
+      break;
+    case "bot":
+      showBot(ev);
+      break;
+    case "error":
+      showError(ev);
+      break;
+  }
+}
+
+function clearTimers() {
+  clearTimeout(state.retryTimer);
+  clearInterval(state.countdownTimer);
+}
+
+function connect() {
+  clearTimers();
+  setStatus("connecting");
+  const params = new URLSearchParams({ room, user: state.user });
+  if (state.lastSeq > 0) params.set("since", String(state.lastSeq));
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const socket = new WebSocket(`${scheme}//${location.host}/ws?${params}`);
+  state.socket = socket;
+  socket.addEventListener("message", (event) => {
+    let data;
+    try {
+      data = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    for (const ev of Array.isArray(data) ? data : [data]) {
+      if (ev && typeof ev === "object") handle(ev);
+    }
+  });
+  socket.addEventListener("close", (event) => onClose(socket, event));
+}
+
+function onClose(socket, event) {
+  if (socket !== state.socket) return;
+  state.socket = null;
+  if (statusEl.dataset.state === "online") notice("Connection lost.", Date.now());
+  for (const id of [...state.pending.keys()]) settle(id, "lost");
+  if (event.code === 1008) {
+    goOffline(`The server closed the connection: ${event.reason || "policy violation"}.`);
+  } else if (!navigator.onLine) {
+    goOffline("No network connection.");
+  } else {
+    if (event.code === 1009) notice("That message was too big for the server.", Date.now(), "error");
+    scheduleReconnect();
+  }
+}
+
+function scheduleReconnect() {
+  if (state.attempt >= MAX_ATTEMPTS) {
+    goOffline("The server is unreachable.");
+    return;
+  }
+  const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** state.attempt);
+  const delay = ceiling / 2 + (Math.random() * ceiling) / 2;
+  const due = Date.now() + delay;
+  state.attempt += 1;
+  const tick = () => {
+    const seconds = Math.max(1, Math.ceil((due - Date.now()) / 1000));
+    setStatus("reconnecting", `reconnecting in ${seconds}s`);
+  };
+  tick();
+  state.countdownTimer = setInterval(tick, 1000);
+  state.retryTimer = setTimeout(connect, delay);
+}
+
+function goOffline(reason) {
+  clearTimers();
+  notice(reason, Date.now(), "error");
+  setStatus("offline");
+}
+
+function reconnectNow() {
+  if (state.socket || !state.user) return;
+  state.attempt = 0;
+  connect();
+}
+
+function storedName() {
+  try {
+    return localStorage.getItem(NAME_KEY) || "";
+  } catch {
+    return "";
+  }
+}
+
+function rememberName(name) {
+  try {
+    localStorage.setItem(NAME_KEY, name);
+  } catch {
+    // storage disabled: the name lasts for this page only
+  }
+}
+
+function start(name) {
+  state.user = name;
+  rememberName(name);
+  nameForm.hidden = true;
+  composer.hidden = false;
+  textInput.focus();
+  connect();
+}
+
+composer.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = textInput.value.trim();
+  const socket = state.socket;
+  if (!text || !socket || socket.readyState !== WebSocket.OPEN) return;
+  state.sent += 1;
+  const id = `${pageId}-${state.sent}`;
+  socket.send(JSON.stringify({ type: "message", text, id, sent: Date.now() }));
+  if (COMMAND.test(text)) showCommand(id, text);
+  textInput.value = "";
+});
+
+nameForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const name = nameInput.value.trim();
+  if (name) start(name);
+});
+
+retryButton.addEventListener("click", reconnectNow);
+window.addEventListener("online", reconnectNow);
+
+const requested = (new URLSearchParams(location.search).get("user") || storedName()).trim();
+if (requested) {
+  start(requested);
+} else {
+  setStatus("offline", "choose a name");
+  nameForm.hidden = false;
+  nameInput.focus();
+}

@@ -1,0 +1,231 @@
+"""The chat page in a real headless Chromium, against a real server process.
+
+Debian's ``/usr/bin/chromium`` is driven by Playwright (sync API: these tests are plain
+functions, so no event loop is running when Playwright starts its own). Every wait is one
+of Playwright's auto-retrying expectations with a deadline.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+
+import pytest
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Locator,
+    Page,
+    WebSocketRoute,
+    expect,
+    sync_playwright,
+)
+
+from tests.support.processes import Process, require_binary
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TIMEOUT_MS = 10_000
+QUOTE = re.compile(r"^AAPL\.US quote is \$\d+\.\d\d per share$")
+
+OpenRoom = Callable[[str, str], Page]
+
+expect.set_options(timeout=TIMEOUT_MS)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    executable = require_binary("chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable, headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def contexts(browser: Browser) -> Iterator[Callable[[], BrowserContext]]:
+    """A factory of fresh browser contexts (one per simulated user), closed after the test."""
+    opened: list[BrowserContext] = []
+
+    def new_context() -> BrowserContext:
+        context = browser.new_context()
+        context.set_default_timeout(TIMEOUT_MS)
+        opened.append(context)
+        return context
+
+    yield new_context
+    for context in opened:
+        context.close()
+
+
+@pytest.fixture
+def open_room(live_server: Process, contexts: Callable[[], BrowserContext]) -> OpenRoom:
+    """Open ``/rooms/<room>?user=<user>`` in a new context and wait until it is online."""
+
+    def open_(room: str, user: str) -> Page:
+        page = contexts().new_page()
+        page.goto(f"{live_server.url}/rooms/{room}?user={user}")
+        expect(page.locator("#status")).to_have_attribute("data-state", "online")
+        return page
+
+    return open_
+
+
+def send(page: Page, text: str) -> None:
+    page.get_by_label("Message", exact=True).fill(text)
+    page.get_by_role("button", name="Send").click()
+
+
+def message_texts(page: Page, text: str) -> Locator:
+    """Chat messages (not notices or commands) whose text is exactly ``text``."""
+    return page.locator("#log li.msg .text").filter(has_text=re.compile(f"^{re.escape(text)}$"))
+
+
+def test_message_typed_in_one_page_appears_in_the_other(open_room: OpenRoom) -> None:
+    alice = open_room("lounge", "alice")
+    bob = open_room("lounge", "bob")
+
+    send(alice, "hello bob")
+
+    expect(message_texts(bob, "hello bob")).to_have_count(1)
+    expect(bob.locator("#log li.msg").last.locator(".user")).to_have_text("alice")
+
+
+def test_own_messages_are_marked_as_own(open_room: OpenRoom) -> None:
+    alice = open_room("mine", "alice")
+    bob = open_room("mine", "bob")
+
+    send(alice, "mine")
+
+    expect(alice.locator("#log li.msg.own .text")).to_have_text(["mine"])
+    expect(message_texts(bob, "mine")).to_have_count(1)
+    expect(bob.locator("#log li.msg.own")).to_have_count(0)
+
+
+def test_stock_command_shows_bot_reply_in_both_pages(open_room: OpenRoom) -> None:
+    alice = open_room("market", "alice")
+    bob = open_room("market", "bob")
+
+    send(alice, "/stock=AAPL")
+
+    for page in (alice, bob):
+        expect(page.locator("#log li.bot .text")).to_have_text([QUOTE])
+    expect(alice.locator("#log li.command.answered .text")).to_have_text(["/stock=AAPL"])
+    expect(bob.locator("#log li.command")).to_have_count(0)
+
+
+def test_markup_in_a_message_is_shown_as_literal_text(open_room: OpenRoom) -> None:
+    alice = open_room("safe", "alice")
+    bob = open_room("safe", "bob")
+    markup = "<img src=x onerror=\"document.title='owned'\">"
+
+    send(alice, markup)
+
+    expect(message_texts(bob, markup)).to_have_count(1)
+    for page in (alice, bob):
+        expect(page.locator("#log img")).to_have_count(0)
+        expect(page).not_to_have_title("owned")
+
+
+def test_reload_shows_history_without_duplicates(open_room: OpenRoom) -> None:
+    alice = open_room("history", "alice")
+    bob = open_room("history", "bob")  # keeps the room (and its history) alive
+    for text in ("one", "two", "three"):
+        send(alice, text)
+    expect(bob.locator("#log li.msg .text")).to_have_text(["one", "two", "three"])
+
+    alice.reload()
+
+    expect(alice.locator("#status")).to_have_attribute("data-state", "online")
+    expect(alice.locator("#log li.msg .text")).to_have_text(["one", "two", "three"])
+    send(bob, "four")
+    expect(alice.locator("#log li.msg .text")).to_have_text(["one", "two", "three", "four"])
+
+
+def test_lobby_lists_active_room_with_member_count(
+    live_server: Process, open_room: OpenRoom, contexts: Callable[[], BrowserContext]
+) -> None:
+    open_room("busy", "alice")
+    open_room("busy", "bob")
+    lobby = contexts().new_page()
+
+    lobby.goto(live_server.url)
+
+    entry = lobby.locator("#rooms li").filter(has=lobby.get_by_role("link", name="busy"))
+    expect(entry.locator(".count")).to_have_text("2 online")
+
+
+def test_messages_missed_while_disconnected_arrive_once_after_reconnect(
+    live_server: Process, open_room: OpenRoom, contexts: Callable[[], BrowserContext]
+) -> None:
+    bob = open_room("resume", "bob")
+    alice = contexts().new_page()
+    sockets: list[WebSocketRoute] = []
+    reconnect_allowed = False
+
+    def route(socket: WebSocketRoute) -> None:
+        # The sync API runs this only while the test is inside a Playwright call, so
+        # reconnect_allowed cannot change between the append and the check.
+        sockets.append(socket)
+        if len(sockets) == 1 or reconnect_allowed:
+            socket.connect_to_server()
+
+    alice.route_web_socket(re.compile(r"/ws\?"), route)
+    alice.goto(f"{live_server.url}/rooms/resume?user=alice")
+    expect(alice.locator("#status")).to_have_attribute("data-state", "online")
+    send(bob, "before")
+    expect(alice.locator("#log li.msg .text")).to_have_text(["before"])
+
+    sockets[0].close(code=4000, reason="dropped")
+    expect(alice.locator("#status")).not_to_have_attribute("data-state", "online")
+    send(bob, "while away")
+    expect(bob.locator("#log li.msg .text")).to_have_text(["before", "while away"])
+    reconnect_allowed = True
+    if len(sockets) > 1:
+        sockets[1].connect_to_server()
+
+    expect(alice.locator("#status")).to_have_attribute("data-state", "online")
+    expect(alice.locator("#log li.msg .text")).to_have_text(["before", "while away"])
+    assert sockets[-1].url.endswith("&since=1")
+
+
+def test_lobby_form_opens_the_room_and_remembers_the_name(
+    live_server: Process, contexts: Callable[[], BrowserContext]
+) -> None:
+    page = contexts().new_page()
+    page.goto(live_server.url)
+    page.get_by_label("Your name", exact=True).fill("carol")
+    page.get_by_label("Room", exact=True).fill("tea")
+    page.get_by_role("button", name="Enter room").click()
+
+    expect(page).to_have_url(f"{live_server.url}/rooms/tea?user=carol")
+    expect(page.locator("#status")).to_have_attribute("data-state", "online")
+    page.goto(live_server.url)
+    expect(page.get_by_label("Your name", exact=True)).to_have_value("carol")
+
+
+def test_pages_run_under_the_content_security_policy_without_errors(
+    live_server: Process, open_room: OpenRoom, contexts: Callable[[], BrowserContext]
+) -> None:
+    page = contexts().new_page()
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    page.goto(live_server.url)
+    page.goto(f"{live_server.url}/rooms/clean?user=dave")
+    expect(page.locator("#status")).to_have_attribute("data-state", "online")
+    send(page, "/stock=AAPL")
+    expect(page.locator("#log li.bot")).to_have_count(1)
+
+    assert errors == []
