@@ -48,8 +48,11 @@ class ChatMessage:
 
 
 def validate_room(raw: str | None) -> str:
-    """Return the room name; raise ``ProtocolError('bad_room')`` unless 1-64 of [A-Za-z0-9_.-]."""
-    if raw is None or not ROOM_RE.fullmatch(raw):
+    """Return the room name; raise ``ProtocolError('bad_room')`` unless 1-64 of [A-Za-z0-9_.-].
+
+    ``.`` and ``..`` are refused too: they cannot stand in a page path (``/rooms/ROOM``).
+    """
+    if raw is None or not ROOM_RE.fullmatch(raw) or raw in (".", ".."):
         raise ProtocolError("bad_room", "room must be 1-64 characters of A-Z a-z 0-9 _ . -")
     return raw
 

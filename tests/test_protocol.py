@@ -58,7 +58,7 @@ def test_parse_frame_accepts_only_valid_messages_and_raises_only_protocol_error(
 @given(st.text(max_size=80))
 def test_validate_room_accepts_exactly_the_documented_alphabet(raw: str) -> None:
     allowed = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
-    expected = 1 <= len(raw) <= 64 and set(raw) <= allowed
+    expected = 1 <= len(raw) <= 64 and set(raw) <= allowed and raw not in (".", "..")
     try:
         assert validate_room(raw) == raw
         assert expected
