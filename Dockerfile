@@ -1,0 +1,16 @@
+# roomhub chat server and the bundled quote service (same image, different command).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY server ./server
+RUN pip install . && useradd --system --uid 10001 roomhub
+
+USER roomhub
+EXPOSE 8080 8081
+CMD ["python", "-m", "server", "serve"]
