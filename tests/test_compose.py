@@ -6,6 +6,7 @@ then read to check what each service must do.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -13,6 +14,7 @@ import subprocess
 import pytest
 import yaml
 
+from server.config import Settings, env_name
 from tests.support.processes import require_binary
 from tests.support.promql import ROOT
 
@@ -91,6 +93,17 @@ def test_hub_mode_is_passed_through_from_the_environment() -> None:
     assert resolved()["services"]["chat"]["environment"]["ROOMHUB_HUB_MODE"] == "sharded"
     chat = resolved(ROOMHUB_HUB_MODE="global")["services"]["chat"]
     assert chat["environment"]["ROOMHUB_HUB_MODE"] == "global"
+
+
+def test_every_chat_variable_is_a_server_setting() -> None:
+    settings = {env_name(field.name) for field in dataclasses.fields(Settings)}
+    assert set(services()["chat"]["environment"]) <= settings
+
+
+def test_unset_server_settings_keep_their_defaults_and_set_ones_pass_through() -> None:
+    assert resolved()["services"]["chat"]["environment"]["ROOMHUB_BOT_CACHE_TTL"] is None
+    chat = resolved(ROOMHUB_BOT_CACHE_TTL="0")["services"]["chat"]
+    assert chat["environment"]["ROOMHUB_BOT_CACHE_TTL"] == "0"
 
 
 def test_chat_has_a_raised_fd_limit_and_a_readiness_healthcheck() -> None:
