@@ -25,6 +25,7 @@ from grafana_foundation_sdk.models.dashboard import (
     VariableRefresh,
     VariableSort,
 )
+from grafana_foundation_sdk.models.heatmap import HeatmapColorMode, HeatmapColorScale
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 DATASOURCE_UID = "roomhub-prometheus"
@@ -118,7 +119,15 @@ def bucket_heatmap(title: str, description: str, target: Query) -> heatmap.Panel
         .datasource(DATASOURCE)
         .calculate(False)
         .y_axis(heatmap.YAxisConfig().unit("s"))
-        .color(heatmap.HeatmapColorOptions().scheme("Oranges").exponent(0.5).steps(64))
+        .color(
+            heatmap.HeatmapColorOptions()
+            .mode(HeatmapColorMode.SCHEME)
+            .scheme("Oranges")
+            .fill("dark-orange")
+            .scale(HeatmapColorScale.EXPONENTIAL)
+            .exponent(0.5)
+            .steps(64)
+        )
         .cell_gap(1)
         .grid_pos(GridPos(h=8, w=8))
     )

@@ -235,6 +235,7 @@ def build() -> Dashboard:
             "short",
             query(f"sum(chat_hub_queue_depth{{{SEL}}})", "hub inboxes"),
             query(f"sum(chat_client_queue_depth{{{SEL}}})", "client outboxes"),
+            width=6,
         )
     )
     board.with_panel(
@@ -247,6 +248,7 @@ def build() -> Dashboard:
                 rate("chat_connections_closed_total", "instance", 'reason="slow_consumer"'),
                 "{{instance}}",
             ),
+            width=6,
         )
     )
     board.with_panel(
@@ -256,6 +258,7 @@ def build() -> Dashboard:
             "client); in the soak scenario it must return to its baseline after each wave.",
             "short",
             query(f"sum by (instance) (chat_asyncio_tasks{{{SEL}}})", "{{instance}}"),
+            width=6,
         )
     )
     board.with_panel(
@@ -265,6 +268,7 @@ def build() -> Dashboard:
             "message, heartbeat and bot reply waits at least this long.",
             "s",
             *quantiles("chat_event_loop_lag_seconds", 0.5, 0.99),
+            width=6,
         )
     )
 
@@ -306,6 +310,7 @@ def build() -> Dashboard:
             "ops",
             query(rate("chat_bot_commands_total", "result"), "{{result}}"),
             table=True,
+            width=6,
         )
     )
     board.with_panel(
@@ -314,6 +319,7 @@ def build() -> Dashboard:
             "Command received to reply broadcast: queue wait, cache or quote call, fan-out.",
             "s",
             *quantiles("chat_bot_latency_seconds", 0.5, 0.95, 0.99),
+            width=6,
         )
     )
     board.with_panel(
@@ -323,6 +329,7 @@ def build() -> Dashboard:
             "single-flight followers make no call.",
             "s",
             *quantiles("chat_bot_upstream_seconds", 0.5, 0.99),
+            width=6,
         )
     )
     board.with_panel(
@@ -333,6 +340,7 @@ def build() -> Dashboard:
             "serve.",
             "short",
             query(f"sum by (instance) (chat_bot_queue_depth{{{SEL}}})", "{{instance}}"),
+            width=6,
         )
     )
 
