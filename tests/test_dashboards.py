@@ -144,6 +144,18 @@ def test_the_dashboards_link_to_each_other() -> None:
     assert load_links == ["/d/roomhub-server"]
 
 
+def test_datasource_is_the_compose_prometheus_at_its_scrape_interval() -> None:
+    (source,) = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    scrape = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())["global"]
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert source["type"] == "prometheus"
+    assert source["url"] == "http://prometheus:9090"
+    assert "9090:9090" in compose["prometheus"]["ports"]
+    assert source["jsonData"]["timeInterval"] == scrape["scrape_interval"]
+
+
 def test_provider_loads_dashboards_from_the_compose_mount() -> None:
     (provider,) = yaml.safe_load((PROVISIONING / "dashboards" / "roomhub.yml").read_text())[
         "providers"
