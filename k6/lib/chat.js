@@ -1,0 +1,303 @@
+// One chat connection driven by a k6 VU (k6/experimental/websockets, k6 1.1).
+//
+// Server frames hold one event object or a JSON array of events (batching). Parsing every frame
+// costs k6 more CPU than the server spends sending it, so a frame is parsed only when it can
+// matter: before the `welcome`, when it contains this connection's own id prefix (its messages
+// echoed, replies to its commands), when it holds an `error`, or once per second to sample
+// delivery lag. Every other frame is counted with a substring scan.
+import { sleep } from 'k6';
+import exec from 'k6/execution';
+import { WebSocket } from 'k6/experimental/websockets';
+import { WS_URL } from './config.js';
+import * as m from './metrics.js';
+
+const LAG_SAMPLE_MS = 1000;
+const FLUSH_MS = 1000;
+// A session shorter than this is not worth opening: the VU idles to the end instead.
+const MIN_SESSION_MS = 3000;
+const IDLE_PAST_END_MS = 250;
+const DRAIN_MS = 2000;
+// After a failed upgrade or an unexpected close the iteration lingers this long, so a VU
+// doesn't hammer a server that refuses it.
+const RETRY_PAUSE_MS = 1000;
+const OPEN = 1;
+
+let sessions = 0; // per VU: module state lives in the VU's own JS runtime
+
+// The chat endpoint for `room` and `user`.
+export function chatUrl(room, user) {
+  const join = WS_URL.includes('?') ? '&' : '?';
+  return `${WS_URL}${join}room=${encodeURIComponent(room)}&user=${encodeURIComponent(user)}`;
+}
+
+// Epoch ms at which the running scenario ends when it lasts `durationMs`.
+export function scenarioEnd(durationMs) {
+  return exec.scenario.startTime + durationMs;
+}
+
+// Opens one session that closes itself at `endAt`. When too little time is left for a useful
+// session (its drain time plus a few seconds), it idles a little past `endAt` instead, so the
+// executor starts no further iteration, and returns null. See ChatSession for the options.
+export function sessionUntil(endAt, options) {
+  const left = endAt - Date.now();
+  if (left < (options.drainMs ?? DRAIN_MS) + MIN_SESSION_MS) {
+    sleep((Math.max(0, left) + IDLE_PAST_END_MS) / 1000);
+    return null;
+  }
+  return new ChatSession({ ...options, endAt });
+}
+
+// Number of events in a frame without parsing it: 1 for an object, else the `"type":` keys
+// of the array's (flat) event objects. Quotes inside chat text are escaped, so text can't match.
+function countEvents(data) {
+  if (data.charCodeAt(0) !== 91 /* [ */) {
+    return 1;
+  }
+  let count = 0;
+  for (let at = data.indexOf('"type":'); at !== -1; at = data.indexOf('"type":', at + 7)) {
+    count += 1;
+  }
+  return count;
+}
+
+function parseEvents(data) {
+  const parsed = JSON.parse(data);
+  return Array.isArray(parsed) ? parsed : [parsed];
+}
+
+/**
+ * A chat connection that lives until `endAt` (epoch ms).
+ *
+ * options:
+ *   room, user      query parameters of the upgrade
+ *   endAt           when the session closes itself (normal close, 1000)
+ *   sendEveryMs     0: lurker (only reads); else one send every N ms once the welcome arrived
+ *   commands        symbols to cycle through as `/stock=SYM` bot commands instead of chat text
+ *   drainMs         stop sending this long before endAt, then close as soon as every message
+ *                   came back and every command was answered
+ *
+ * One interval timer drives a session (sends, drain, close, metric flushes), started at a
+ * random phase so that VUs which connected together don't send in lockstep. A VU interrupted
+ * by a ramp-down closes the socket; k6 then warns once about the stopped timer.
+ */
+export class ChatSession {
+  constructor({ room, user, endAt, sendEveryMs = 0, commands = null, drainMs = DRAIN_MS }) {
+    sessions += 1;
+    this.user = user;
+    this.endAt = endAt;
+    this.sendEveryMs = sendEveryMs;
+    this.commands = commands;
+    this.drainMs = drainMs;
+    this.prefix = `k6:${exec.vu.idInTest}:${sessions}:`;
+    this.marker = `"${this.prefix}`;
+    this.sent = 0;
+    this.nextSendAt = Infinity; // set once welcomed
+    this.pendingMessages = new Map(); // id -> send time (epoch ms)
+    this.pendingCommands = new Map();
+    this.opened = false;
+    this.welcomed = false;
+    this.draining = false;
+    this.closing = false;
+    this.closeCode = null;
+    this.events = 0;
+    this.lastFlush = 0;
+    this.nextLagSample = 0;
+    this.startTimer = null;
+    this.tickTimer = null;
+
+    this.ws = new WebSocket(chatUrl(room, user), null, { tags: { name: 'chat_ws' } });
+    this.ws.onopen = () => this.handleOpen();
+    this.ws.onmessage = (event) => this.handleFrame(event.data, event.timestamp);
+    this.ws.onerror = (event) => this.handleError(event.error);
+    this.ws.onclose = () => this.handleClose();
+  }
+
+  // Sends a chat message (or the next bot command) now; false when the socket isn't open.
+  send(text) {
+    if (this.ws.readyState !== OPEN || this.closing) {
+      return false;
+    }
+    this.sent += 1;
+    const id = `${this.prefix}${this.sent}`;
+    const sent = Date.now();
+    this.ws.send(JSON.stringify({ type: 'message', text, id, sent }));
+    return { id, sent };
+  }
+
+  sendChat() {
+    const out = this.send(`hello ${this.sent + 1} from ${this.user}`);
+    if (out) {
+      this.pendingMessages.set(out.id, out.sent);
+      m.messagesSent.add(1);
+    }
+  }
+
+  sendCommand() {
+    const symbol = this.commands[this.sent % this.commands.length];
+    const out = this.send(`/stock=${symbol}`);
+    if (out) {
+      this.pendingCommands.set(out.id, out.sent);
+      m.commandsSent.add(1);
+    }
+  }
+
+  close() {
+    if (this.closing) {
+      return;
+    }
+    this.closing = true;
+    this.ws.close();
+  }
+
+  handleOpen() {
+    this.opened = true;
+    m.upgrades.add(true);
+    const period = Math.min(this.sendEveryMs || FLUSH_MS, FLUSH_MS);
+    this.startTimer = setTimeout(() => {
+      this.tickTimer = setInterval(() => this.tick(), period);
+      this.tick();
+    }, Math.random() * period);
+  }
+
+  tick() {
+    const now = Date.now();
+    if (now >= this.endAt) {
+      this.close();
+      return;
+    }
+    if (now >= this.endAt - this.drainMs) {
+      this.draining = true;
+      this.closeIfDrained();
+    } else if (now >= this.nextSendAt) {
+      this.nextSendAt += this.sendEveryMs;
+      if (this.commands) {
+        this.sendCommand();
+      } else {
+        this.sendChat();
+      }
+    }
+    if (now - this.lastFlush >= FLUSH_MS) {
+      this.flush();
+    }
+  }
+
+  closeIfDrained() {
+    if (this.draining && this.pendingMessages.size === 0 && this.pendingCommands.size === 0) {
+      this.close();
+    }
+  }
+
+  handleFrame(data, receivedAt) {
+    const lagDue = receivedAt >= this.nextLagSample && data.indexOf('"message"') !== -1;
+    const mustParse =
+      !this.welcomed || data.indexOf(this.marker) !== -1 || data.indexOf('"code":') !== -1;
+    if (mustParse || lagDue) {
+      this.handleEvents(parseEvents(data), receivedAt, lagDue);
+    } else {
+      this.events += countEvents(data);
+    }
+  }
+
+  // `sampleLag`: record the delivery lag of the first other user's message in this frame.
+  handleEvents(events, receivedAt, sampleLag) {
+    this.events += events.length;
+    let lagWanted = sampleLag;
+    for (const event of events) {
+      switch (event.type) {
+        case 'welcome':
+          this.welcomed = true;
+          if (this.sendEveryMs) {
+            this.nextSendAt = Date.now();
+          }
+          break;
+        case 'message':
+          if (!this.handleOwnMessage(event, receivedAt) && lagWanted && event.ts > 0) {
+            lagWanted = false;
+            m.deliveryLag.add(Math.max(0, receivedAt - event.ts));
+          }
+          break;
+        case 'bot':
+          this.handleBot(event, receivedAt);
+          break;
+        case 'error':
+          this.handleErrorEvent(event);
+          break;
+        default:
+          break;
+      }
+    }
+    if (sampleLag) {
+      this.nextLagSample = receivedAt + LAG_SAMPLE_MS;
+    }
+    this.closeIfDrained();
+  }
+
+  // Records chat_rtt when `event` is one of this session's messages; false when it isn't.
+  handleOwnMessage(event, receivedAt) {
+    const sentAt = this.pendingMessages.get(event.id);
+    if (sentAt === undefined) {
+      return false;
+    }
+    this.pendingMessages.delete(event.id);
+    m.chatRtt.add(receivedAt - sentAt);
+    m.messagesEchoed.add(1);
+    return true;
+  }
+
+  handleBot(event, receivedAt) {
+    const sentAt = this.pendingCommands.get(event.reply_to);
+    if (sentAt === undefined) {
+      return;
+    }
+    this.pendingCommands.delete(event.reply_to);
+    m.botRtt.add(receivedAt - sentAt);
+    m.botReplies.add(1, { result: event.ok ? 'ok' : 'failed' });
+    m.botReplyOk.add(event.ok === true);
+  }
+
+  handleErrorEvent(event) {
+    const code = String(event.code);
+    m.errorsReceived.add(1, { code });
+    if (this.pendingCommands.delete(event.reply_to)) {
+      m.botReplies.add(1, { result: code });
+      m.botReplyOk.add(false);
+    }
+    this.pendingMessages.delete(event.reply_to);
+  }
+
+  handleError(message) {
+    if (!this.opened) {
+      m.upgrades.add(false);
+      return;
+    }
+    const match = /close (\d+)/.exec(message || '');
+    this.closeCode = match ? match[1] : 'error';
+  }
+
+  handleClose() {
+    clearTimeout(this.startTimer);
+    clearInterval(this.tickTimer);
+    this.flush();
+    if (!this.closing) {
+      setTimeout(() => {}, RETRY_PAUSE_MS); // keeps the iteration (and the VU) waiting
+      if (this.opened) {
+        m.unexpectedCloses.add(1, { close_code: this.closeCode || '1000/1001' });
+      }
+    }
+    if (this.pendingMessages.size > 0) {
+      m.messagesLost.add(this.pendingMessages.size);
+    }
+    for (let i = 0; i < this.pendingCommands.size; i += 1) {
+      m.botReplies.add(1, { result: 'lost' });
+      m.botReplyOk.add(false);
+    }
+  }
+
+  flush() {
+    this.lastFlush = Date.now();
+    if (this.events > 0) {
+      m.eventsReceived.add(this.events);
+      this.events = 0;
+    }
+  }
+}

@@ -1,0 +1,32 @@
+// Custom k6 metrics every scenario records. Names are part of the load lab's interface:
+// thresholds, the summary JSON, bench/run.py and the tests read them.
+import { Counter, Rate, Trend } from 'k6/metrics';
+
+// Own message sent -> the same message (matched by its `id`) read back from the room broadcast.
+export const chatRtt = new Trend('chat_rtt', true);
+// `/stock=` command sent -> the `bot` event whose `reply_to` is that command's id.
+export const botRtt = new Trend('chat_bot_rtt', true);
+// Server `ts` of another user's message -> the frame read by this client (same host clock).
+// Sampled: the oldest such message in at most one frame per second per connection.
+export const deliveryLag = new Trend('chat_delivery_lag', true);
+
+// Server events received (a batched frame counts each event in it).
+export const eventsReceived = new Counter('chat_events_received');
+// `error` events received, tagged `code` (rate_limited, busy, bad_message, ...).
+export const errorsReceived = new Counter('chat_errors_received');
+// Connections the server (or the network) closed while the client still wanted them,
+// tagged `close_code` (1008, 1013, 1006, ... or "1000/1001" for a clean server close).
+export const unexpectedCloses = new Counter('chat_unexpected_closes');
+// WebSocket upgrades: true when the connection opened, false when the handshake failed.
+export const upgrades = new Rate('chat_ws_upgrade_ok');
+
+export const messagesSent = new Counter('chat_messages_sent');
+// Own messages read back (one per chat_rtt sample: thresholds use it to refuse an empty run).
+export const messagesEchoed = new Counter('chat_messages_echoed');
+// Own messages never read back before the connection closed.
+export const messagesLost = new Counter('chat_messages_lost');
+export const commandsSent = new Counter('chat_commands_sent');
+// Bot command outcomes, tagged `result`: ok, failed (ok=false reply), busy, rate_limited, lost.
+export const botReplies = new Counter('chat_bot_replies');
+// Share of bot commands answered with an ok quote.
+export const botReplyOk = new Rate('chat_bot_reply_ok');
