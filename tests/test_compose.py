@@ -149,6 +149,14 @@ def test_k6_remote_writes_to_prometheus(name: str, value: str) -> None:
     assert services()["k6"]["environment"][name] == value
 
 
+def test_every_setting_a_scenario_reads_reaches_the_k6_container() -> None:
+    sources = [*(ROOT / "k6" / "scenarios").glob("*.js"), *(ROOT / "k6" / "lib").glob("*.js")]
+    pattern = r"(?:intEnv|durationEnv)\('(\w+)'|__ENV\.(\w+)"
+    read = {a or b for path in sources for a, b in re.findall(pattern, path.read_text())}
+    assert read
+    assert read <= set(services()["k6"]["environment"])
+
+
 def test_k6_is_the_pinned_image_in_the_loadtest_profile() -> None:
     k6 = services()["k6"]
     assert k6["image"] == "grafana/k6:1.1.0"
