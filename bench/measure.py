@@ -1,0 +1,145 @@
+"""One benchmark run: a k6 scenario against a fresh server, with the server watched."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import resource
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .procstat import usage
+from .server import Server
+
+ROOT = Path(__file__).resolve().parents[1]
+K6 = Path(sys.executable).parent / "k6"
+GRACE_SECONDS = 120.0
+DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """What one scenario did: k6's summary, server scrapes around it, and process figures."""
+
+    scenario: str
+    returncode: int
+    summary: dict
+    before: dict[str, float]
+    after: dict[str, float]
+    peak_connections: float
+    rss_before: int
+    peak_rss: int
+    server_cpu: float
+    k6_cpu: float
+
+    @property
+    def seconds(self) -> float:
+        return self.summary["state"]["testRunDurationMs"] / 1000
+
+    def grew(self, metric: str) -> float:
+        return self.after.get(metric, 0.0) - self.before.get(metric, 0.0)
+
+    def k6(self, metric: str) -> dict[str, float]:
+        """Summary values of a k6 metric ({} when it has no samples)."""
+        return self.summary["metrics"].get(metric, {}).get("values", {})
+
+    def failed_thresholds(self) -> list[str]:
+        return [
+            f"{name}: {expression}"
+            for name, metric in self.summary["metrics"].items()
+            for expression, result in metric.get("thresholds", {}).items()
+            if not result["ok"]
+        ]
+
+
+def _seconds(go_duration: str) -> float:
+    """``"1m5s"`` -> 65.0 (the form of k6's totalDuration)."""
+    parts = GO_DURATION.findall(go_duration)
+    return sum(float(number) * DURATION_UNITS[unit] for number, unit in parts)
+
+
+class GaugeSampler:
+    """Polls ``read()`` every ``every`` seconds on a thread while the ``with`` block runs
+    (at most ``limit`` seconds); the values land in ``values``."""
+
+    def __init__(self, read: Callable[[], float], limit: float, every: float = 0.5) -> None:
+        self.read, self.limit, self.every = read, limit, every
+        self.values: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-gauge", daemon=True)
+
+    def _run(self) -> None:
+        for _ in range(int(self.limit / self.every) + 1):
+            with contextlib.suppress(OSError):
+                self.values.append(self.read())
+            if self._stop.wait(self.every):
+                return
+
+    def __enter__(self) -> GaugeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def _k6_args(env: dict[str, str]) -> list[str]:
+    args = []
+    for name, value in env.items():
+        args += ["-e", f"{name}={value}"]
+    return args
+
+
+def planned_seconds(script: Path, env: dict[str, str]) -> float:
+    """The scenario's longest possible run (k6 inspect's totalDuration), in seconds."""
+    done = subprocess.run(
+        [str(K6), "inspect", "--execution-requirements", *_k6_args(env), str(script)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return _seconds(json.loads(done.stdout)["totalDuration"])
+
+
+def run_scenario(server: Server, scenario: str, env: dict[str, str], out: Path) -> Run:
+    """Run ``k6/scenarios/<scenario>.js`` against ``server``; k6's files go to ``out``.
+
+    ``env``: extra ``-e`` variables (PROFILE, VUS, ...). The k6 run is bounded by its
+    planned duration plus two minutes.
+    """
+    script = ROOT / "k6" / "scenarios" / f"{scenario}.js"
+    env = {**env, "WS_URL": server.ws_url, "RESULTS_DIR": str(out)}
+    timeout = planned_seconds(script, env) + GRACE_SECONDS
+    before = server.metrics()
+    start = usage(server.pid)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    command = [str(K6), "run", "--quiet", "--no-color", "--address", "", *_k6_args(env)]
+    with (
+        (out / f"{scenario}-k6.log").open("w") as log,
+        GaugeSampler(lambda: server.metrics()["chat_connections"], timeout) as connections,
+    ):
+        done = subprocess.run(
+            [*command, str(script)], cwd=ROOT, stdout=log, stderr=log, timeout=timeout, check=False
+        )
+    k6_usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    end = usage(server.pid)
+    return Run(
+        scenario=scenario,
+        returncode=done.returncode,
+        summary=json.loads((out / f"{scenario}-summary.json").read_text()),
+        before=before,
+        after=server.metrics(),
+        peak_connections=max(connections.values, default=0.0),
+        rss_before=start.rss,
+        peak_rss=end.peak_rss,
+        server_cpu=end.cpu_seconds - start.cpu_seconds,
+        k6_cpu=(k6_usage.ru_utime + k6_usage.ru_stime) - (children.ru_utime + children.ru_stime),
+    )

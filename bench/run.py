@@ -1,0 +1,107 @@
+"""``make bench``: run k6 scenarios against roomhub in each hub mode; write results/bench.md.
+
+For every mode a fresh server (``python -m server serve``, quote provider ``sim``) is
+started per step: an idle-connection memory probe, then each scenario. Server CPU time and
+peak RSS come from ``/proc/<pid>``; traffic figures from ``/metrics`` before and after.
+
+Environment (``make bench NAME=value`` works too):
+
+    BENCH_MODES       hub modes to compare (default "sharded global")
+    BENCH_SCENARIOS   k6 scenarios (default "connection-storm active-chat")
+    BENCH_PROFILE     k6 PROFILE, full or smoke (default full)
+    BENCH_STORM_VUS   connection-storm VUs (default: the profile's)
+    BENCH_CHAT_VUS    active-chat VUs (default: the profile's)
+    BENCH_DURATION    active-chat DURATION, e.g. 30s (default: the profile's)
+    BENCH_IDLE        idle connections for the memory probe (default 1000; 0 skips it)
+    BENCH_RESULTS     output directory (default results)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import idle
+from .measure import K6, ROOT, run_scenario
+from .report import ModeResult, render
+from .server import serve
+
+SERVER_SETTINGS = {"quote_provider": "sim", "log_level": "warning"}
+SCENARIO_ENV = {
+    "connection-storm": {"VUS": "BENCH_STORM_VUS"},
+    "active-chat": {"VUS": "BENCH_CHAT_VUS", "DURATION": "BENCH_DURATION"},
+}
+
+
+def scenario_env(scenario: str, environ: dict[str, str]) -> dict[str, str]:
+    """k6 ``-e`` variables for ``scenario``: the profile plus any BENCH_* override."""
+    env = {"PROFILE": environ.get("BENCH_PROFILE", "full")}
+    for name, source in SCENARIO_ENV.get(scenario, {}).items():
+        if environ.get(source):
+            env[name] = environ[source]
+    return env
+
+
+def context(environ: dict[str, str]) -> dict[str, str]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    k6_version = subprocess.run(
+        [str(K6), "version"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.split(" (")[0]
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": commit or "unknown",
+        "machine": f"{os.cpu_count()} CPUs, {cpu}",
+        "python": platform.python_version(),
+        "k6": k6_version,
+        "profile": environ.get("BENCH_PROFILE", "full"),
+    }
+
+
+def bench_mode(mode: str, environ: dict[str, str], out: Path) -> ModeResult:
+    out.mkdir(parents=True, exist_ok=True)
+    idle_count = int(environ.get("BENCH_IDLE", "1000"))
+    memory = None
+    if idle_count:
+        with serve(out / "idle-server.log", hub_mode=mode, **SERVER_SETTINGS) as server:
+            memory = asyncio.run(idle.measure(server, idle_count))
+        print(f"[{mode}] idle: {memory.per_connection / 1024:.1f} KiB per connection", flush=True)
+    runs = []
+    for scenario in environ.get("BENCH_SCENARIOS", "connection-storm active-chat").split():
+        with serve(out / f"{scenario}-server.log", hub_mode=mode, **SERVER_SETTINGS) as server:
+            run = run_scenario(server, scenario, scenario_env(scenario, environ), out)
+        runs.append(run)
+        print(f"[{mode}] {scenario}: k6 exit {run.returncode}", flush=True)
+    return ModeResult(mode, memory, runs)
+
+
+def main() -> int:
+    environ = dict(os.environ)
+    results_dir = ROOT / environ.get("BENCH_RESULTS", "results")
+    facts = context(environ)
+    results = [
+        bench_mode(mode, environ, results_dir / "bench" / mode)
+        for mode in environ.get("BENCH_MODES", "sharded global").split()
+    ]
+    report = results_dir / "bench.md"
+    report.write_text(render(results, facts))
+    print(f"wrote {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
