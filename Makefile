@@ -52,9 +52,21 @@ SCENARIO  ?= mixed
 PROFILE   ?= full
 WS_URL    ?= ws://localhost:8080/ws
 
-.PHONY: k6 k6-all bench
+.PHONY: k6 k6-all bench k6-local k6-compose
 
-k6: $(STAMP)
+# With the compose stack up (make up), k6 runs in its container and remote-writes to the
+# stack's Prometheus (tagged testid=<date>-<time>-<scenario>); otherwise the local k6 runs.
+k6:
+	@if $(COMPOSE) ps --services --filter status=running 2>/dev/null | grep -qx chat; \
+	then $(MAKE) --no-print-directory k6-compose; else $(MAKE) --no-print-directory k6-local; fi
+
+k6-compose:
+	@test -f k6/scenarios/$(SCENARIO).js || { echo "SCENARIO must be one of: $(SCENARIOS)"; exit 2; }
+	mkdir -p results
+	K6_USER=$$(id -u):$$(id -g) SCENARIO=$(SCENARIO) PROFILE=$(PROFILE) \
+	TESTID=$$(date +%Y%m%d-%H%M%S)-$(SCENARIO) $(COMPOSE) --profile loadtest run --rm k6
+
+k6-local: $(STAMP)
 	@test -f k6/scenarios/$(SCENARIO).js || { echo "SCENARIO must be one of: $(SCENARIOS)"; exit 2; }
 	mkdir -p results
 	K6_WEB_DASHBOARD=true K6_WEB_DASHBOARD_PORT=-1 \
