@@ -76,7 +76,7 @@ EVENT_LOOP_LAG = Histogram(
 BOT_COMMANDS = Counter("chat_bot_commands", "Bot commands, by result.", ["result"])
 BOT_LATENCY = Histogram(
     "chat_bot_latency_seconds",
-    "Bot command received to reply broadcast.",
+    "Bot command received to reply handed to its room's hub for broadcast.",
     buckets=BOT_BUCKETS,
 )
 BOT_UPSTREAM = Histogram(

@@ -74,7 +74,7 @@ def validate_since(raw: str | None) -> int | None:
     """Return the last sequence number the client saw, or None; ``bad_since`` if not an int >= 0."""
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ProtocolError("bad_since", "since must be a non-negative integer")
     return int(raw)
 

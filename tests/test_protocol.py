@@ -14,12 +14,17 @@ from server.protocol import (
     frame_header,
     parse_frame,
     validate_room,
+    validate_since,
     validate_user,
     welcome_event,
 )
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(),
     lambda children: (
         st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
     ),
@@ -31,9 +36,14 @@ frames = st.one_of(
     st.fixed_dictionaries(
         {"type": st.sampled_from(["message", "other", 1])},
         optional={
-            "text": st.one_of(st.text(max_size=2100), st.integers()),
-            "id": st.one_of(st.text(max_size=80), st.integers()),
-            "sent": st.one_of(st.floats(allow_nan=False), st.integers(), st.text(), st.booleans()),
+            "text": st.one_of(st.text(max_size=2100), st.integers(-(2**63), 2**63 - 1)),
+            "id": st.one_of(st.text(max_size=80), st.integers(-(2**63), 2**63 - 1)),
+            "sent": st.one_of(
+                st.floats(allow_nan=False),
+                st.integers(-(2**63), 2**63 - 1),
+                st.text(),
+                st.booleans(),
+            ),
         },
     ).map(lambda v: orjson.dumps(v).decode()),
 )
@@ -101,3 +111,15 @@ def test_welcome_embeds_encoded_history() -> None:
 )
 def test_frame_header_follows_rfc_6455_length_encoding(length: int, header: bytes) -> None:
     assert frame_header(length) == header
+
+
+@pytest.mark.parametrize("raw", ["-1", "1.5", "x", "\u00b2", "\u0663", "1" * 19])
+def test_validate_since_refuses_anything_but_ascii_digits(raw: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        validate_since(raw)
+    assert info.value.code == "bad_since"
+
+
+def test_validate_since_reads_the_last_seen_sequence_number() -> None:
+    assert validate_since("42") == 42
+    assert validate_since(None) is None
