@@ -14,6 +14,8 @@ Environment (``make bench NAME=value`` works too):
     BENCH_DURATION    active-chat DURATION, e.g. 30s (default: the profile's)
     BENCH_IDLE        idle connections for the memory probe (default 1000; 0 skips it)
     BENCH_RESULTS     output directory (default results)
+
+Other ``ROOMHUB_*`` variables in the environment reach every server started.
 """
 
 from __future__ import annotations
