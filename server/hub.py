@@ -7,7 +7,9 @@ touches it. Two hub designs share that state:
   every waiting inbox item, encodes the resulting events once and hands each member the
   whole batch as one frame, never awaiting a client. Fan-outs of one room are at least
   ``fanout_interval`` seconds apart: under load, events that arrive in between leave
-  together; a quiet room fans out at once. A room empty for ``room_grace`` seconds is reaped.
+  together; a quiet room fans out at once. Joins and leaves alone may wait longer in a big
+  room (a join storm would otherwise cost a frame per join per member), and leave with the
+  next message at the latest. A room empty for ``room_grace`` seconds is reaped.
 * :class:`GlobalHub`: one task and one queue for all rooms that awaits each recipient's
   send in turn: the single-hub design kept to reproduce its bottleneck.
 
@@ -33,6 +35,20 @@ from .protocol import ChatMessage, batch, message_event, presence_event, welcome
 JOIN, LEAVE, SAY, BOT = range(4)
 
 log = logging.getLogger("roomhub.hub")
+
+FRAME_BUDGET = 20_000
+"""Frames per second one room may spend on presence (join/leave) events, summed over members."""
+MAX_PRESENCE_INTERVAL = 0.25
+"""Longest time (seconds) a join or leave waits for its fan-out, however big the room."""
+
+
+def presence_interval(base: float, members: int) -> float:
+    """Seconds between two presence-only fan-outs of a room with ``members``: ``base``, or
+    longer when ``members / base`` frames per second would exceed ``FRAME_BUDGET`` (at most
+    ``MAX_PRESENCE_INTERVAL``). ``base`` 0 turns coalescing off."""
+    if base <= 0:
+        return 0.0
+    return min(max(base, members / FRAME_BUDGET), MAX_PRESENCE_INTERVAL)
 
 
 class Room:
@@ -85,13 +101,19 @@ def fan_out(room: Room, events: list[bytes]) -> None:
 
 
 class RoomHub:
-    """The task that owns one :class:`Room` in sharded mode."""
+    """The task that owns one :class:`Room` in sharded mode.
 
-    __slots__ = ("_wake", "inbox", "room", "task")
+    ``pending`` holds encoded events not yet fanned out; ``urgent`` says whether one of them
+    is a message or bot reply (due within the base interval) rather than presence only.
+    """
+
+    __slots__ = ("_wake", "inbox", "pending", "room", "task", "urgent")
 
     def __init__(self, room: Room) -> None:
         self.room = room
         self.inbox: deque[tuple[int, Connection | None, object]] = deque()
+        self.pending: list[bytes] = []
+        self.urgent = False
         self._wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -102,49 +124,66 @@ class RoomHub:
     async def run(self, grace: float, interval: float) -> None:
         """Serve the inbox until the room has been empty and idle for ``grace`` seconds.
 
-        Fan-outs are at least ``interval`` seconds apart.
+        Messages and bot replies fan out at least ``interval`` seconds after the previous
+        fan-out; presence-only batches wait :func:`presence_interval` (longer in big rooms),
+        or leave earlier with the next message.
         """
         loop = asyncio.get_running_loop()
-        last = -interval
+        room = self.room
+        last = -MAX_PRESENCE_INTERVAL
         while True:
             if not self.inbox:
-                if self.room.members:
+                if self.pending:
+                    due = last + presence_interval(interval, len(room.members))
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout_at(due):
+                            await self._wake.wait()
+                elif room.members:
                     await self._wake.wait()
                 else:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(grace):
                             await self._wake.wait()
-                    if not self.inbox and not self.room.members:
+                    if not self.inbox and not room.members:
                         return
-            wait = last + interval - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            self._wake.clear()
-            self._serve()
-            last = loop.time()
+            if self.inbox:
+                wait = last + interval - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self._wake.clear()
+                self._collect()
+            now = loop.time()
+            if self.pending and (
+                self.urgent or now >= last + presence_interval(interval, len(room.members))
+            ):
+                fan_out(room, self.pending)
+                self.pending, self.urgent = [], False
+                last = now
 
-    def _serve(self) -> None:
+    def _collect(self) -> None:
+        """Apply every inbox item to the room, adding the events it causes to ``pending``."""
         room, inbox = self.room, self.inbox
-        pending: list[bytes] = []
         while inbox:
             kind, conn, payload = inbox.popleft()
             if kind == SAY:
                 if conn in room.members:
-                    pending.append(room.say(conn, payload))  # type: ignore[arg-type]
+                    self.pending.append(room.say(conn, payload))  # type: ignore[arg-type]
+                    self.urgent = True
             elif kind == BOT:
-                pending.append(payload)  # type: ignore[arg-type]
+                self.pending.append(payload)  # type: ignore[arg-type]
+                self.urgent = True
             elif kind == JOIN:
-                # Members get what came before the join live; the joiner gets it as history.
-                fan_out(room, pending)
-                pending = []
+                if self.urgent:
+                    # Members get earlier messages live; the joiner gets them as history.
+                    fan_out(room, self.pending)
+                    self.pending, self.urgent = [], False
                 welcome, joined = room.join(conn, payload)  # type: ignore[arg-type]
                 conn.send_event(welcome)  # type: ignore[union-attr]
-                pending.append(joined)
+                self.pending.append(joined)
             else:
                 left = room.leave(conn)  # type: ignore[arg-type]
                 if left is not None:
-                    pending.append(left)
-        fan_out(room, pending)
+                    self.pending.append(left)
 
 
 class ShardedHubs:

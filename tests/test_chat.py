@@ -110,6 +110,19 @@ async def test_history_is_replayed_oldest_first(make_server: Any, hub_mode: str)
     assert [m["seq"] for m in welcome["history"]] == [3, 4, 5]
 
 
+async def test_joiner_gets_a_message_once_when_join_and_message_wait_together(
+    make_server: Any,
+) -> None:
+    server = await make_server(fanout_interval=0.3)
+    ann = await joined(server, "r1", "ann")
+    await ann.say("x")  # waits for the room's next fan-out, up to 0.3 s away
+    bob = await connect(server, "r1", "bob")
+    welcome = await bob.next_of("welcome")
+    assert [m["text"] for m in welcome["history"]] == ["x"]
+    await ann.say("y")
+    assert (await bob.next_of("message"))["text"] == "y"
+
+
 async def test_since_replays_only_what_the_client_missed(server: TestClient) -> None:
     ann = await joined(server, "r1", "ann")
     for i in range(4):
