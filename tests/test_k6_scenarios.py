@@ -130,10 +130,11 @@ def test_active_chat_delivers_every_message_to_every_member(live_server, k6_bin,
     sent, members = run.count("chat_messages_sent"), vus(run)
     assert grew(before, after, 'chat_messages_received_total{kind="message"}') == sent
     delivered = grew(before, after, "chat_events_delivered_total")
-    # Every message reaches every member. Joins (1 + 2 + ... + n recipients), leaves
-    # (n - 1 + ... + 0) and welcomes (n) add n * (n + 1) events. A message sent while a
+    # Every message reaches every member. Each join and each leave reaches at most the n
+    # members (presence events wait to be batched, so a later joiner may get earlier joins),
+    # and each member gets one welcome: at most n * (2n + 1) more. A message sent while a
     # member was still joining or already leaving misses that member: allow 3% for those.
-    assert sent * members * 0.97 <= delivered <= sent * members + members * (members + 1)
+    assert sent * members * 0.97 <= delivered <= sent * members + members * (2 * members + 1)
 
 
 def test_stock_bot_answers_every_command_it_was_sent(live_server, k6_bin, tmp_path):
