@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from .procstat import usage
-from .server import Server
+from .server import Process
 
 WARMUP_CONNECTIONS = 20
 OPEN_CONCURRENCY = 100
@@ -40,7 +40,7 @@ async def _open(session: aiohttp.ClientSession, url: str) -> tuple[object, async
     return ws, asyncio.create_task(read())
 
 
-async def _settled(server: Server, connections: int) -> None:
+async def _settled(server: Process, connections: int) -> None:
     """Wait until the server holds ``connections`` and every queue is empty."""
     for _ in range(int(SETTLE_TIMEOUT / POLL_EVERY)):
         m = await asyncio.to_thread(server.metrics)
@@ -54,7 +54,7 @@ async def _settled(server: Server, connections: int) -> None:
     raise TimeoutError(f"{connections} idle connections did not settle in {SETTLE_TIMEOUT} s")
 
 
-async def _hold(server: Server, session: aiohttp.ClientSession, count: int, room: str) -> list:
+async def _hold(server: Process, session: aiohttp.ClientSession, count: int, room: str) -> list:
     limit = asyncio.Semaphore(OPEN_CONCURRENCY)
 
     async def one(n: int) -> tuple[object, asyncio.Task]:
@@ -74,7 +74,7 @@ async def _release(held: list) -> None:
             await reader
 
 
-async def measure(server: Server, count: int) -> IdleMemory:
+async def measure(server: Process, count: int) -> IdleMemory:
     """Open ``count`` idle connections to one room after a warm-up; the RSS they added.
 
     Raises ``TimeoutError`` if the server doesn't settle with all of them joined.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .procstat import usage
-from .server import Server
+from .server import Process
 
 ROOT = Path(__file__).resolve().parents[1]
 K6 = Path(sys.executable).parent / "k6"
@@ -109,7 +109,7 @@ def planned_seconds(script: Path, env: dict[str, str]) -> float:
     return _seconds(json.loads(done.stdout)["totalDuration"])
 
 
-def run_scenario(server: Server, scenario: str, env: dict[str, str], out: Path) -> Run:
+def run_scenario(server: Process, scenario: str, env: dict[str, str], out: Path) -> Run:
     """Run ``k6/scenarios/<scenario>.js`` against ``server``; k6's files go to ``out``.
 
     ``env``: extra ``-e`` variables (PROFILE, VUS, ...). The k6 run is bounded by its

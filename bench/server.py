@@ -1,4 +1,9 @@
-"""Start and stop a roomhub server process for a benchmark run."""
+"""Run roomhub processes (``python -m server serve``, ``python -m server.stockapi``) on free
+loopback ports, for benchmarks and for tests that drive them from outside.
+
+Each process writes its output to a log file; :func:`spawn` waits (with a deadline) until
+its health endpoint answers 200 and stops it with SIGTERM (SIGKILL after a grace period).
+"""
 
 from __future__ import annotations
 
@@ -17,20 +22,59 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-START_TIMEOUT = 20.0
-STOP_TIMEOUT = 15.0
+START_TIMEOUT = 20.0  # seconds a process may take to answer its health endpoint
+STOP_TIMEOUT = 15.0  # seconds between SIGTERM and SIGKILL
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-@dataclass(frozen=True, slots=True)
-class Server:
-    pid: int
+def wait_http_ok(
+    url: str, timeout: float = START_TIMEOUT, proc: subprocess.Popen | None = None
+) -> None:
+    """Poll ``url`` until it answers 200; ``TimeoutError`` after ``timeout`` seconds,
+    ``RuntimeError`` if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        with (
+            contextlib.suppress(OSError, urllib.error.URLError),
+            urllib.request.urlopen(url, timeout=1) as response,
+        ):
+            if response.status == 200:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout} s")
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Scrape a Prometheus text endpoint into ``{'name{label="v"}': value}``."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+@dataclass
+class Process:
+    """A running subprocess that serves HTTP on ``url``; its output goes to ``log``."""
+
+    proc: subprocess.Popen
     port: int
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     @property
     def url(self) -> str:
@@ -42,55 +86,67 @@ class Server:
 
     def metrics(self) -> dict[str, float]:
         """``/metrics`` as ``{'name{label="v"}': value}``."""
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        samples = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-        return samples
+        return scrape(f"{self.url}/metrics")
 
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
 
-def _wait_ready(server: Server, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"roomhub exited with {proc.returncode} while starting")
-        with (
-            contextlib.suppress(OSError, urllib.error.URLError),
-            urllib.request.urlopen(f"{server.url}/readyz", timeout=1) as response,
-        ):
-            if response.status == 200:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"roomhub did not answer /readyz within {START_TIMEOUT} s")
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM, wait up to ``timeout`` seconds, SIGKILL if still alive; the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
 
 
 @contextlib.contextmanager
-def serve(log: Path, **settings: object) -> Iterator[Server]:
-    """Run ``python -m server serve`` on a free loopback port; ``settings`` -> ``ROOMHUB_*``.
+def spawn(
+    args: list[str], port: int, health: str, log: Path, env: dict[str, str] | None = None
+) -> Iterator[Process]:
+    """Run ``python <args>``, wait until ``health`` answers 200, stop it on exit.
 
-    Output goes to ``log``. The server gets SIGTERM on exit (SIGKILL after 15 s).
+    On a failure inside the block the last 4000 characters of its output go to stderr.
     """
-    port = free_port()
-    env = {f"ROOMHUB_{name.upper()}": str(value) for name, value in settings.items()}
-    env.update(ROOMHUB_HOST="127.0.0.1", ROOMHUB_PORT=str(port))
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve"],
+            [sys.executable, *args],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
+            env={**os.environ, **(env or {})},
         )
+    running = Process(proc, port, log)
     try:
-        server = Server(proc.pid, port)
-        _wait_ready(server, proc)
-        yield server
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        wait_http_ok(f"{running.url}{health}", proc=proc)
+        yield running
+    except BaseException:
+        running.stop()
+        sys.stderr.write(running.output()[-4000:])
+        raise
+    running.stop()
+
+
+@contextlib.contextmanager
+def serve(log: Path, **settings: object) -> Iterator[Process]:
+    """``python -m server serve`` on a free port; ``settings`` become ``ROOMHUB_*`` vars.
+
+    Output goes to ``log``; ready once ``/readyz`` answers 200.
+    """
+    port = free_port()
+    env = {f"ROOMHUB_{k.upper()}": str(v) for k, v in settings.items()}
+    env.setdefault("ROOMHUB_HOST", "127.0.0.1")
+    env["ROOMHUB_PORT"] = str(port)
+    with spawn(["-m", "server", "serve"], port, "/readyz", log, env) as process:
+        yield process
+
+
+@contextlib.contextmanager
+def serve_stockapi(log: Path, *flags: str) -> Iterator[Process]:
+    """The bundled Stooq-compatible quote service on a free port (``flags`` as on its CLI)."""
+    port = free_port()
+    args = ["-m", "server.stockapi", "--host", "127.0.0.1", "--port", str(port), *flags]
+    with spawn(args, port, "/healthz", log) as process:
+        yield process
