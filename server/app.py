@@ -102,10 +102,13 @@ async def loop_monitor_context(app: web.Application) -> AsyncIterator[None]:
 
 
 async def shutdown_connections(app: web.Application) -> None:
-    """Refuse new upgrades, flush outboxes for a bounded time, then close everyone with 1001."""
+    """Turn ``/readyz`` to 503 and refuse new upgrades, flush outboxes for half of
+    ``shutdown_timeout``, then close every connection with 1001. Idempotent."""
     settings, state = app[settings_key], app[state_key]
-    state.shutting_down = True
     conns = list(state.connections)
+    if state.shutting_down and not conns:
+        return
+    state.shutting_down = True
     log.info("shutdown", extra={"fields": {"connections": len(conns)}})
     if not conns:
         return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,63 +23,86 @@ class ConfigError(ValueError):
     """A setting has a bad value; the message names the env var and the flag."""
 
 
+def _setting(default: Any, text: str) -> Any:
+    """A settings field with its ``--help`` text."""
+    return dataclasses.field(default=default, metadata={"help": text})
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """All server settings. Times are in seconds, sizes in bytes unless named otherwise."""
 
-    host: str = "0.0.0.0"
-    port: int = 8080
-    hub_mode: str = "sharded"
-    history_size: int = 50
-    outbox_limit: int = 1000
-    """Events that may wait in one client's outbox; more makes it a slow consumer (1013)."""
-    fanout_interval: float = 0.01
-    """Shortest time between two fan-outs of one room; events arriving sooner leave together
-    in the next one. A room that was quiet for this long fans out at once (0 disables)."""
-    rate_limit: float = 5.0
-    """Messages per second per connection (token bucket refill rate)."""
-    rate_burst: int = 10
-    max_connections: int = 10000
-    allowed_origins: tuple[str, ...] = ()
-    """Origins allowed to open a WebSocket; empty means the request's own host; ``*`` any."""
-    heartbeat: float = 25.0
-    room_grace: float = 30.0
-    """How long an empty room keeps its hub (and history) before it is reaped."""
-    max_msg_size: int = 16 * 1024
-    shutdown_timeout: float = 5.0
-    quote_provider: str = "stooq"
-    quote_url: str = "https://stooq.com"
-    bot_workers: int = 4
-    bot_queue_size: int = 100
-    bot_timeout: float = 3.0
-    bot_cache_ttl: float = 5.0
-    log_level: str = "info"
+    host: str = _setting("0.0.0.0", "address to listen on")
+    port: int = _setting(8080, "TCP port to listen on (0: any free port)")
+    hub_mode: str = _setting(
+        "sharded", "sharded: one hub task per room; global: one hub for every room"
+    )
+    history_size: int = _setting(50, "messages each room keeps for welcome and since")
+    outbox_limit: int = _setting(
+        1000, "events that may wait for one client before it is closed as a slow consumer"
+    )
+    fanout_interval: float = _setting(
+        0.01, "seconds, shortest gap between two fan-outs of one room (0: no coalescing)"
+    )
+    rate_limit: float = _setting(5.0, "frames per second each connection may send")
+    rate_burst: int = _setting(10, "frames a connection may send at once")
+    max_connections: int = _setting(10000, "open WebSocket connections; more get HTTP 503")
+    allowed_origins: tuple[str, ...] = _setting(
+        (), "comma-separated origins allowed to connect; empty: same host; *: any"
+    )
+    heartbeat: float = _setting(25.0, "seconds between server pings (0: off)")
+    room_grace: float = _setting(30.0, "seconds an empty room keeps its hub and history")
+    max_msg_size: int = _setting(16 * 1024, "bytes; a bigger client message closes with 1009")
+    shutdown_timeout: float = _setting(5.0, "seconds of graceful shutdown on SIGTERM/SIGINT")
+    quote_provider: str = _setting("stooq", "stock quotes from: stooq, url or sim (offline)")
+    quote_url: str = _setting("https://stooq.com", "base URL of the stooq or url provider")
+    bot_workers: int = _setting(4, "stock bot workers (upstream calls at once)")
+    bot_queue_size: int = _setting(100, "bot commands that may wait; more get error busy")
+    bot_timeout: float = _setting(3.0, "seconds one upstream quote call may take")
+    bot_cache_ttl: float = _setting(5.0, "seconds a quote is reused (0: no cache)")
+    log_level: str = _setting("info", "debug, info, warning or error")
+
+
+INT_RE = re.compile(r"[0-9]+")
+FLOAT_RE = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
+
+
+def _int(raw: str) -> int:
+    if not INT_RE.fullmatch(raw.strip()):
+        raise ValueError("must be a whole number")
+    return int(raw)
+
+
+def _float(raw: str) -> float:
+    if not FLOAT_RE.fullmatch(raw.strip()):
+        raise ValueError("must be a number like 2 or 0.5")
+    return float(raw)
 
 
 def _positive_int(raw: str) -> int:
-    value = int(raw)
+    value = _int(raw)
     if value < 1:
         raise ValueError("must be at least 1")
     return value
 
 
-def _non_negative_float(raw: str) -> float:
-    value = float(raw)
-    if not value >= 0 or value == float("inf"):
-        raise ValueError("must be a finite number >= 0")
-    return value
-
-
 def _positive_float(raw: str) -> float:
-    value = _non_negative_float(raw)
+    value = _float(raw)
     if value == 0:
         raise ValueError("must be > 0")
     return value
 
 
+def _fanout_interval(raw: str) -> float:
+    value = _float(raw)
+    if value > 1:
+        raise ValueError("must be at most 1 (second)")
+    return value
+
+
 def _port(raw: str) -> int:
-    value = int(raw)
-    if not 0 <= value <= 65535:
+    value = _int(raw)
+    if value > 65535:
         raise ValueError("must be 0..65535")
     return value
 
@@ -94,7 +118,7 @@ def _choice(options: Sequence[str]) -> Callable[[str], str]:
 
 
 def _origins(raw: str) -> tuple[str, ...]:
-    return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    return tuple(o.strip().rstrip("/").lower() for o in raw.split(",") if o.strip())
 
 
 def _url(raw: str) -> str:
@@ -105,8 +129,6 @@ def _url(raw: str) -> str:
 
 
 def _text(raw: str) -> str:
-    if not raw.strip():
-        raise ValueError("must not be empty")
     return raw.strip()
 
 
@@ -116,21 +138,21 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "hub_mode": _choice(HUB_MODES),
     "history_size": _positive_int,
     "outbox_limit": _positive_int,
-    "fanout_interval": _non_negative_float,
+    "fanout_interval": _fanout_interval,
     "rate_limit": _positive_float,
     "rate_burst": _positive_int,
     "max_connections": _positive_int,
     "allowed_origins": _origins,
-    "heartbeat": _non_negative_float,
-    "room_grace": _non_negative_float,
+    "heartbeat": _float,
+    "room_grace": _float,
     "max_msg_size": _positive_int,
-    "shutdown_timeout": _non_negative_float,
+    "shutdown_timeout": _float,
     "quote_provider": _choice(QUOTE_PROVIDERS),
     "quote_url": _url,
     "bot_workers": _positive_int,
     "bot_queue_size": _positive_int,
     "bot_timeout": _positive_float,
-    "bot_cache_ttl": _non_negative_float,
+    "bot_cache_ttl": _float,
     "log_level": _choice(LOG_LEVELS),
 }
 
@@ -150,7 +172,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             flag_name(field.name),
             dest=field.name,
             metavar=field.name.upper(),
-            help=f"env {env_name(field.name)} (default: {_show(field.default)})",
+            help=f"{field.metadata['help']}; env {env_name(field.name)}, "
+            f"default {_show(field.default)}",
         )
 
 
@@ -165,17 +188,18 @@ def load_settings(
 ) -> Settings:
     """Build :class:`Settings` from env vars and flag values (flags win).
 
-    Raises :class:`ConfigError` naming the env var or flag of the first bad value.
+    An empty or blank value counts as unset. Raises :class:`ConfigError` naming the env var or flag
+    of the first bad value.
     """
     flags = flags or {}
     values: dict[str, Any] = {}
     for name, parse in PARSERS.items():
         raw = flags.get(name)
         source = flag_name(name)
-        if raw is None:
+        if not (raw or "").strip():
             raw = environ.get(env_name(name))
             source = env_name(name)
-        if raw is None:
+        if not (raw or "").strip():
             continue
         try:
             values[name] = parse(raw)

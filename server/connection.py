@@ -40,6 +40,7 @@ class Connection:
         "_updated",
         "_writer",
         "burst",
+        "close_code",
         "close_reason",
         "outbox",
         "outbox_limit",
@@ -68,6 +69,7 @@ class Connection:
         self.rate = rate
         self.burst = burst
         self.close_reason: str | None = None
+        self.close_code: int | None = None
         self._transport = request.transport
         self._protocol = request.protocol
         self._writer: asyncio.Task[None] | None = None
@@ -148,6 +150,7 @@ class Connection:
 
     async def close_now(self, code: int, message: str = "") -> None:
         """Close handshake bounded by ``CLOSE_TIMEOUT`` seconds, then abort the transport."""
+        self.close_code = code
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await self.ws.close(code=code, message=message.encode())

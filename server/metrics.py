@@ -8,12 +8,11 @@ registers with :func:`set_scrape_sources`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
-os.environ.setdefault("PROMETHEUS_DISABLE_CREATED_SERIES", "True")
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
-from prometheus_client import Counter, Gauge, Histogram
+disable_created_metrics()
 
 CLOSE_REASONS = (
     "normal",

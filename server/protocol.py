@@ -11,6 +11,7 @@ import math
 import re
 import secrets
 import time
+import unicodedata
 from dataclasses import dataclass
 
 import orjson
@@ -57,16 +58,33 @@ def validate_room(raw: str | None) -> str:
     return raw
 
 
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Zl", "Zp"})
+
+
+def _name_char_ok(ch: str) -> bool:
+    return (
+        ch not in BIDI_CONTROLS
+        and ch != "\ufffd"
+        and unicodedata.category(ch) not in REFUSED_CATEGORIES
+    )
+
+
 def validate_user(raw: str | None) -> str:
     """Return the trimmed user name, or ``guest-xxxx`` when missing or blank.
 
-    Raises ``ProtocolError('bad_user')`` when longer than 32 characters or not printable.
+    Raises ``ProtocolError('bad_user')`` when longer than 32 code points or holding a control,
+    surrogate, private-use, line/paragraph separator or bidi control character, or U+FFFD
+    (what a query that is not valid UTF-8 decodes to). Format characters such as the
+    zero-width joiner in emoji sequences are allowed.
     """
     name = (raw or "").strip()
     if not name:
         return f"guest-{secrets.token_hex(2)}"
-    if len(name) > MAX_USER or not name.isprintable():
-        raise ProtocolError("bad_user", "user must be 1-32 printable characters")
+    if len(name) > MAX_USER or not all(map(_name_char_ok, name)):
+        raise ProtocolError(
+            "bad_user", "user must be 1-32 characters without control or bidi characters"
+        )
     return name
 
 
@@ -91,9 +109,8 @@ def parse_frame(data: str) -> ChatMessage:
         raise ProtocolError("bad_json", "frame is not valid JSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_json", "frame must hold one JSON object")
-    kind = obj.get("type")
-    if kind != "message":
-        raise ProtocolError("bad_message", f"unknown type {str(kind)[:32]!r}")
+    if obj.get("type") != "message":
+        raise ProtocolError("bad_message", 'type must be "message"')
     text = obj.get("text")
     if not isinstance(text, str) or not text.strip():
         raise ProtocolError("bad_message", "text must be a non-empty string")

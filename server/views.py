@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from importlib.metadata import version
 from pathlib import Path
 
 import aiohttp_jinja2
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 from prometheus_client.aiohttp import make_aiohttp_handler
 from yarl import URL
 
@@ -36,12 +37,18 @@ log = logging.getLogger("roomhub.views")
 ABUSE_STRIKES = 20
 """Frames refused in a row by the rate limiter before the connection is closed with 1008."""
 
-VERSION = "0.1.0"
+VERSION = version("roomhub")
+
+
+LISTED_ROOMS = 100
+"""Most rooms the lobby and ``/api/rooms`` list: the busiest ones."""
 
 
 def _rooms(request: web.Request) -> list[dict[str, object]]:
-    rooms = request.app[hubs_key].rooms()
-    return [{"name": name, "members": members} for name, members in sorted(rooms)]
+    """Rooms with members, busiest first (then by name), at most ``LISTED_ROOMS``."""
+    rooms = [(-members, name) for name, members in request.app[hubs_key].rooms() if members]
+    rooms.sort()
+    return [{"name": name, "members": -members} for members, name in rooms[:LISTED_ROOMS]]
 
 
 @aiohttp_jinja2.template("lobby.html")
@@ -58,7 +65,7 @@ async def room_page(request: web.Request) -> web.Response:
 
 
 async def api_rooms(request: web.Request) -> web.Response:
-    """``{"rooms": [{"name": str, "members": int}, ...]}``, sorted by name."""
+    """``{"rooms": [{"name": str, "members": int}, ...]}``: rooms with members, busiest first."""
     return web.json_response({"rooms": _rooms(request)})
 
 
@@ -89,7 +96,7 @@ def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
     if origin is None or "*" in allowed:
         return True
     if allowed:
-        return origin.rstrip("/") in allowed
+        return origin.rstrip("/").lower() in allowed
     try:
         return URL(origin).authority == request.host
     except ValueError:
@@ -125,10 +132,14 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         max_msg_size=settings.max_msg_size,
         heartbeat=settings.heartbeat or None,
     )
+    if not ws.can_prepare(request).ok:
+        return _reject(400, None, "not_websocket", "expected a WebSocket upgrade request")
     try:
         await ws.prepare(request)
     except ConnectionError:
-        return ws
+        # The peer vanished during the upgrade; aiohttp drops this answer quietly.
+        log.info("upgrade_aborted", extra={"fields": {"room": room, "user": user}})
+        return web.Response(status=400)
     conn = Connection(
         ws,
         request,
@@ -155,9 +166,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         state.connections.discard(conn)
         reason = conn.close_reason or reason
         metrics.CONNECTIONS_CLOSED.labels(reason).inc()
+        code = conn.close_code or ws.close_code
         log.info(
             "connection_closed",
-            extra={"fields": {"room": room, "user": user, "reason": reason, "code": ws.close_code}},
+            extra={"fields": {"room": room, "user": user, "reason": reason, "code": code}},
         )
     return ws
 
@@ -167,10 +179,8 @@ async def _serve(request: web.Request, conn: Connection) -> str:
     ws = conn.ws
     while True:
         msg = await ws.receive()
-        if msg.type == WSMsgType.TEXT:
-            _on_text(request, conn, msg.data)
-        elif msg.type == WSMsgType.BINARY:
-            _on_invalid(conn, "bad_message", "binary frames are not supported")
+        if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            _on_frame(request, conn, msg)
         elif msg.type == WSMsgType.CLOSE:
             return "normal"
         elif msg.type == WSMsgType.ERROR:
@@ -190,19 +200,24 @@ def _on_invalid(conn: Connection, code: str, detail: str, reply_to: str | None =
     conn.send_event(error_event(code, detail, reply_to))
 
 
-def _on_text(request: web.Request, conn: Connection, data: str) -> None:
+def _on_frame(request: web.Request, conn: Connection, frame: WSMessage) -> None:
+    """One data frame: rate limit, validate, then hand to the room's hub or the bot."""
     if conn.closing:
         return
+    text = frame.data if frame.type == WSMsgType.TEXT else None
     if not conn.allow():
-        _on_invalid(conn, "rate_limited", "slow down", client_id_of(data))
+        _on_invalid(conn, "rate_limited", "slow down", text and client_id_of(text))
         if conn.strikes >= ABUSE_STRIKES:
             conn.close(CLOSE_POLICY, "rate_limited", "rate limit exceeded")
         return
+    if text is None:
+        _on_invalid(conn, "bad_message", "binary frames are not supported")
+        return
     try:
-        msg = parse_frame(data)
+        msg = parse_frame(text)
         symbol = parse_stock_command(msg.text)
     except ProtocolError as exc:
-        _on_invalid(conn, exc.code, exc.detail, client_id_of(data))
+        _on_invalid(conn, exc.code, exc.detail, client_id_of(text))
         return
     except CommandError as exc:
         _on_invalid(conn, "bad_command", str(exc), msg.id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -31,6 +32,15 @@ def test_env_vars_are_parsed_and_validated() -> None:
     assert settings.bot_timeout == 1.5
 
 
+def test_empty_value_counts_as_unset() -> None:
+    assert load_settings({"ROOMHUB_PORT": "", "ROOMHUB_HISTORY_SIZE": " "}) == Settings()
+
+
+def test_allowed_origins_are_compared_in_lower_case() -> None:
+    settings = load_settings({"ROOMHUB_ALLOWED_ORIGINS": "HTTPS://Chat.Example"})
+    assert settings.allowed_origins == ("https://chat.example",)
+
+
 def test_flag_wins_over_env_var() -> None:
     settings = load_settings({"ROOMHUB_PORT": "9000"}, {"port": "9001"})
     assert settings.port == 9001
@@ -47,6 +57,10 @@ def test_flag_wins_over_env_var() -> None:
         ({"ROOMHUB_BOT_TIMEOUT": "nan"}, "ROOMHUB_BOT_TIMEOUT"),
         ({"ROOMHUB_QUOTE_URL": "ftp://x"}, "ROOMHUB_QUOTE_URL"),
         ({"ROOMHUB_LOG_LEVEL": "loud"}, "ROOMHUB_LOG_LEVEL"),
+        ({"ROOMHUB_PORT": "\u0668\u0660\u0668\u0660"}, "ROOMHUB_PORT"),
+        ({"ROOMHUB_OUTBOX_LIMIT": "1_000"}, "ROOMHUB_OUTBOX_LIMIT"),
+        ({"ROOMHUB_FANOUT_INTERVAL": "1e9"}, "ROOMHUB_FANOUT_INTERVAL"),
+        ({"ROOMHUB_FANOUT_INTERVAL": "2"}, "ROOMHUB_FANOUT_INTERVAL"),
     ],
 )
 def test_bad_value_raises_config_error_naming_the_setting(env: dict[str, str], named: str) -> None:
@@ -75,3 +89,19 @@ def test_bad_flag_stops_start_up_with_exit_code_2() -> None:
     )
     assert result.returncode == 2
     assert "--heartbeat" in result.stderr
+
+
+def test_port_in_use_stops_start_up_with_exit_code_2_naming_the_setting() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 2
+    assert "ROOMHUB_PORT" in result.stderr
+    assert "Traceback" not in result.stderr

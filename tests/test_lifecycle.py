@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import struct
+import time
 from pathlib import Path
 
 import aiohttp
@@ -38,3 +41,65 @@ async def test_pages_and_api_answer_with_security_headers(tmp_path: Path) -> Non
                     assert "script-src 'self'" in csp, path
             async with session.get(server.url + "/rooms/bad%20room") as response:
                 assert response.status == 400
+
+
+def test_peers_vanishing_during_the_upgrade_log_no_error(tmp_path: Path) -> None:
+    with run_server(tmp_path, quote_provider="sim") as server:
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                sock.sendall(
+                    b"GET /ws?room=r&user=v HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    b"Sec-WebSocket-Version: 13\r\n\r\n"
+                )
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        deadline = time.monotonic() + 5
+        while server.output().count('"upgrade_aborted"') < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.stop() == 0
+    log = server.output()
+    assert '"upgrade_aborted"' in log
+    assert '"level":"error"' not in log
+    assert "Traceback" not in log
+
+
+def raw_client_that_never_reads(port: int) -> socket.socket:
+    """An upgraded socket with a tiny receive buffer that is never read."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(
+        b"GET /ws?room=r&user=slow HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    return sock
+
+
+async def test_draining_server_answers_readyz_and_upgrades_with_503(tmp_path: Path) -> None:
+    settings = {"quote_provider": "sim", "shutdown_timeout": 6, "outbox_limit": 100000}
+    settings |= {"rate_limit": 10000, "rate_burst": 10000}
+    with run_server(tmp_path, **settings) as server:
+        slow = raw_client_that_never_reads(server.port)
+        async with aiohttp.ClientSession() as session:
+            ann = Client(await session.ws_connect(f"{server.ws_url}?room=r&user=ann"))
+            await ann.next_of("welcome")
+            for i in range(2000):  # bounded: the slow reader's outbox fills long before
+                await ann.say("x" * 1900)
+                if i % 50 == 49 and server.metrics()["chat_client_queue_depth"] > 0:
+                    break
+            assert server.metrics()["chat_client_queue_depth"] > 0
+            server.proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(3):
+                while True:
+                    async with session.get(f"{server.url}/readyz") as response:
+                        if response.status == 503:
+                            break
+            async with session.get(
+                f"{server.url}/ws?room=r", headers={"Upgrade": "websocket"}
+            ) as response:
+                assert response.status == 503
+                assert (await response.json())["error"] == "shutting_down"
+            assert await ann.closed() == 1001
+        slow.close()
+        assert await asyncio.to_thread(server.proc.wait, 15) == 0

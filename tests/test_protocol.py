@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import orjson
 import pytest
 from hypothesis import given
@@ -77,14 +79,31 @@ def test_validate_room_accepts_exactly_the_documented_alphabet(raw: str) -> None
 
 
 @given(st.text(max_size=40))
-def test_validate_user_returns_trimmed_printable_names(raw: str) -> None:
+def test_validate_user_returns_trimmed_names_without_control_characters(raw: str) -> None:
     try:
         name = validate_user(raw)
     except ProtocolError as exc:
         assert exc.code == "bad_user"
         return
-    assert 1 <= len(name) <= 32 and name.isprintable()
+    assert 1 <= len(name) <= 32
+    assert not any(unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") for ch in name)
     assert name == raw.strip() or (not raw.strip() and name.startswith("guest-"))
+
+
+@pytest.mark.parametrize(
+    "name", ["ann", "Zoë", "\U0001f469\u200d\U0001f4bb ann", "a b", "\u5c0f\u660e"]
+)
+def test_validate_user_accepts_ordinary_names_and_emoji_sequences(name: str) -> None:
+    assert validate_user(f"  {name} ") == name
+
+
+@pytest.mark.parametrize(
+    "name", ["a\x07b", "a\nb", "evil\u202egnp", "\ufffd", "a\u2028b", "x" * 33]
+)
+def test_validate_user_refuses_control_bidi_and_undecodable_names(name: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        validate_user(name)
+    assert info.value.code == "bad_user"
 
 
 def test_batch_is_the_event_itself_or_a_json_array() -> None:

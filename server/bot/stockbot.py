@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from server.bot.providers import QuoteProvider, UnknownSymbol, UpstreamError
 from server.metrics import BOT_COMMANDS, BOT_LATENCY, BOT_UPSTREAM
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("roomhub.bot")
 
 CACHE_LIMIT = 1000
 """Most symbols kept in the quote cache; the oldest entry goes first."""
@@ -118,7 +118,7 @@ class StockBot:
             try:
                 job.deliver(reply)
             except Exception:
-                log.exception("delivering the reply for %s failed", job.symbol)
+                log.exception("bot_reply_failed", extra={"fields": {"symbol": job.symbol}})
 
     async def _answer(self, symbol: str, reply_to: str | None) -> tuple[BotReply, str]:
         """The reply to one command and its ``chat_bot_commands_total`` result label."""
@@ -130,10 +130,10 @@ class StockBot:
         except TimeoutError:
             return BotReply(unavailable, False, reply_to), "timeout"
         except UpstreamError as exc:
-            log.warning("quote for %s failed: %s", symbol, exc)
+            log.warning("quote_failed", extra={"fields": {"symbol": symbol, "error": str(exc)}})
             return BotReply(unavailable, False, reply_to), "upstream_error"
         except Exception:
-            log.exception("quote provider failed for %s", symbol)
+            log.exception("quote_provider_failed", extra={"fields": {"symbol": symbol}})
             return BotReply(unavailable, False, reply_to), "upstream_error"
         return BotReply(f"{symbol} quote is ${price:.2f} per share", True, reply_to), "ok"
 
