@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import (
@@ -21,7 +22,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.support.processes import Process, require_binary
+from tests.support.processes import Process, require_binary, run_server
 
 pytestmark = pytest.mark.browser
 
@@ -35,6 +36,10 @@ CHROMIUM_ARGS = [
 ]
 TIMEOUT_MS = 10_000
 QUOTE = re.compile(r"^AAPL\.US quote is \$\d+\.\d\d per share$")
+REFUSED_NAMES = [
+    pytest.param("x" * 33, "at most 32 characters", id="33-characters"),
+    pytest.param("alice\u202eevil", "text-direction", id="bidi-override"),
+]
 
 OpenRoom = Callable[[str, str], Page]
 
@@ -229,3 +234,76 @@ def test_pages_run_under_the_content_security_policy_without_errors(
     expect(page.locator("#log li.bot")).to_have_count(1)
 
     assert errors == []
+
+
+def opened_websockets(page: Page) -> list[str]:
+    """URLs of every WebSocket the page creates from now on (refused ones included)."""
+    urls: list[str] = []
+    page.on("websocket", lambda socket: urls.append(socket.url))
+    return urls
+
+
+@pytest.mark.parametrize(("name", "reason"), REFUSED_NAMES)
+def test_lobby_refuses_a_name_the_server_would_refuse_without_connecting(
+    live_server: Process, contexts: Callable[[], BrowserContext], name: str, reason: str
+) -> None:
+    page = contexts().new_page()
+    sockets = opened_websockets(page)
+    page.goto(live_server.url)
+
+    page.get_by_label("Your name", exact=True).fill(name)
+    page.get_by_role("button", name="Enter room").click()
+
+    expect(page.get_by_role("alert")).to_contain_text(reason)
+    expect(page.get_by_label("Your name", exact=True)).to_have_attribute("aria-invalid", "true")
+    expect(page).to_have_url(f"{live_server.url}/")
+    assert sockets == []
+
+
+def test_room_page_asks_for_another_name_when_the_url_name_would_be_refused(
+    live_server: Process, contexts: Callable[[], BrowserContext]
+) -> None:
+    page = contexts().new_page()
+    sockets = opened_websockets(page)
+
+    page.goto(f"{live_server.url}/rooms/lounge?user={'x' * 33}")
+
+    expect(page.get_by_role("alert")).to_contain_text("at most 32 characters")
+    expect(page.get_by_label("Your name", exact=True)).to_have_value("x" * 33)
+    expect(page.locator("#status")).to_have_text("choose a name")
+    assert sockets == []
+
+
+def test_room_page_joins_with_the_name_chosen_instead_of_a_refused_one(
+    live_server: Process, contexts: Callable[[], BrowserContext]
+) -> None:
+    page = contexts().new_page()
+    page.goto(f"{live_server.url}/rooms/lounge?user={'x' * 33}")
+
+    page.get_by_label("Your name", exact=True).fill("erin")
+    page.get_by_role("button", name="Join #lounge").click()
+
+    expect(page.locator("#status")).to_have_attribute("data-state", "online")
+    expect(page.locator("#me")).to_have_text("as erin")
+    expect(page).to_have_url(f"{live_server.url}/rooms/lounge?user=erin")
+
+
+def test_room_page_stops_with_an_explanation_when_the_server_refuses_every_upgrade(
+    tmp_path: Path, contexts: Callable[[], BrowserContext]
+) -> None:
+    # An origin outside the allow-list gets HTTP 403 before the upgrade: to the page this is
+    # the same failed WebSocket (never opened, close code 1006) as a 400 for a refused name.
+    with run_server(
+        tmp_path, quote_provider="sim", allowed_origins="http://elsewhere.invalid"
+    ) as server:
+        page = contexts().new_page()
+        sockets = opened_websockets(page)
+
+        page.goto(f"{server.url}/rooms/lounge?user=alice")
+
+        expect(page.locator("#status")).to_have_attribute("data-state", "offline")
+        expect(page.locator("#log li.error .text")).to_have_text(
+            re.compile("server refused the connection or could not be reached")
+        )
+        expect(page.get_by_role("button", name="Reconnect")).to_be_visible()
+        assert len(sockets) == 3

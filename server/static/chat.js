@@ -1,11 +1,15 @@
 // The room page: one WebSocket speaking protocol v1 (docs/protocol.md).
 // Every piece of user text goes into the page through textContent, never as markup.
 
+import { nameProblem, rememberName, storedName, trimName } from "./names.js";
+
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 10_000;
 const MAX_ATTEMPTS = 40; // about five minutes of retries, then "offline" and a button
+// Attempts that fail before opening, while none of this page's connections has opened yet,
+// before the page stops retrying: the browser cannot tell an HTTP 4xx/5xx answer to the upgrade from an unreachable server.
+const MAX_FIRST_ATTEMPTS = 3;
 const COMMAND = /^\/stock=/i; // sent like a message, answered by a bot event, never echoed
-const NAME_KEY = "roomhub.name";
 
 const $ = (id) => document.getElementById(id);
 const chat = $("chat");
@@ -16,6 +20,7 @@ const meEl = $("me");
 const retryButton = $("retry");
 const nameForm = $("name-form");
 const nameInput = $("name");
+const nameError = $("name-error");
 const composer = $("composer");
 const textInput = $("text");
 const sendButton = $("send");
@@ -26,7 +31,8 @@ const state = {
   user: "",
   socket: null,
   lastSeq: 0, // highest message seq shown; anything at or below it is a duplicate
-  attempt: 0,
+  attempt: 0, // retries since the last welcome (or Reconnect)
+  opened: false, // some connection of this page has opened
   retryTimer: 0,
   countdownTimer: 0,
   sent: 0,
@@ -163,6 +169,9 @@ function connect() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const socket = new WebSocket(`${scheme}//${location.host}/ws?${params}`);
   state.socket = socket;
+  socket.addEventListener("open", () => {
+    state.opened = true;
+  });
   socket.addEventListener("message", (event) => {
     let data;
     try {
@@ -186,6 +195,11 @@ function onClose(socket, event) {
     goOffline(`The server closed the connection: ${event.reason || "policy violation"}.`);
   } else if (!navigator.onLine) {
     goOffline("No network connection.");
+  } else if (!state.opened && state.attempt + 1 >= MAX_FIRST_ATTEMPTS) {
+    goOffline(
+      "Could not connect: the server refused the connection or could not be reached. " +
+        "Check the name and the room, or try Reconnect later.",
+    );
   } else {
     if (event.code === 1009) notice("That message was too big for the server.", Date.now(), "error");
     scheduleReconnect();
@@ -222,25 +236,24 @@ function reconnectNow() {
   connect();
 }
 
-function storedName() {
-  try {
-    return localStorage.getItem(NAME_KEY) || "";
-  } catch {
-    return "";
-  }
-}
-
-function rememberName(name) {
-  try {
-    localStorage.setItem(NAME_KEY, name);
-  } catch {
-    // storage disabled: the name lasts for this page only
-  }
+function askName(name, problem) {
+  setStatus("offline", "choose a name");
+  nameInput.value = name;
+  nameInput.setAttribute("aria-invalid", String(Boolean(problem)));
+  nameError.textContent = problem;
+  nameError.hidden = !problem;
+  nameForm.hidden = false;
+  nameInput.focus();
 }
 
 function start(name) {
   state.user = name;
   rememberName(name);
+  const url = new URL(location.href);
+  if (url.searchParams.has("user") && url.searchParams.get("user") !== name) {
+    url.searchParams.set("user", name); // a reload keeps this name, not the one it replaced
+    history.replaceState(null, "", url);
+  }
   nameForm.hidden = true;
   composer.hidden = false;
   textInput.focus();
@@ -259,20 +272,22 @@ composer.addEventListener("submit", (event) => {
   textInput.value = "";
 });
 
+// A name the server would refuse is never sent: the name form says why instead.
+function choose(raw) {
+  const name = trimName(raw);
+  const problem = nameProblem(name);
+  if (problem) askName(name, problem);
+  else start(name);
+}
+
 nameForm.addEventListener("submit", (event) => {
   event.preventDefault();
-  const name = nameInput.value.trim();
-  if (name) start(name);
+  choose(nameInput.value);
 });
 
 retryButton.addEventListener("click", reconnectNow);
 window.addEventListener("online", reconnectNow);
 
-const requested = (new URLSearchParams(location.search).get("user") || storedName()).trim();
-if (requested) {
-  start(requested);
-} else {
-  setStatus("offline", "choose a name");
-  nameForm.hidden = false;
-  nameInput.focus();
-}
+const requested = trimName(new URLSearchParams(location.search).get("user") || storedName());
+if (requested) choose(requested);
+else askName("", "");

@@ -1,31 +1,44 @@
 // The lobby: remembers the user's name, opens a room, keeps the active-room list fresh.
 
-const NAME_KEY = "roomhub.name";
+import { nameProblem, rememberName, roomProblem, storedName, trimName } from "./names.js";
+
 const REFRESH_MS = 5000;
 
 const form = document.getElementById("join");
 const nameInput = document.getElementById("name");
 const roomInput = document.getElementById("room");
+const formError = document.getElementById("join-error");
 const list = document.getElementById("rooms");
 const empty = document.getElementById("no-rooms");
 
-try {
-  nameInput.value = localStorage.getItem(NAME_KEY) || "";
-} catch {
-  // storage disabled: the user types a name each time
+nameInput.value = storedName();
+
+function refuse(input, problem) {
+  input.setAttribute("aria-invalid", "true");
+  formError.textContent = problem;
+  formError.hidden = false;
+  input.focus();
 }
+
+form.addEventListener("input", (event) => {
+  event.target.removeAttribute("aria-invalid");
+  formError.hidden = true;
+});
 
 form.addEventListener("submit", (event) => {
   event.preventDefault();
-  const name = nameInput.value.trim();
+  const name = trimName(nameInput.value);
   const room = roomInput.value.trim();
-  if (!name || !room) return;
-  try {
-    localStorage.setItem(NAME_KEY, name);
-  } catch {
-    // storage disabled: the name travels in the URL only
+  const nameIssue = nameProblem(name);
+  const roomIssue = roomProblem(room);
+  if (nameIssue) {
+    refuse(nameInput, nameIssue);
+  } else if (roomIssue) {
+    refuse(roomInput, roomIssue);
+  } else {
+    rememberName(name);
+    location.assign(`/rooms/${encodeURIComponent(room)}?user=${encodeURIComponent(name)}`);
   }
-  location.assign(`/rooms/${encodeURIComponent(room)}?user=${encodeURIComponent(name)}`);
 });
 
 function render(rooms) {
