@@ -58,9 +58,14 @@ class Run:
         ]
 
 
-def _seconds(go_duration: str) -> float:
-    """``"1m5s"`` -> 65.0 (the form of k6's totalDuration)."""
-    parts = GO_DURATION.findall(go_duration)
+def duration_seconds(duration: str) -> float:
+    """A Go duration as k6 prints it (``"1m5s"``, ``"1800s"``, ``"500ms"``) -> seconds.
+
+    Raises ``ValueError`` on anything else.
+    """
+    parts = GO_DURATION.findall(duration)
+    if not parts or "".join(number + unit for number, unit in parts) != duration:
+        raise ValueError(f"not a duration: {duration!r}")
     return sum(float(number) * DURATION_UNITS[unit] for number, unit in parts)
 
 
@@ -106,7 +111,7 @@ def planned_seconds(script: Path, env: dict[str, str]) -> float:
         check=True,
         timeout=60,
     )
-    return _seconds(json.loads(done.stdout)["totalDuration"])
+    return duration_seconds(json.loads(done.stdout)["totalDuration"])
 
 
 def run_scenario(server: Process, scenario: str, env: dict[str, str], out: Path) -> Run:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.k6 import SCENARIOS, K6Run, inspect, run_k6, sampling, seconds, wait_for_metrics
+from bench.measure import duration_seconds as seconds
+from tests.support.k6 import SCENARIOS, K6Run, inspect, run_k6, sampling, wait_for_metrics
 from tests.support.processes import Process
 
 pytestmark = pytest.mark.k6

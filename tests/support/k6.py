@@ -9,7 +9,6 @@ k6 facts relied on (k6 1.1): exit code 0 when every threshold passed, 99 when on
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import threading
 import time
@@ -24,16 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "k6" / "scenarios"
 CHECKS = ROOT / "k6" / "checks"
 RUN_TIMEOUT = 120.0
-GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
-UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-
-
-def seconds(duration: str) -> float:
-    """``"1m30s"`` / ``"1800s"`` / ``"500ms"`` -> seconds; ``ValueError`` on anything else."""
-    parts = GO_DURATION.findall(duration)
-    if not parts or "".join(n + u for n, u in parts) != duration:
-        raise ValueError(f"not a duration: {duration!r}")
-    return sum(float(n) * UNIT_SECONDS[u] for n, u in parts)
 
 
 @dataclass
