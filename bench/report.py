@@ -51,6 +51,7 @@ def _cpu_per_1000(run: Run) -> float | None:
 
 
 def _rss_per_connection(run: Run) -> float | None:
+    """KiB: (peak RSS - RSS before the run) / peak connections."""
     if not run.peak_connections:
         return None
     return (run.peak_rss - run.rss_before) / run.peak_connections / KIB
@@ -78,7 +79,7 @@ ROWS: list[tuple[str, Callable[[Run], str]]] = [
     ("server CPU s per 1000 events", lambda r: _num(_cpu_per_1000(r), 4)),
     ("k6 CPU (s)", lambda r: _num(r.k6_cpu)),
     ("server peak RSS (MiB)", lambda r: _num(r.peak_rss / MIB)),
-    ("RSS per connection (KiB)", lambda r: _num(_rss_per_connection(r))),
+    ("RSS per connection under load (KiB)", lambda r: _num(_rss_per_connection(r))),
 ]
 
 
@@ -92,12 +93,21 @@ def _mode_section(result: ModeResult) -> list[str]:
     if result.runs:
         header = ["", *(f"`{run.scenario}`" for run in result.runs)]
         rows = [[label, *(cell(run) for run in result.runs)] for label, cell in ROWS]
-        lines += [*_table(header, rows), ""]
+        lines += [
+            *_table(header, rows),
+            "",
+            "RSS per connection under load = (server peak RSS, the process's high-water mark,",
+            "- its RSS when the run started) / peak connections. It counts all the traffic made",
+            "the server allocate (frames, queues, history), not only the connections: it is not",
+            "the per idle connection figure.",
+            "",
+        ]
     if result.idle:
         idle = result.idle
         lines += [
-            f"Idle connections: {idle.connections} in one room raised RSS from "
-            f"{_num(idle.rss_before / MIB)} to {_num(idle.rss_after / MIB)} MiB: "
+            f"Idle connections: {idle.connections} in one room, only listening: RSS rose from "
+            f"{_num(idle.rss_before / MIB)} to {_num(idle.rss_after / MIB)} MiB once they "
+            f"settled, (after - before) / {idle.connections} = "
             f"**{_num(idle.per_connection / KIB)} KiB per idle connection**.",
             "",
         ]
