@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # docker compose v2, else the v1 docker-compose command.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
 
-.PHONY: run test lint install clean
+.PHONY: run run-lab test lint install clean
 .PHONY: up down logs dashboards
 
 $(STAMP): pyproject.toml
@@ -19,6 +19,21 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/python -m server serve
+
+# The server for load tests (README "Load lab"): stock quotes come from the bundled stockapi
+# on 127.0.0.1:8081, never from Stooq. Ctrl-C or SIGTERM stops the server, then the stockapi.
+run-lab: $(STAMP)
+	@$(BIN)/python -m server.stockapi --host 127.0.0.1 --port 8081 & quotes=$$!; \
+	trap 'kill -TERM $$quotes 2>/dev/null; wait $$quotes' EXIT; \
+	$(BIN)/python -c 'import bench.server as s; s.wait_http_ok("http://127.0.0.1:8081/healthz")' \
+		2>/dev/null && kill -0 $$quotes 2>/dev/null \
+		|| { echo "run-lab: the stockapi did not start on 127.0.0.1:8081"; exit 1; }; \
+	ROOMHUB_QUOTE_PROVIDER=url ROOMHUB_QUOTE_URL=http://127.0.0.1:8081 \
+		$(BIN)/python -m server serve & chat=$$!; \
+	trap 'kill -TERM $$chat' TERM HUP; trap : INT; \
+	wait $$chat; status=$$?; \
+	if kill -0 $$chat 2>/dev/null; then wait $$chat; status=$$?; fi; \
+	exit $$status
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -47,10 +62,12 @@ dashboards: $(STAMP)
 
 # The k6 load lab (k6/, README "Load lab"): one scenario against a running server, or all six.
 # make k6 SCENARIO=connection-storm [PROFILE=smoke] [WS_URL=ws://127.0.0.1:8080/ws]
-SCENARIOS := connection-storm active-chat stock-bot spike soak mixed
-SCENARIO  ?= mixed
-PROFILE   ?= full
-WS_URL    ?= ws://localhost:8080/ws
+#        [RESULTS_DIR=results]   where the summaries and the HTML report go
+SCENARIOS   := connection-storm active-chat stock-bot spike soak mixed
+SCENARIO    ?= mixed
+PROFILE     ?= full
+WS_URL      ?= ws://localhost:8080/ws
+RESULTS_DIR ?= results
 
 .PHONY: k6 k6-all bench k6-local k6-compose
 
@@ -62,16 +79,17 @@ k6:
 
 k6-compose:
 	@test -f k6/scenarios/$(SCENARIO).js || { echo "SCENARIO must be one of: $(SCENARIOS)"; exit 2; }
-	mkdir -p results
+	mkdir -p $(RESULTS_DIR)
 	K6_USER=$$(id -u):$$(id -g) SCENARIO=$(SCENARIO) PROFILE=$(PROFILE) \
-	TESTID=$$(date +%Y%m%d-%H%M%S)-$(SCENARIO) $(COMPOSE) --profile loadtest run --rm k6
+	RESULTS_DIR=$(abspath $(RESULTS_DIR)) TESTID=$$(date +%Y%m%d-%H%M%S)-$(SCENARIO) \
+	$(COMPOSE) --profile loadtest run --rm k6
 
 k6-local: $(STAMP)
 	@test -f k6/scenarios/$(SCENARIO).js || { echo "SCENARIO must be one of: $(SCENARIOS)"; exit 2; }
-	mkdir -p results
+	mkdir -p $(RESULTS_DIR)
 	K6_WEB_DASHBOARD=true K6_WEB_DASHBOARD_PORT=-1 \
-	K6_WEB_DASHBOARD_EXPORT=results/$(SCENARIO)-report.html \
-	$(BIN)/k6 run -e PROFILE=$(PROFILE) -e WS_URL=$(WS_URL) -e RESULTS_DIR=results \
+	K6_WEB_DASHBOARD_EXPORT=$(RESULTS_DIR)/$(SCENARIO)-report.html \
+	$(BIN)/k6 run -e PROFILE=$(PROFILE) -e WS_URL=$(WS_URL) -e RESULTS_DIR=$(RESULTS_DIR) \
 		k6/scenarios/$(SCENARIO).js
 
 k6-all: $(STAMP)

@@ -19,6 +19,23 @@ from tests.support.processes import require_binary
 from tests.support.promql import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
+SETTINGS = {env_name(field.name): field.default for field in dataclasses.fields(Settings)}
+# Settings the stack fixes: the published, scraped and health-checked port, and the bundled
+# quote service (load tests must never reach Stooq).
+FIXED = {
+    "ROOMHUB_HOST": "0.0.0.0",
+    "ROOMHUB_PORT": "8080",
+    "ROOMHUB_QUOTE_PROVIDER": "url",
+    "ROOMHUB_QUOTE_URL": "http://stockapi:8081",
+}
+# Settings compose defaults itself (to the server's default) rather than leaving unset.
+DEFAULTED = {"ROOMHUB_HUB_MODE", "ROOMHUB_LOG_LEVEL"}
+
+
+def shell_env(**env: str) -> dict[str, str]:
+    """This process's environment without the variables the compose file reads, plus ``env``."""
+    own = {k: v for k, v in os.environ.items() if k not in SETTINGS and k != "RESULTS_DIR"}
+    return {**own, **env}
 
 
 def compose_config(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -45,7 +62,7 @@ def resolved(**env: str) -> dict:
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, **env},
+        env=shell_env(**env),
     )
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
@@ -69,7 +86,7 @@ def test_every_mounted_file_exists() -> None:
     for name, service in services().items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
-            if source.startswith("./") and source != "./results":
+            if source.startswith("./"):
                 assert (ROOT / source).exists(), f"{name} mounts missing {source}"
 
 
@@ -89,21 +106,29 @@ def test_images_are_pinned() -> None:
             assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+", image), f"{name}: {image}"
 
 
-def test_hub_mode_is_passed_through_from_the_environment() -> None:
-    assert resolved()["services"]["chat"]["environment"]["ROOMHUB_HUB_MODE"] == "sharded"
-    chat = resolved(ROOMHUB_HUB_MODE="global")["services"]["chat"]
-    assert chat["environment"]["ROOMHUB_HUB_MODE"] == "global"
+def test_the_chat_environment_names_every_server_setting() -> None:
+    assert set(services()["chat"]["environment"]) == set(SETTINGS)
 
 
-def test_every_chat_variable_is_a_server_setting() -> None:
-    settings = {env_name(field.name) for field in dataclasses.fields(Settings)}
-    assert set(services()["chat"]["environment"]) <= settings
+def test_every_setting_the_stack_does_not_fix_passes_through_from_the_shell() -> None:
+    shell = {name: f"from-shell-{n}" for n, name in enumerate(SETTINGS)}
+    chat = resolved(**shell)["services"]["chat"]["environment"]
+    assert {name for name in shell if chat[name] == shell[name]} == set(SETTINGS) - set(FIXED)
 
 
-def test_unset_server_settings_keep_their_defaults_and_set_ones_pass_through() -> None:
-    assert resolved()["services"]["chat"]["environment"]["ROOMHUB_BOT_CACHE_TTL"] is None
-    chat = resolved(ROOMHUB_BOT_CACHE_TTL="0")["services"]["chat"]
-    assert chat["environment"]["ROOMHUB_BOT_CACHE_TTL"] == "0"
+def test_the_stack_fixes_the_address_port_and_quote_service() -> None:
+    chat = resolved(**dict.fromkeys(FIXED, "from-shell"))["services"]["chat"]["environment"]
+    assert {name: chat[name] for name in FIXED} == FIXED
+
+
+def test_settings_unset_in_the_shell_are_left_to_the_server_defaults() -> None:
+    chat = resolved()["services"]["chat"]["environment"]
+    expected = {
+        name: str(default) if name in DEFAULTED else None
+        for name, default in SETTINGS.items()
+        if name not in FIXED
+    }
+    assert {name: chat[name] for name in expected} == expected
 
 
 def test_chat_has_a_raised_fd_limit_and_a_readiness_healthcheck() -> None:
@@ -170,3 +195,14 @@ def test_k6_runs_the_chosen_scenario_with_a_testid_and_an_html_report() -> None:
     assert k6["command"][:3] == ["run", "-o", "experimental-prometheus-rw"]
     assert "testid=t-1" in k6["command"]
     assert k6["environment"]["K6_WEB_DASHBOARD_EXPORT"] == "/results/spike-report.html"
+
+
+def test_k6_results_go_to_the_results_folder_by_default() -> None:
+    k6 = resolved()["services"]["k6"]
+    assert f"{ROOT / 'results'}:/results:rw" in k6["volumes"]
+
+
+def test_k6_results_go_to_the_chosen_results_dir() -> None:
+    k6 = resolved(RESULTS_DIR="/tmp/lab-results")["services"]["k6"]
+    assert "/tmp/lab-results:/results:rw" in k6["volumes"]
+    assert k6["environment"]["RESULTS_DIR"] == "/results"
