@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,12 +22,23 @@ from tests.support.promql import (
     panels,
     promtool_check_exprs,
     recorded_names,
+    rules,
     substitute,
     variable_selectors,
 )
 
 PROVISIONING = ROOT / "dashboards" / "provisioning"
 DASHBOARDS = list(DASHBOARD_FILES)
+
+
+def panel_titles() -> set[str]:
+    """Titles of every panel and row of both dashboards."""
+    return {panel["title"] for name in DASHBOARDS for panel in panels(load_dashboard(name))}
+
+
+def readme_observe_section() -> str:
+    readme = (ROOT / "README.md").read_text()
+    return readme.split("\n## Observe a load test\n", 1)[1].split("\n## ", 1)[0]
 
 
 def datasource_uid() -> str:
@@ -165,3 +177,16 @@ def test_provider_loads_dashboards_from_the_compose_mount() -> None:
     targets = [volume.split(":")[1] for volume in compose["services"]["grafana"]["volumes"]]
     for path in DASHBOARD_FILES.values():
         assert f"{provider['options']['path']}/{path.name}" in targets
+
+
+def test_every_panel_the_readme_names_in_italics_exists() -> None:
+    italics = re.findall(r"(?<![*\w])\*([^*\s][^*]*?)\*(?![*\w])", readme_observe_section())
+    assert italics
+    assert {" ".join(name.split()) for name in italics} - panel_titles() == set()
+
+
+def test_every_panel_an_alert_runbook_quotes_exists() -> None:
+    runbooks = [rule["annotations"]["runbook"] for rule in rules() if "alert" in rule]
+    quoted = {name for runbook in runbooks for name in re.findall(r'"([^"]+)"', runbook)}
+    assert quoted
+    assert quoted - panel_titles() == set()
