@@ -36,7 +36,7 @@ JOIN, LEAVE, SAY, BOT = range(4)
 
 log = logging.getLogger("roomhub.hub")
 
-FRAME_BUDGET = 20_000
+FRAME_BUDGET = 10_000
 """Frames per second one room may spend on presence (join/leave) events, summed over members."""
 MAX_PRESENCE_INTERVAL = 0.25
 """Longest time (seconds) a join or leave waits for its fan-out, however big the room."""
