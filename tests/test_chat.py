@@ -116,10 +116,12 @@ async def test_joiner_gets_a_message_once_when_join_and_message_wait_together(
 ) -> None:
     server = await make_server(fanout_interval=0.3)
     ann = await joined(server, "r1", "ann")
-    await ann.say("x")  # waits for the room's next fan-out, up to 0.3 s away
+    await ann.say("w")
+    assert (await ann.next_of("message"))["text"] == "w"
+    await ann.say("x")  # waits for the room's next message fan-out, up to 0.3 s away
     bob = await connect(server, "r1", "bob")
     welcome = await bob.next_of("welcome")
-    assert [m["text"] for m in welcome["history"]] == ["x"]
+    assert [m["text"] for m in welcome["history"]] == ["w", "x"]
     await ann.say("y")
     assert (await bob.next_of("message"))["text"] == "y"
 
