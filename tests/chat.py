@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -78,3 +79,21 @@ async def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> No
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.01)
+
+
+def upgrade_request(room: str, user: str) -> bytes:
+    """A raw HTTP/1.1 WebSocket upgrade request for ``/ws`` (RFC 6455 section 4.1)."""
+    return (
+        f"GET /ws?room={room}&user={user} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def raw_client_that_never_reads(host: str, port: int, room: str) -> socket.socket:
+    """Upgrade a TCP socket with a tiny (4 KiB) receive buffer, then never read from it."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, port))
+    sock.sendall(upgrade_request(room, "slow"))
+    return sock

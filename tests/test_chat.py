@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import pytest
@@ -11,7 +10,7 @@ from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from server.keys import state_key
-from tests.chat import Client, sample, settings, wait_until
+from tests.chat import Client, raw_client_that_never_reads, sample, settings, wait_until
 
 HUB_MODES = ["sharded", "global"]
 
@@ -282,19 +281,6 @@ async def test_rate_limit_answers_rate_limited_then_closes_abuser_with_1008(
     assert await ann.closed() == 1008
 
 
-def raw_client_that_never_reads(host: str, port: int) -> socket.socket:
-    """Upgrade a TCP socket with a tiny receive buffer, then never read from it."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((host, port))
-    sock.sendall(
-        b"GET /ws?room=r1&user=slow HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        b"Sec-WebSocket-Version: 13\r\n\r\n"
-    )
-    return sock
-
-
 async def test_slow_consumer_is_closed_with_1013_while_others_keep_receiving(
     make_server: Any,
 ) -> None:
@@ -302,7 +288,7 @@ async def test_slow_consumer_is_closed_with_1013_while_others_keep_receiving(
     state = server.app[state_key]
     ann = await joined(server, "r1", "ann")
     before = sample("chat_connections_closed_total", reason="slow_consumer")
-    slow = raw_client_that_never_reads(server.host, server.port)
+    slow = raw_client_that_never_reads(server.host, server.port, "r1")
     try:
         await wait_until(lambda: len(state.connections) == 2)
         big = "x" * 1900

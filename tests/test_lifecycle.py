@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.chat import Client
+from tests.chat import Client, raw_client_that_never_reads, upgrade_request
 from tests.support.processes import run_server
 
 
@@ -47,11 +47,7 @@ def test_peers_vanishing_during_the_upgrade_log_no_error(tmp_path: Path) -> None
     with run_server(tmp_path, quote_provider="sim") as server:
         for _ in range(20):
             with socket.create_connection(("127.0.0.1", server.port)) as sock:
-                sock.sendall(
-                    b"GET /ws?room=r&user=v HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                    b"Sec-WebSocket-Version: 13\r\n\r\n"
-                )
+                sock.sendall(upgrade_request("r", "v"))
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         deadline = time.monotonic() + 5
         while server.output().count('"upgrade_aborted"') < 20 and time.monotonic() < deadline:
@@ -63,24 +59,11 @@ def test_peers_vanishing_during_the_upgrade_log_no_error(tmp_path: Path) -> None
     assert "Traceback" not in log
 
 
-def raw_client_that_never_reads(port: int) -> socket.socket:
-    """An upgraded socket with a tiny receive buffer that is never read."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(
-        b"GET /ws?room=r&user=slow HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        b"Sec-WebSocket-Version: 13\r\n\r\n"
-    )
-    return sock
-
-
 async def test_draining_server_answers_readyz_and_upgrades_with_503(tmp_path: Path) -> None:
     settings = {"quote_provider": "sim", "shutdown_timeout": 6, "outbox_limit": 100000}
     settings |= {"rate_limit": 10000, "rate_burst": 10000}
     with run_server(tmp_path, **settings) as server:
-        slow = raw_client_that_never_reads(server.port)
+        slow = raw_client_that_never_reads("127.0.0.1", server.port, "r")
         async with aiohttp.ClientSession() as session:
             ann = Client(await session.ws_connect(f"{server.ws_url}?room=r&user=ann"))
             await ann.next_of("welcome")
