@@ -18,7 +18,7 @@ from .bot.stockbot import StockBot
 from .config import Settings
 from .hub import GlobalHub, ShardedHubs
 from .keys import ServerState, bot_key, http_client_key, hubs_key, settings_key, state_key
-from .protocol import CLOSE_SHUTDOWN
+from .protocol import CloseReason
 from .views import VERSION, setup_routes
 
 log = logging.getLogger("roomhub.app")
@@ -114,10 +114,8 @@ async def shutdown_connections(app: web.Application) -> None:
         return
     budget = max(settings.shutdown_timeout / 2, 0.1)
     await asyncio.gather(*(c.flush(budget) for c in conns))
-    for conn in conns:
-        conn.close_reason = conn.close_reason or "shutdown"
     await asyncio.gather(
-        *(c.close_now(CLOSE_SHUTDOWN, "server shutdown") for c in conns), return_exceptions=True
+        *(c.close_now(CloseReason.SHUTDOWN) for c in conns), return_exceptions=True
     )
 
 

@@ -17,7 +17,7 @@ from collections import deque
 from aiohttp import web
 
 from . import metrics
-from .protocol import CLOSE_OVERLOADED, batch, frame_header
+from .protocol import CloseReason, batch, frame_header
 
 log = logging.getLogger("roomhub.connection")
 
@@ -28,7 +28,7 @@ class Connection:
     """A joined WebSocket client.
 
     ``outbox`` holds encoded events (bytes) waiting to be written; its length is in events.
-    ``close_reason`` is set by whoever decides to close (one of ``metrics.CLOSE_REASONS``).
+    ``close_reason`` is set by whoever decides to close.
     """
 
     __slots__ = (
@@ -40,7 +40,6 @@ class Connection:
         "_updated",
         "_writer",
         "burst",
-        "close_code",
         "close_reason",
         "outbox",
         "outbox_limit",
@@ -68,8 +67,7 @@ class Connection:
         self.outbox_limit = outbox_limit
         self.rate = rate
         self.burst = burst
-        self.close_reason: str | None = None
-        self.close_code: int | None = None
+        self.close_reason: CloseReason | None = None
         self._transport = request.transport
         self._protocol = request.protocol
         self._writer: asyncio.Task[None] | None = None
@@ -97,7 +95,7 @@ class Connection:
         self.outbox.extend(events)
         if len(self.outbox) > self.outbox_limit:
             log.warning("slow_consumer", extra={"fields": {"room": self.room, "user": self.user}})
-            self.close(CLOSE_OVERLOADED, "slow_consumer", "slow consumer")
+            self.close(CloseReason.SLOW_CONSUMER)
         elif self._writer is None:
             self._writer = asyncio.create_task(self._drain())
         return 0
@@ -140,20 +138,20 @@ class Connection:
 
     # -- closing --------------------------------------------------------------------------
 
-    def close(self, code: int, reason: str, message: str = "") -> None:
-        """Start closing with ``code``; ``reason`` labels ``chat_connections_closed_total``."""
+    def close(self, reason: CloseReason) -> None:
+        """Start closing with ``reason`` (its code, text and metric label); first reason wins."""
         if self.close_reason is not None:
             return
         self.close_reason = reason
         self.outbox.clear()
-        self._closer = asyncio.create_task(self.close_now(code, message))
+        self._closer = asyncio.create_task(self.close_now(reason))
 
-    async def close_now(self, code: int, message: str = "") -> None:
+    async def close_now(self, reason: CloseReason) -> None:
         """Close handshake bounded by ``CLOSE_TIMEOUT`` seconds, then abort the transport."""
-        self.close_code = code
+        self.close_reason = self.close_reason or reason
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
-                await self.ws.close(code=code, message=message.encode())
+                await self.ws.close(code=reason.code, message=reason.text.encode())
         except (TimeoutError, ConnectionError):
             if self._transport is not None:
                 self._transport.abort()

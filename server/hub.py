@@ -30,7 +30,14 @@ from aiohttp import WSMsgType
 
 from . import metrics
 from .connection import Connection
-from .protocol import ChatMessage, batch, message_event, presence_event, welcome_event
+from .protocol import (
+    ChatMessage,
+    CloseReason,
+    batch,
+    message_event,
+    presence_event,
+    welcome_event,
+)
 
 JOIN, LEAVE, SAY, BOT = range(4)
 
@@ -213,7 +220,7 @@ class ShardedHubs:
         except Exception:
             log.exception("hub_failed", extra={"fields": {"room": hub.room.name}})
             for conn in hub.room.members:
-                conn.close(1011, "error", "internal error")
+                conn.close(CloseReason.ERROR)
         finally:
             if self._hubs.get(hub.room.name) is hub:
                 del self._hubs[hub.room.name]

@@ -12,19 +12,11 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
+from .protocol import CloseReason
+
 disable_created_metrics()
 
-CLOSE_REASONS = (
-    "normal",
-    "client_gone",
-    "slow_consumer",
-    "rate_limited",
-    "protocol_error",
-    "too_big",
-    "heartbeat_timeout",
-    "shutdown",
-    "error",
-)
+CLOSE_REASONS = tuple(reason.label for reason in CloseReason)
 REJECT_REASONS = ("origin", "bad_room", "bad_user", "capacity")
 MESSAGE_KINDS = ("message", "command", "invalid")
 BOT_RESULTS = ("ok", "unknown_symbol", "upstream_error", "timeout", "rejected")

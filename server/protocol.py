@@ -13,16 +13,36 @@ import secrets
 import time
 import unicodedata
 from dataclasses import dataclass
+from enum import Enum
 
 import orjson
 
-# Close codes (RFC 6455 section 7.4.1; 1013 "Try Again Later" from the IANA registry).
-CLOSE_NORMAL = 1000
-CLOSE_SHUTDOWN = 1001
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_OVERLOADED = 1013
+
+class CloseReason(Enum):
+    """Why a connection ended: the close ``code`` the server sends, the reason ``text`` in that
+    close frame, and the ``label`` of ``chat_connections_closed_total``.
+
+    Codes: RFC 6455 section 7.4.1; 1013 "Try Again Later" from the IANA WebSocket Close Code
+    Number registry. 1006 is never sent on the wire: it stands for a connection that ended
+    without a close frame (``CLIENT_GONE``, and ``HEARTBEAT_TIMEOUT``, which drops the TCP
+    connection). ``NORMAL`` is the client's own close, answered with 1000.
+    """
+
+    NORMAL = ("normal", 1000, "")
+    CLIENT_GONE = ("client_gone", 1006, "")
+    SLOW_CONSUMER = ("slow_consumer", 1013, "slow consumer")
+    RATE_LIMITED = ("rate_limited", 1008, "rate limit exceeded")
+    PROTOCOL_ERROR = ("protocol_error", 1002, "")
+    TOO_BIG = ("too_big", 1009, "")
+    HEARTBEAT_TIMEOUT = ("heartbeat_timeout", 1006, "")
+    SHUTDOWN = ("shutdown", 1001, "server shutdown")
+    ERROR = ("error", 1011, "internal error")
+
+    def __init__(self, label: str, code: int, text: str) -> None:
+        self.label = label
+        self.code = code
+        self.text = text
+
 
 MAX_TEXT = 2000
 MAX_CLIENT_ID = 64

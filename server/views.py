@@ -19,9 +19,7 @@ from .connection import Connection
 from .hub import BOT, JOIN, LEAVE, SAY
 from .keys import bot_key, hubs_key, settings_key, state_key
 from .protocol import (
-    CLOSE_INTERNAL,
-    CLOSE_POLICY,
-    CLOSE_TOO_BIG,
+    CloseReason,
     ProtocolError,
     bot_event,
     client_id_of,
@@ -154,27 +152,27 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     metrics.CONNECTIONS_OPENED.inc()
     log.info("connection_opened", extra={"fields": {"room": room, "user": user}})
     hubs.post(room, JOIN, conn, since)
-    reason = "client_gone"
+    reason = CloseReason.CLIENT_GONE
     try:
         reason = await _serve(request, conn)
     except Exception:
         log.exception("connection_failed", extra={"fields": {"room": room, "user": user}})
-        reason = "error"
-        await conn.close_now(CLOSE_INTERNAL, "internal error")
+        reason = CloseReason.ERROR
+        await conn.close_now(CloseReason.ERROR)
     finally:
         hubs.post(room, LEAVE, conn)
         state.connections.discard(conn)
         reason = conn.close_reason or reason
-        metrics.CONNECTIONS_CLOSED.labels(reason).inc()
-        code = conn.close_code or ws.close_code
+        metrics.CONNECTIONS_CLOSED.labels(reason.label).inc()
+        code = reason.code if conn.close_reason else ws.close_code
         log.info(
             "connection_closed",
-            extra={"fields": {"room": room, "user": user, "reason": reason, "code": code}},
+            extra={"fields": {"room": room, "user": user, "reason": reason.label, "code": code}},
         )
     return ws
 
 
-async def _serve(request: web.Request, conn: Connection) -> str:
+async def _serve(request: web.Request, conn: Connection) -> CloseReason:
     """Read frames until the connection ends; return the close reason."""
     ws = conn.ws
     while True:
@@ -182,17 +180,17 @@ async def _serve(request: web.Request, conn: Connection) -> str:
         if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
             _on_frame(request, conn, msg)
         elif msg.type == WSMsgType.CLOSE:
-            return "normal"
+            return CloseReason.NORMAL
         elif msg.type == WSMsgType.ERROR:
-            if getattr(msg.data, "code", None) == CLOSE_TOO_BIG:
-                return "too_big"
+            if getattr(msg.data, "code", None) == CloseReason.TOO_BIG.code:
+                return CloseReason.TOO_BIG
             if isinstance(msg.data, asyncio.TimeoutError):
-                return "heartbeat_timeout"
-            return "protocol_error"
+                return CloseReason.HEARTBEAT_TIMEOUT
+            return CloseReason.PROTOCOL_ERROR
         else:  # CLOSING / CLOSED
             if isinstance(ws.exception(), asyncio.TimeoutError):
-                return "heartbeat_timeout"
-            return "client_gone"
+                return CloseReason.HEARTBEAT_TIMEOUT
+            return CloseReason.CLIENT_GONE
 
 
 def _on_invalid(conn: Connection, code: str, detail: str, reply_to: str | None = None) -> None:
@@ -208,7 +206,7 @@ def _on_frame(request: web.Request, conn: Connection, frame: WSMessage) -> None:
     if not conn.allow():
         _on_invalid(conn, "rate_limited", "slow down", text and client_id_of(text))
         if conn.strikes >= ABUSE_STRIKES:
-            conn.close(CLOSE_POLICY, "rate_limited", "rate limit exceeded")
+            conn.close(CloseReason.RATE_LIMITED)
         return
     if text is None:
         _on_invalid(conn, "bad_message", "binary frames are not supported")

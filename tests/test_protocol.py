@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import unicodedata
+from pathlib import Path
 
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from server import metrics
 from server.protocol import (
     MAX_TEXT,
+    CloseReason,
     ProtocolError,
     batch,
     frame_header,
@@ -142,3 +145,20 @@ def test_validate_since_refuses_anything_but_ascii_digits(raw: str) -> None:
 def test_validate_since_reads_the_last_seen_sequence_number() -> None:
     assert validate_since("42") == 42
     assert validate_since(None) is None
+
+
+def _close_code_rows() -> list[list[str]]:
+    """Rows of the "Close codes" table in docs/protocol.md, as lists of cell texts."""
+    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    section = doc.split("\n## Close codes\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")][2:]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def test_close_reasons_are_the_metric_labels_and_the_documented_codes() -> None:
+    assert tuple(reason.label for reason in CloseReason) == metrics.CLOSE_REASONS
+    rows = {row[-1].strip("`"): row for row in _close_code_rows()}
+    for reason in CloseReason:
+        code, _, text, _ = rows[reason.label]
+        assert str(reason.code) in code, reason
+        assert text.strip("`") == reason.text, reason
