@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .origin import parse_origin
+
 HUB_MODES = ("sharded", "global")
 QUOTE_PROVIDERS = ("stooq", "url", "sim")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -48,7 +50,7 @@ class Settings:
     rate_burst: int = _setting(10, "frames a connection may send at once")
     max_connections: int = _setting(10000, "open WebSocket connections; more get HTTP 503")
     allowed_origins: tuple[str, ...] = _setting(
-        (), "comma-separated origins allowed to connect; empty: same host; *: any"
+        (), "comma-separated origins allowed to connect; empty: the request's own origin; *: any"
     )
     heartbeat: float = _setting(25.0, "seconds between server pings (0: off)")
     room_grace: float = _setting(30.0, "seconds an empty room keeps its hub and history")
@@ -118,7 +120,11 @@ def _choice(options: Sequence[str]) -> Callable[[str], str]:
 
 
 def _origins(raw: str) -> tuple[str, ...]:
-    return tuple(o.strip().rstrip("/").lower() for o in raw.split(",") if o.strip())
+    origins = tuple(o.strip().rstrip("/").lower() for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if origin != "*" and parse_origin(origin) is None:
+            raise ValueError(f"{origin!r} is not an origin like https://chat.example.com")
+    return origins
 
 
 def _url(raw: str) -> str:
@@ -179,7 +185,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 def _show(value: object) -> str:
     if isinstance(value, tuple):
-        return ",".join(value) or "same host"
+        return ",".join(value) or "(empty)"
     return str(value)
 
 

@@ -90,15 +90,22 @@ def _name_char_ok(ch: str) -> bool:
     )
 
 
+NAME_TRIM_RE = re.compile(r"^[^\S\x00-\x1f\x7f-\x9f]+|[^\S\x00-\x1f\x7f-\x9f]+$")
+"""White space at either end of a name that is not a control character (Unicode Cc is
+U+0000-U+001F and U+007F-U+009F): ``str.strip()`` would also remove U+001C-U+001F and U+0085,
+which the name rule refuses."""
+
+
 def validate_user(raw: str | None) -> str:
-    """Return the trimmed user name, or ``guest-xxxx`` when missing or blank.
+    """Return the user name trimmed of :data:`NAME_TRIM_RE`, or ``guest-xxxx`` when missing or
+    blank.
 
     Raises ``ProtocolError('bad_user')`` when longer than 32 code points or holding a control,
     surrogate, private-use, line/paragraph separator or bidi control character, or U+FFFD
     (what a query that is not valid UTF-8 decodes to). Format characters such as the
     zero-width joiner in emoji sequences are allowed.
     """
-    name = (raw or "").strip()
+    name = NAME_TRIM_RE.sub("", raw or "")
     if not name:
         return f"guest-{secrets.token_hex(2)}"
     if len(name) > MAX_USER or not all(map(_name_char_ok, name)):

@@ -10,12 +10,12 @@ from pathlib import Path
 import aiohttp_jinja2
 from aiohttp import WSMessage, WSMsgType, web
 from prometheus_client.aiohttp import make_aiohttp_handler
-from yarl import URL
 
 from . import metrics
 from .bot.commands import CommandError, parse_stock_command
 from .bot.stockbot import BotReply
 from .connection import Connection
+from .handshake import Handshake, refusal
 from .hub import BOT, JOIN, LEAVE, SAY
 from .keys import bot_key, hubs_key, settings_key, state_key
 from .protocol import (
@@ -26,8 +26,6 @@ from .protocol import (
     error_event,
     parse_frame,
     validate_room,
-    validate_since,
-    validate_user,
 )
 
 log = logging.getLogger("roomhub.views")
@@ -78,60 +76,20 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-def _reject(status: int, reason: str | None, code: str, detail: str) -> web.Response:
-    if reason is not None:
-        metrics.HANDSHAKES_REJECTED.labels(reason).inc()
-    return web.json_response({"error": code, "detail": detail}, status=status)
-
-
-def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
-    """Browsers always send ``Origin`` on a WebSocket upgrade; other clients may omit it.
-
-    Allowed: no ``Origin``; an origin in ``allowed`` (``*`` allows any); with an empty
-    ``allowed``, an origin whose host[:port] is the request's own ``Host``.
-    """
-    origin = request.headers.get("Origin")
-    if origin is None or "*" in allowed:
-        return True
-    if allowed:
-        return origin.rstrip("/").lower() in allowed
-    try:
-        return URL(origin).authority == request.host
-    except ValueError:
-        return False
-
-
 async def websocket(request: web.Request) -> web.StreamResponse:
     """``GET /ws?room=ROOM&user=NAME[&since=SEQ]``: protocol v1 (docs/protocol.md)."""
     app = request.app
     settings, state = app[settings_key], app[state_key]
-    query = request.query
-    try:
-        room = validate_room(query.get("room"))
-    except ProtocolError as exc:
-        return _reject(400, "bad_room", exc.code, exc.detail)
-    try:
-        user = validate_user(query.get("user"))
-    except ProtocolError as exc:
-        return _reject(400, "bad_user", exc.code, exc.detail)
-    try:
-        since = validate_since(query.get("since"))
-    except ProtocolError as exc:
-        return _reject(400, None, exc.code, exc.detail)
-    if not origin_allowed(request, settings.allowed_origins):
-        return _reject(403, "origin", "bad_origin", "origin not allowed")
-    if state.shutting_down:
-        return _reject(503, None, "shutting_down", "server is shutting down")
-    if len(state.connections) >= settings.max_connections:
-        return _reject(503, "capacity", "capacity", "server is at its connection limit")
-
     ws = web.WebSocketResponse(
         compress=False,
         max_msg_size=settings.max_msg_size,
         heartbeat=settings.heartbeat or None,
     )
-    if not ws.can_prepare(request).ok:
-        return _reject(400, None, "not_websocket", "expected a WebSocket upgrade request")
+    hs = Handshake(request, ws)
+    refused = refusal(hs)
+    if refused is not None:
+        return refused
+    room, user, since = hs.room, hs.user, hs.since
     try:
         await ws.prepare(request)
     except ConnectionError:

@@ -81,13 +81,19 @@ async def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> No
             await asyncio.sleep(0.01)
 
 
+UPGRADE_HEADERS = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version": "13",
+}
+"""The headers of a WebSocket upgrade request (RFC 6455 section 4.1)."""
+
+
 def upgrade_request(room: str, user: str) -> bytes:
     """A raw HTTP/1.1 WebSocket upgrade request for ``/ws`` (RFC 6455 section 4.1)."""
-    return (
-        f"GET /ws?room={room}&user={user} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
+    headers = "".join(f"{name}: {value}\r\n" for name, value in UPGRADE_HEADERS.items())
+    return f"GET /ws?room={room}&user={user} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode()
 
 
 def raw_client_that_never_reads(host: str, port: int, room: str) -> socket.socket:

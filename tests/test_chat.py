@@ -10,7 +10,14 @@ from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from server.keys import state_key
-from tests.chat import Client, raw_client_that_never_reads, sample, settings, wait_until
+from tests.chat import (
+    UPGRADE_HEADERS,
+    Client,
+    raw_client_that_never_reads,
+    sample,
+    settings,
+    wait_until,
+)
 
 HUB_MODES = ["sharded", "global"]
 
@@ -225,7 +232,7 @@ async def test_bad_query_is_refused_with_400_json(
     server: TestClient, params: dict[str, str], error: str, reason: str | None
 ) -> None:
     before = sample("chat_handshakes_rejected_total", reason=reason or "bad_room")
-    response = await server.get("/ws", params=params, headers={"Upgrade": "websocket"})
+    response = await server.get("/ws", params=params, headers=UPGRADE_HEADERS)
     assert response.status == 400
     assert (await response.json())["error"] == error
     if reason:

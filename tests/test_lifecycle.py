@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.chat import Client, raw_client_that_never_reads, upgrade_request
+from tests.chat import UPGRADE_HEADERS, Client, raw_client_that_never_reads, upgrade_request
 from tests.support.processes import run_server
 
 
@@ -78,9 +78,7 @@ async def test_draining_server_answers_readyz_and_upgrades_with_503(tmp_path: Pa
                     async with session.get(f"{server.url}/readyz") as response:
                         if response.status == 503:
                             break
-            async with session.get(
-                f"{server.url}/ws?room=r", headers={"Upgrade": "websocket"}
-            ) as response:
+            async with session.get(f"{server.url}/ws?room=r", headers=UPGRADE_HEADERS) as response:
                 assert response.status == 503
                 assert (await response.json())["error"] == "shutting_down"
             assert await ann.closed() == 1001

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import unicodedata
 from pathlib import Path
+from urllib.parse import quote
 
 import orjson
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from hypothesis import given
 from hypothesis import strategies as st
 
 from server import metrics
 from server.protocol import (
     MAX_TEXT,
+    NAME_TRIM_RE,
     CloseReason,
     ProtocolError,
     batch,
@@ -90,7 +93,58 @@ def test_validate_user_returns_trimmed_names_without_control_characters(raw: str
         return
     assert 1 <= len(name) <= 32
     assert not any(unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") for ch in name)
-    assert name == raw.strip() or (not raw.strip() and name.startswith("guest-"))
+    trimmed = NAME_TRIM_RE.sub("", raw)
+    assert name == trimmed or (not trimmed and name.startswith("guest-"))
+
+
+NORMAL_FORMS = ("NFC", "NFD", "NFKC", "NFKD")
+
+
+@given(
+    st.text(max_size=16),
+    st.characters(categories=["Cc"]),
+    st.text(max_size=16),
+    st.sampled_from((None, *NORMAL_FORMS)),
+    st.booleans(),
+)
+def test_no_control_character_survives_into_a_name(
+    before: str, control: str, after: str, form: str | None, percent_encoded: bool
+) -> None:
+    # At either end or in the middle, in any normal form, typed or percent-encoded in the query.
+    raw = before + control + after
+    if form:
+        raw = unicodedata.normalize(form, raw)
+    if percent_encoded:
+        raw = make_mocked_request("GET", "/ws?user=" + quote(raw, safe="")).query["user"]
+    with pytest.raises(ProtocolError) as info:
+        validate_user(raw)
+    assert info.value.code == "bad_user"
+
+
+@given(st.text(max_size=40))
+def test_no_normal_form_of_an_accepted_name_holds_a_control_character(raw: str) -> None:
+    try:
+        name = validate_user(raw)
+    except ProtocolError:
+        return
+    for form in NORMAL_FORMS:
+        assert not any(unicodedata.category(ch) == "Cc" for ch in unicodedata.normalize(form, name))
+
+
+@pytest.mark.parametrize(
+    ("raw", "name"),
+    [(" ann ", "ann"), ("\u00a0ann\u3000", "ann"), ("\u2003ann\u202f", "ann"), ("+ann+", "+ann+")],
+)
+def test_names_are_trimmed_of_white_space_that_is_not_a_control_character(
+    raw: str, name: str
+) -> None:
+    assert validate_user(raw) == name
+
+
+@pytest.mark.parametrize("raw", ["ann\x1f", "\x1cann", "ann\x85", "\tann", "ann\n"])
+def test_control_characters_at_the_ends_are_refused_not_trimmed(raw: str) -> None:
+    with pytest.raises(ProtocolError):
+        validate_user(raw)
 
 
 @pytest.mark.parametrize(

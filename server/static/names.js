@@ -3,9 +3,9 @@
 
 const NAME_KEY = "roomhub.name";
 const MAX_NAME = 32; // Unicode code points
-// The characters Python's str.strip() removes (str.isspace), which the server trims with.
+// The white space the server trims: what Python's str.isspace() matches, less control characters.
 const EDGE_SPACE =
-  /^[\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+|[\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$/g;
+  /^[\x20\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+|[\x20\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$/g;
 // Controls, surrogates, private use, line/paragraph separators, bidi controls, U+FFFD.
 const FORBIDDEN = /[\p{Cc}\p{Cs}\p{Co}\p{Zl}\p{Zp}\u202A-\u202E\u2066-\u2069\uFFFD]/u;
 const ROOM = /^[A-Za-z0-9_.-]{1,64}$/;

@@ -1,0 +1,106 @@
+"""The checks a ``GET /ws`` request passes before the upgrade, in the order they run.
+
+:data:`CHECKS` is the one ordered list: the first check that fails answers the request with
+its HTTP status and a JSON body ``{"error": ..., "detail": ...}``, and no WebSocket is
+opened. docs/protocol.md ("Refusals before the upgrade") shows the same table in the same
+order; tests/test_handshake.py holds the two together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from . import metrics
+from .keys import settings_key, state_key
+from .origin import origin_allowed, request_origin
+from .protocol import ProtocolError, validate_room, validate_since, validate_user
+
+
+@dataclass(slots=True)
+class Handshake:
+    """A ``GET /ws`` request on its way through :data:`CHECKS`; checks fill in the fields."""
+
+    request: web.Request
+    ws: web.WebSocketResponse
+    room: str = ""
+    user: str = ""
+    since: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One check. ``run`` raises ``ProtocolError`` (its ``detail`` goes in the body) to refuse.
+
+    ``counted`` is the ``reason`` label of ``chat_handshakes_rejected_total`` (None: not
+    counted; only WebSocket upgrade requests are counted there).
+    """
+
+    error: str
+    status: int
+    counted: str | None
+    run: Callable[[Handshake], None]
+
+
+def _upgrade(hs: Handshake) -> None:
+    # RFC 6455 section 4.2.1: GET, Upgrade: websocket, Connection: Upgrade, a key, version 13.
+    if not hs.ws.can_prepare(hs.request).ok:
+        raise ProtocolError("not_websocket", "expected a WebSocket upgrade request")
+
+
+def _room(hs: Handshake) -> None:
+    hs.room = validate_room(hs.request.query.get("room"))
+
+
+def _user(hs: Handshake) -> None:
+    hs.user = validate_user(hs.request.query.get("user"))
+
+
+def _since(hs: Handshake) -> None:
+    hs.since = validate_since(hs.request.query.get("since"))
+
+
+def _origin(hs: Handshake) -> None:
+    request = hs.request
+    own = request_origin(request.scheme, request.host)
+    allowed = request.app[settings_key].allowed_origins
+    if not origin_allowed(request.headers.get("Origin"), own, allowed):
+        raise ProtocolError("bad_origin", "origin not allowed")
+
+
+def _not_draining(hs: Handshake) -> None:
+    if hs.request.app[state_key].shutting_down:
+        raise ProtocolError("shutting_down", "server is shutting down")
+
+
+def _below_capacity(hs: Handshake) -> None:
+    app = hs.request.app
+    if len(app[state_key].connections) >= app[settings_key].max_connections:
+        raise ProtocolError("capacity", "server is at its connection limit")
+
+
+CHECKS: tuple[Check, ...] = (
+    Check("not_websocket", 400, None, _upgrade),
+    Check("bad_room", 400, "bad_room", _room),
+    Check("bad_user", 400, "bad_user", _user),
+    Check("bad_since", 400, None, _since),
+    Check("bad_origin", 403, "origin", _origin),
+    Check("shutting_down", 503, None, _not_draining),
+    Check("capacity", 503, "capacity", _below_capacity),
+)
+
+
+def refusal(hs: Handshake) -> web.Response | None:
+    """Run :data:`CHECKS` in order; the first failure's JSON answer, or None if all pass."""
+    for check in CHECKS:
+        try:
+            check.run(hs)
+        except ProtocolError as exc:
+            if check.counted is not None:
+                metrics.HANDSHAKES_REJECTED.labels(check.counted).inc()
+            return web.json_response(
+                {"error": check.error, "detail": exc.detail}, status=check.status
+            )
+    return None

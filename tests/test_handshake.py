@@ -1,0 +1,101 @@
+"""Refusals before the upgrade: the order in code, the table in docs/protocol.md, the wire."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
+
+from server.app import create_app
+from server.handshake import CHECKS
+from server.keys import state_key
+from server.metrics import REJECT_REASONS
+from tests.chat import UPGRADE_HEADERS, Client, sample, settings
+from tests.support.docs import code, table
+
+REFUSALS = table("docs/protocol.md", "### Refusals before the upgrade")
+COUNTED = "counted in `chat_handshakes_rejected_total{reason}`"
+METRIC_REASONS = table(
+    "docs/metrics.md",
+    "**`chat_handshakes_rejected_total{reason}`** (counter): upgrade requests refused before the",
+)
+
+
+def counted(row: dict[str, str]) -> str | None:
+    """The documented ``reason`` label of a refusal, None for "(not counted...)"."""
+    cell = row[COUNTED]
+    return None if cell.startswith("(not counted") else code(cell)
+
+
+def rejected() -> dict[str, float]:
+    return {r: sample("chat_handshakes_rejected_total", reason=r) for r in REJECT_REASONS}
+
+
+@pytest.fixture
+def make_server(aiohttp_client: Any):
+    async def make(**overrides: Any) -> TestClient:
+        return await aiohttp_client(create_app(settings(**overrides)))
+
+    return make
+
+
+async def request_failing(make_server: Any, errors: set[str]) -> ClientResponse:
+    """One ``GET /ws`` to a fresh server that fails exactly the checks named in ``errors``."""
+    assert errors <= {c.error for c in CHECKS}, "teach request_failing to break the new check"
+    server: TestClient = await make_server(max_connections=1)
+    if "capacity" in errors:
+        ws = await server.ws_connect("/ws", params={"room": "other", "user": "first"})
+        assert (await Client(ws).next())["type"] == "welcome"
+    server.app[state_key].shutting_down = "shutting_down" in errors
+    params = {
+        "room": "bad room" if "bad_room" in errors else "r1",
+        "user": "ann\x1f" if "bad_user" in errors else "ann",
+        "since": "-1" if "bad_since" in errors else "0",
+    }
+    headers = {} if "not_websocket" in errors else dict(UPGRADE_HEADERS)
+    if "bad_origin" in errors:
+        headers["Origin"] = "http://evil.example"
+    return await server.get("/ws", params=params, headers=headers)
+
+
+def test_docs_list_the_refusals_in_the_order_the_server_checks_them() -> None:
+    documented = [(int(r["status"]), code(r["`error`"]), counted(r)) for r in REFUSALS]
+    assert documented == [(c.status, c.error, c.counted) for c in CHECKS]
+
+
+def test_metrics_doc_lists_exactly_the_counted_refusals() -> None:
+    documented = {code(row["`reason`"]) for row in METRIC_REASONS}
+    assert documented == {c.counted for c in CHECKS if c.counted} == set(REJECT_REASONS)
+
+
+@pytest.mark.parametrize("row", REFUSALS, ids=[code(r["`error`"]) for r in REFUSALS])
+async def test_each_documented_refusal_is_what_the_server_answers(
+    make_server: Any, row: dict[str, str]
+) -> None:
+    error = code(row["`error`"])
+    before = rejected()
+    response = await request_failing(make_server, {error})
+    assert response.status == int(row["status"])
+    assert await response.json() == {"error": error, "detail": code(row["`detail`"])}
+    moved = {r: n - before[r] for r, n in rejected().items() if n != before[r]}
+    reason = counted(row)
+    assert moved == ({reason: 1} if reason else {})
+
+
+@pytest.mark.parametrize("first", range(len(CHECKS)), ids=[c.error for c in CHECKS])
+async def test_only_the_first_failing_check_answers(make_server: Any, first: int) -> None:
+    # The request fails this check and every later one.
+    response = await request_failing(make_server, {c.error for c in CHECKS[first:]})
+    assert (await response.json())["error"] == CHECKS[first].error
+
+
+async def test_plain_get_at_the_connection_cap_is_not_websocket_and_not_counted(
+    make_server: Any,
+) -> None:
+    before = rejected()
+    response = await request_failing(make_server, {"not_websocket", "capacity"})
+    assert response.status == 400
+    assert (await response.json())["error"] == "not_websocket"
+    assert rejected() == before
