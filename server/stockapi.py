@@ -36,6 +36,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from server.bot.commands import CommandError, stooq_symbol
 from server.bot.providers import CSV_FIELDS, CSV_HEADER, NO_DATA, SIM_UNKNOWN, sim_price
 
 OUTCOMES = ("ok", "unknown", "error", "html", "quota", "slow")
@@ -184,7 +185,7 @@ def create_app(
         float(latency_ms),
         float(jitter_ms),
         float(error_rate),
-        frozenset(s.strip().upper() for s in unknown if s.strip()),
+        frozenset(_unknown_symbol(code) for code in unknown if code.strip()),
     )
     registry = CollectorRegistry()
     requests_total = Counter(
@@ -207,6 +208,14 @@ def create_app(
     app.router.add_get("/stats", stats)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     return app
+
+
+def _unknown_symbol(code: str) -> str:
+    """An ``--unknown`` entry as the bot asks for it: ``foo`` and ``FOO.US`` are ``FOO.US``."""
+    try:
+        return stooq_symbol(code)
+    except CommandError as exc:
+        raise ValueError(f"--unknown {code.strip()!r}: {exc}") from None
 
 
 def _port(raw: str) -> int:
@@ -232,7 +241,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, web.Appl
     parser.add_argument(
         "--error-rate", type=float, default=0.0, help="fraction answered HTTP 500, 0..1 (default 0)"
     )
-    parser.add_argument("--unknown", default="", help="comma-separated extra symbols answered N/D")
+    parser.add_argument(
+        "--unknown",
+        default="",
+        help="comma-separated extra symbols answered N/D, written as in /stock= (foo: FOO.US)",
+    )
     args = parser.parse_args(argv)
     try:
         app = create_app(

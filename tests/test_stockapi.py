@@ -6,12 +6,14 @@ import asyncio
 import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 from aiohttp import ClientTimeout
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.bot.providers import CSV_HEADER, sim_price
+from server.bot.commands import parse_stock_command
+from server.bot.providers import CSV_HEADER, UnknownSymbol, make_provider, sim_price
 from server.stockapi import HTML_PAGE, QUOTA_TEXT, create_app, main
 from tests.support.processes import run_stockapi
 
@@ -58,6 +60,33 @@ async def test_unknown_symbol_is_http_200_with_nd_in_every_field(api: TestClient
 async def test_unknown_flag_symbols_answer_nd(api: TestClient) -> None:
     body = (await get_quote(api, "delisted.us"))[2]
     assert body.split("\n")[1] == ND_ROW.format("DELISTED.US")
+
+
+@pytest.mark.parametrize("typed", ["foo", "FOO.US", " foo.us "])
+def test_unknown_flag_takes_symbols_the_way_the_bot_asks_for_them(
+    tmp_path: Path, typed: str
+) -> None:
+    # The process, with the flag as typed, answers the symbol the bot sends for /stock=foo.
+    symbol = parse_stock_command("/stock=foo")
+    with run_stockapi(tmp_path, "--latency-ms", "0", "--unknown", f"{typed},bar") as process:
+        with pytest.raises(UnknownSymbol):
+            asyncio.run(fetch(process.url, symbol))
+        assert httpx.get(f"{process.url}/stats").json()["requests"] == {"FOO.US": 1}
+
+
+async def fetch(base_url: str, symbol: str) -> float:
+    """One quote through the bot's own ``url`` provider."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        return await make_provider("url", base_url, client).fetch(symbol)
+
+
+def test_a_malformed_unknown_symbol_exits_2_naming_the_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--unknown", "ok,not a symbol"])
+    assert exit_info.value.code == 2
+    assert "--unknown 'not a symbol'" in capsys.readouterr().err
 
 
 async def test_html_symbol_serves_an_html_page_with_http_200(api: TestClient) -> None:

@@ -37,7 +37,16 @@ def parse_stock_command(text: str) -> str | None:
     head = stripped[: len(STOCK_PREFIX)]
     if not (head.isascii() and head.lower() == STOCK_PREFIX):
         return None
-    code = stripped[len(STOCK_PREFIX) :].strip()
+    return stooq_symbol(stripped[len(STOCK_PREFIX) :])
+
+
+def stooq_symbol(code: str) -> str:
+    """The Stooq symbol the bot asks for when a user types ``code`` (surrounding spaces ignored):
+    ``'aapl'`` -> ``'AAPL.US'``, ``'FOO.US'`` -> ``'FOO.US'``, ``'^spx'`` -> ``'^SPX'``.
+
+    Raises :class:`CommandError` for a malformed code, as :func:`parse_stock_command` does.
+    """
+    code = code.strip()
     if not code:
         raise CommandError("missing stock code, e.g. /stock=AAPL")
     if len(code) > MAX_CODE_LENGTH:
