@@ -1,0 +1,153 @@
+"""RFC 6455 framing of the frames roomhub writes itself, read back by an independent strict
+parser: the sans-I/O protocol of the ``websockets`` library, on the client side (RFC 6455
+section 5: no mask, known opcodes, minimal-or-valid lengths, UTF-8 text, valid close codes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol, Side
+
+from server.app import create_app
+from server.protocol import frame_header
+from tests.chat import WAIT, Client, settings, upgrade_request
+from tests.support.docs import ROOT
+
+PROTOCOL_DOC = (ROOT / "docs/protocol.md").read_text()
+
+HEADER_BOUNDARIES = (0, 125, 126, 127, 65535, 65536, 1 << 20)
+"""Payload sizes on each side of the 7-bit, 16-bit and 64-bit length forms (section 5.2)."""
+
+
+def strict_read(chunks: Iterable[bytes]) -> list[Frame]:
+    """The frames in ``chunks`` of a server's byte stream; fails on any framing violation."""
+    client = Protocol(Side.CLIENT, max_size=None)
+    for chunk in chunks:
+        client.receive_data(chunk)
+    assert client.parser_exc is None, client.parser_exc
+    return [event for event in client.events_received() if isinstance(event, Frame)]
+
+
+def length_form(size: int) -> int:
+    """Bytes of the header's length fields for a payload of ``size`` bytes: 0, 2 or 8."""
+    return 0 if size < 126 else 2 if size < 65536 else 8
+
+
+@pytest.mark.parametrize("size", HEADER_BOUNDARIES)
+def test_a_frame_of_each_boundary_size_parses_split_anywhere_in_its_header(size: int) -> None:
+    payload = b"x" * size
+    wire = frame_header(size) + payload
+    for cut in range(0, 2 + length_form(size) + 2):
+        (frame,) = strict_read([wire[:cut], wire[cut:]])
+        assert (frame.opcode, frame.fin, frame.data) == (Opcode.TEXT, True, payload)
+
+
+def test_frames_back_to_back_parse_from_one_stream() -> None:
+    payloads = [b"[" + b"1," * (size // 2) + b"1]" for size in HEADER_BOUNDARIES]
+    wire = b"".join(frame_header(len(p)) + p for p in payloads)
+    frames = strict_read(chunks(wire, random.Random(0), max_chunk=70_000))
+    assert [f.data for f in frames] == payloads
+
+
+def chunks(data: bytes, rng: random.Random, max_chunk: int) -> list[bytes]:
+    """``data`` cut at random offsets into pieces of 1..``max_chunk`` bytes."""
+    out, at = [], 0
+    while at < len(data):
+        step = rng.randint(1, max_chunk)
+        out.append(data[at : at + step])
+        at += step
+    return out
+
+
+async def read_until(reader: asyncio.StreamReader, wire: bytearray, done: Any) -> None:
+    """Append what the server sends to ``wire`` until ``done(frames)`` or EOF."""
+    async with asyncio.timeout(WAIT):
+        while not done(strict_read([bytes(wire)])):
+            data = await reader.read(65536)
+            if not data:
+                return
+            wire.extend(data)
+
+
+def events_of(frames: list[Frame]) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    for frame in frames:
+        if frame.opcode == Opcode.TEXT:
+            data = orjson.loads(frame.data)
+            events.extend(data if isinstance(data, list) else [data])
+    return events
+
+
+async def test_what_the_server_writes_parses_strictly_in_every_length_form_and_batched(
+    aiohttp_client: Any,
+) -> None:
+    server: TestClient = await aiohttp_client(
+        create_app(settings(rate_limit=1000.0, rate_burst=1000, fanout_interval=0.2))
+    )
+    ann = Client(await server.ws_connect("/ws", params={"room": "wire", "user": "ann"}))
+    # 30 messages of 2000 JSON-escaped characters: a welcome over 64 KiB for the next joiner.
+    for i in range(30):
+        await ann.say('"' * 2000, id=f"h{i}")
+    await ann.next(lambda e: e.get("id") == "h29")
+
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(upgrade_request("wire", "bob"))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    wire = bytearray()
+    await read_until(reader, wire, lambda f: any(e["type"] == "join" for e in events_of(f)))
+
+    await ann.say("hi", id="small")
+    await ann.say("m" * 300, id="medium")
+    for i in range(20):  # sent together: they leave together, in array frames
+        await ann.say(f"b{i}", id=f"b{i}")
+    await read_until(reader, wire, lambda f: any(e.get("id") == "b19" for e in events_of(f)))
+
+    bob = Protocol(Side.CLIENT)
+    bob.send_close(1000)
+    writer.write(b"".join(bob.data_to_send()))
+    await read_until(reader, wire, lambda f: f and f[-1].opcode == Opcode.CLOSE)
+    writer.close()
+    await ann.close()
+
+    frames = strict_read([bytes(wire)])
+    assert all(f.fin and f.opcode in (Opcode.TEXT, Opcode.CLOSE) for f in frames)
+    assert {length_form(len(f.data)) for f in frames} == {0, 2, 8}
+    assert any(f.data.startswith(b"[") for f in frames)
+    events = events_of(frames)
+    welcome = events[0]
+    seqs = [e["seq"] for e in welcome["history"]]
+    seqs += [e["seq"] for e in events if e["type"] == "message"]
+    assert seqs == list(range(1, 53))
+    assert frames[-1].opcode == Opcode.CLOSE
+    # The same bytes, cut at random offsets (inside headers too), read the same.
+    for seed in range(3):
+        again = strict_read(chunks(bytes(wire), random.Random(seed), max_chunk=9))
+        assert [(f.opcode, f.data) for f in again] == [(f.opcode, f.data) for f in frames]
+
+
+async def test_an_unmasked_client_frame_is_handled_like_a_masked_one_a_documented_gap(
+    aiohttp_client: Any,
+) -> None:
+    # docs/protocol.md, "Known gap: unmasked client frames are accepted".
+    assert "**Known gap: unmasked client frames are accepted.**" in PROTOCOL_DOC
+    server: TestClient = await aiohttp_client(create_app(settings()))
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(upgrade_request("gap", "u"))
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+    body = orjson.dumps({"type": "message", "text": "unmasked", "id": "u1"})
+    writer.write(frame_header(len(body)) + body)  # a server-style frame: mask bit clear
+    wire = bytearray()
+    await read_until(reader, wire, lambda f: any(e.get("id") == "u1" for e in events_of(f)))
+    frames = strict_read([bytes(wire)])
+    assert [e["text"] for e in events_of(frames) if e["type"] == "message"] == ["unmasked"]
+    assert all(f.opcode == Opcode.TEXT for f in frames)
+    writer.close()
