@@ -16,7 +16,8 @@ from . import metrics
 from .bot.providers import make_provider
 from .bot.stockbot import StockBot
 from .config import Settings
-from .hub import GlobalHub, ShardedHubs
+from .globalhub import GlobalHub
+from .hub import ShardedHubs
 from .keys import ServerState, bot_key, http_client_key, hubs_key, settings_key, state_key
 from .protocol import CloseReason
 from .views import VERSION, setup_routes
@@ -65,11 +66,16 @@ async def bot_context(app: web.Application) -> AsyncIterator[None]:
 
 async def hubs_context(app: web.Application) -> AsyncIterator[None]:
     settings, state = app[settings_key], app[state_key]
-    hubs = (
-        GlobalHub(settings.history_size)
-        if settings.hub_mode == "global"
-        else ShardedHubs(settings.history_size, settings.room_grace, settings.fanout_interval)
-    )
+    hubs: ShardedHubs | GlobalHub
+    if settings.hub_mode == "global":
+        hubs = GlobalHub(settings.history_size, settings.max_rooms)
+    else:
+        hubs = ShardedHubs(
+            settings.history_size,
+            settings.room_grace,
+            settings.fanout_interval,
+            settings.max_rooms,
+        )
     app[hubs_key] = hubs
     loop = asyncio.get_running_loop()
     bot = app[bot_key]

@@ -49,6 +49,7 @@ class Settings:
     rate_limit: float = _setting(5.0, "frames per second each connection may send")
     rate_burst: int = _setting(10, "frames a connection may send at once")
     max_connections: int = _setting(10000, "open WebSocket connections; more get HTTP 503")
+    max_rooms: int = _setting(10000, "rooms at once; a join that would open one more gets HTTP 503")
     allowed_origins: tuple[str, ...] = _setting(
         (), "comma-separated origins allowed to connect; empty: the request's own origin; *: any"
     )
@@ -148,6 +149,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "rate_limit": _positive_float,
     "rate_burst": _positive_int,
     "max_connections": _positive_int,
+    "max_rooms": _positive_int,
     "allowed_origins": _origins,
     "heartbeat": _float,
     "room_grace": _float,

@@ -14,9 +14,15 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from . import metrics
-from .keys import settings_key, state_key
+from .keys import hubs_key, settings_key, state_key
 from .origin import origin_allowed, request_origin
-from .protocol import ProtocolError, validate_room, validate_since, validate_user
+from .protocol import (
+    ProtocolError,
+    validate_epoch,
+    validate_room,
+    validate_since,
+    validate_user,
+)
 
 
 @dataclass(slots=True)
@@ -28,6 +34,7 @@ class Handshake:
     room: str = ""
     user: str = ""
     since: int | None = None
+    epoch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +69,10 @@ def _since(hs: Handshake) -> None:
     hs.since = validate_since(hs.request.query.get("since"))
 
 
+def _epoch(hs: Handshake) -> None:
+    hs.epoch = validate_epoch(hs.request.query.get("epoch"))
+
+
 def _origin(hs: Handshake) -> None:
     request = hs.request
     own = request_origin(request.scheme, request.host)
@@ -76,9 +87,16 @@ def _not_draining(hs: Handshake) -> None:
 
 
 def _below_capacity(hs: Handshake) -> None:
+    # Reserved slots count upgrades under way too, so a storm cannot overshoot the cap.
     app = hs.request.app
-    if len(app[state_key].connections) >= app[settings_key].max_connections:
+    if app[state_key].reserved >= app[settings_key].max_connections:
         raise ProtocolError("capacity", "server is at its connection limit")
+
+
+def _room_limit(hs: Handshake) -> None:
+    # Admitting a new room starts its hub: this check comes last.
+    if not hs.request.app[hubs_key].admit(hs.room):
+        raise ProtocolError("capacity", "server is at its room limit")
 
 
 CHECKS: tuple[Check, ...] = (
@@ -86,9 +104,11 @@ CHECKS: tuple[Check, ...] = (
     Check("bad_room", 400, "bad_room", _room),
     Check("bad_user", 400, "bad_user", _user),
     Check("bad_since", 400, None, _since),
+    Check("bad_epoch", 400, None, _epoch),
     Check("bad_origin", 403, "origin", _origin),
     Check("shutting_down", 503, None, _not_draining),
     Check("capacity", 503, "capacity", _below_capacity),
+    Check("capacity", 503, "capacity", _room_limit),
 )
 
 

@@ -10,19 +10,22 @@ from aiohttp import web
 from .bot.stockbot import StockBot
 from .config import Settings
 from .connection import Connection
-from .hub import Hubs
+from .globalhub import GlobalHub
+from .hub import ShardedHubs
 
 
 @dataclass(slots=True)
 class ServerState:
-    """Mutable server-wide state: open connections and whether shutdown has begun."""
+    """Mutable server-wide state: open connections, connection slots reserved (upgrades under
+    way and open connections) and whether shutdown has begun."""
 
     connections: set[Connection] = field(default_factory=set)
+    reserved: int = 0
     shutting_down: bool = False
 
 
 settings_key = web.AppKey("settings_key", Settings)
 state_key = web.AppKey("state_key", ServerState)
-hubs_key = web.AppKey("hubs_key", Hubs)
+hubs_key = web.AppKey("hubs_key", ShardedHubs | GlobalHub)
 http_client_key = web.AppKey("http_client_key", httpx.AsyncClient)
 bot_key = web.AppKey("bot_key", StockBot)

@@ -48,6 +48,7 @@ MAX_TEXT = 2000
 MAX_CLIENT_ID = 64
 MAX_USER = 32
 ROOM_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+EPOCH_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class ProtocolError(ValueError):
@@ -124,6 +125,15 @@ def validate_since(raw: str | None) -> int | None:
     return int(raw)
 
 
+def validate_epoch(raw: str | None) -> str | None:
+    """Return the room epoch the client saw, or None; ``bad_epoch`` unless 1-64 of [A-Za-z0-9_-]."""
+    if raw is None or raw == "":
+        return None
+    if not EPOCH_RE.fullmatch(raw):
+        raise ProtocolError("bad_epoch", "epoch must be 1-64 characters of A-Z a-z 0-9 _ -")
+    return raw
+
+
 def parse_frame(data: str) -> ChatMessage:
     """Parse one client text frame.
 
@@ -190,10 +200,20 @@ def presence_event(kind: str, user: str, members: int) -> bytes:
     return orjson.dumps({"type": kind, "user": user, "members": members, "ts": now_ms()})
 
 
-def welcome_event(room: str, user: str, seq: int, members: int, history: list[bytes]) -> bytes:
+def welcome_event(
+    room: str, user: str, epoch: str, seq: int, members: int, reset: bool, history: list[bytes]
+) -> bytes:
     """The first event on a connection; ``history``: encoded ``message`` events, oldest first."""
     head = orjson.dumps(
-        {"type": "welcome", "room": room, "user": user, "seq": seq, "members": members}
+        {
+            "type": "welcome",
+            "room": room,
+            "user": user,
+            "epoch": epoch,
+            "seq": seq,
+            "members": members,
+            "reset": reset,
+        }
     )
     return head[:-1] + b',"history":[' + b",".join(history) + b"]}"
 

@@ -16,7 +16,6 @@ from .bot.commands import CommandError, parse_stock_command
 from .bot.stockbot import BotReply
 from .connection import Connection
 from .handshake import Handshake, refusal
-from .hub import BOT, JOIN, LEAVE, SAY
 from .keys import bot_key, hubs_key, settings_key, state_key
 from .protocol import (
     CloseReason,
@@ -27,6 +26,7 @@ from .protocol import (
     parse_frame,
     validate_room,
 )
+from .room import BotEvent, Join, Leave, Say
 
 log = logging.getLogger("roomhub.views")
 
@@ -77,7 +77,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
-    """``GET /ws?room=ROOM&user=NAME[&since=SEQ]``: protocol v1 (docs/protocol.md)."""
+    """``GET /ws?room=ROOM&user=NAME[&since=SEQ&epoch=EPOCH]``: protocol v1 (docs/protocol.md)."""
     app = request.app
     settings, state = app[settings_key], app[state_key]
     ws = web.WebSocketResponse(
@@ -89,7 +89,19 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     refused = refusal(hs)
     if refused is not None:
         return refused
-    room, user, since = hs.room, hs.user, hs.since
+    # The slot is reserved before the upgrade and released however the request ends.
+    state.reserved += 1
+    try:
+        return await _session(hs)
+    finally:
+        state.reserved -= 1
+
+
+async def _session(hs: Handshake) -> web.StreamResponse:
+    """Upgrade an admitted request, join its room and serve it until it ends."""
+    request, ws, room, user = hs.request, hs.ws, hs.room, hs.user
+    app = request.app
+    settings, state, hubs = app[settings_key], app[state_key], app[hubs_key]
     try:
         await ws.prepare(request)
     except ConnectionError:
@@ -105,11 +117,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         rate=settings.rate_limit,
         burst=settings.rate_burst,
     )
-    hubs = app[hubs_key]
     state.connections.add(conn)
     metrics.CONNECTIONS_OPENED.inc()
     log.info("connection_opened", extra={"fields": {"room": room, "user": user}})
-    hubs.post(room, JOIN, conn, since)
+    hubs.post(room, Join(conn, hs.since, hs.epoch))
     reason = CloseReason.CLIENT_GONE
     try:
         reason = await _serve(request, conn)
@@ -118,7 +129,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         reason = CloseReason.ERROR
         await conn.close_now(CloseReason.ERROR)
     finally:
-        hubs.post(room, LEAVE, conn)
+        hubs.post(room, Leave(conn))
         state.connections.discard(conn)
         reason = conn.close_reason or reason
         metrics.CONNECTIONS_CLOSED.labels(reason.label).inc()
@@ -182,14 +193,14 @@ def _on_frame(request: web.Request, conn: Connection, frame: WSMessage) -> None:
     hubs = app[hubs_key]
     if symbol is None:
         metrics.MESSAGES_RECEIVED.labels("message").inc()
-        hubs.post(conn.room, SAY, conn, msg)
+        hubs.post(conn.room, Say(conn, msg))
         return
     metrics.MESSAGES_RECEIVED.labels("command").inc()
     bot = app[bot_key]
     room = conn.room
 
     def deliver(reply: BotReply) -> None:
-        hubs.post(room, BOT, None, bot_event(bot.name, reply.text, reply.ok, reply.reply_to))
+        hubs.post(room, BotEvent(bot_event(bot.name, reply.text, reply.ok, reply.reply_to)))
 
     if not bot.submit(symbol, msg.id, deliver):
         conn.send_event(error_event("busy", "the stock bot is busy, try again", msg.id))

@@ -8,6 +8,7 @@ of Playwright's auto-retrying expectations with a deadline.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -96,6 +97,35 @@ def message_texts(page: Page, text: str) -> Locator:
     return page.locator("#log li.msg .text").filter(has_text=re.compile(f"^{re.escape(text)}$"))
 
 
+class HeldReconnect:
+    """Routes a page's WebSockets: the first goes through; after :meth:`drop`, reconnects
+    wait until :meth:`reconnect`."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.sockets: list[WebSocketRoute] = []
+        self.allowed = False
+        page.route_web_socket(re.compile(r"/ws\?"), self._route)
+
+    def _route(self, socket: WebSocketRoute) -> None:
+        # The sync API runs this only while the test is inside a Playwright call, so
+        # ``allowed`` cannot change between the append and the check.
+        self.sockets.append(socket)
+        if len(self.sockets) == 1 or self.allowed:
+            socket.connect_to_server()
+
+    def drop(self) -> None:
+        """Close the page's connection and wait until the page sees it is offline."""
+        self.sockets[0].close(code=4000, reason="dropped")
+        expect(self.page.locator("#status")).not_to_have_attribute("data-state", "online")
+
+    def reconnect(self) -> None:
+        """Let the page's next connection (or the one it is holding) through."""
+        self.allowed = True
+        if len(self.sockets) > 1:
+            self.sockets[1].connect_to_server()
+
+
 def test_message_typed_in_one_page_appears_in_the_other(open_room: OpenRoom) -> None:
     alice = open_room("lounge", "alice")
     bob = open_room("lounge", "bob")
@@ -175,33 +205,47 @@ def test_messages_missed_while_disconnected_arrive_once_after_reconnect(
 ) -> None:
     bob = open_room("resume", "bob")
     alice = contexts().new_page()
-    sockets: list[WebSocketRoute] = []
-    reconnect_allowed = False
-
-    def route(socket: WebSocketRoute) -> None:
-        # The sync API runs this only while the test is inside a Playwright call, so
-        # reconnect_allowed cannot change between the append and the check.
-        sockets.append(socket)
-        if len(sockets) == 1 or reconnect_allowed:
-            socket.connect_to_server()
-
-    alice.route_web_socket(re.compile(r"/ws\?"), route)
+    link = HeldReconnect(alice)
     alice.goto(f"{live_server.url}/rooms/resume?user=alice")
     expect(alice.locator("#status")).to_have_attribute("data-state", "online")
     send(bob, "before")
     expect(alice.locator("#log li.msg .text")).to_have_text(["before"])
 
-    sockets[0].close(code=4000, reason="dropped")
-    expect(alice.locator("#status")).not_to_have_attribute("data-state", "online")
+    link.drop()
     send(bob, "while away")
     expect(bob.locator("#log li.msg .text")).to_have_text(["before", "while away"])
-    reconnect_allowed = True
-    if len(sockets) > 1:
-        sockets[1].connect_to_server()
+    link.reconnect()
 
     expect(alice.locator("#status")).to_have_attribute("data-state", "online")
     expect(alice.locator("#log li.msg .text")).to_have_text(["before", "while away"])
-    assert sockets[-1].url.endswith("&since=1")
+    assert re.search(r"&since=1&epoch=[A-Za-z0-9_-]+$", link.sockets[-1].url)
+
+
+def test_resume_into_a_restarted_room_shows_its_messages_and_a_notice(
+    live_server: Process, open_room: OpenRoom, contexts: Callable[[], BrowserContext]
+) -> None:
+    bob = open_room("epoch", "bob")
+    alice = contexts().new_page()
+    link = HeldReconnect(alice)
+    alice.goto(f"{live_server.url}/rooms/epoch?user=alice")
+    expect(alice.locator("#status")).to_have_attribute("data-state", "online")
+    send(bob, "before")
+    expect(alice.locator("#log li.msg .text")).to_have_text(["before"])
+
+    link.drop()
+    bob.close()
+    deadline = time.monotonic() + 10  # the room is reaped 1 s after it empties
+    while live_server.metrics()["chat_rooms"] != 0:
+        assert time.monotonic() < deadline, "the empty room was never reaped"
+        time.sleep(0.1)
+    carol = open_room("epoch", "carol")
+    send(carol, "after")  # seq 1 of the new epoch: a since=1 alone would hide it
+    expect(carol.locator("#log li.msg .text")).to_have_text(["after"])
+    link.reconnect()
+
+    expect(alice.locator("#status")).to_have_attribute("data-state", "online")
+    expect(alice.locator("#log li.msg .text")).to_have_text(["before", "after"])
+    expect(alice.locator("#log li.notice").filter(has_text="The room restarted")).to_have_count(1)
 
 
 def test_lobby_form_opens_the_room_and_remembers_the_name(

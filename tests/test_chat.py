@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
-from server.keys import state_key
+from server.hub import RoomHub
+from server.keys import hubs_key, state_key
+from server.room import Join, Room
 from tests.chat import (
     UPGRADE_HEADERS,
     Client,
@@ -52,14 +55,28 @@ async def joined(
     return client
 
 
+async def say_and_see(client: Client, texts: list[str]) -> None:
+    """Send ``texts`` and wait until the client's own copies come back, in order."""
+    for text in texts:
+        await client.say(text)
+    assert [(await client.next_of("message"))["text"] for _ in texts] == texts
+
+
 @pytest.mark.parametrize("hub_mode", HUB_MODES)
-async def test_welcome_names_room_user_seq_and_members(make_server: Any, hub_mode: str) -> None:
+async def test_welcome_names_room_user_epoch_seq_and_members(
+    make_server: Any, hub_mode: str
+) -> None:
     server = await make_server(hub_mode=hub_mode)
     client = await connect(server, "r1", "  ann  ")
     welcome = await client.next()
+    epoch = welcome.pop("epoch")
+    assert re.fullmatch(r"[A-Za-z0-9_-]{11}", epoch)
     assert welcome == {
-        "type": "welcome", "room": "r1", "user": "ann", "seq": 0, "members": 1, "history": []
+        "type": "welcome", "room": "r1", "user": "ann", "seq": 0, "members": 1, "reset": False,
+        "history": [],
     }  # fmt: skip
+    other = await (await connect(server, "r1", "bob")).next_of("welcome")
+    assert other["epoch"] == epoch
 
 
 @pytest.mark.parametrize("hub_mode", HUB_MODES)
@@ -133,13 +150,33 @@ async def test_joiner_gets_a_message_once_when_join_and_message_wait_together(
 
 
 async def test_since_replays_only_what_the_client_missed(server: TestClient) -> None:
-    ann = await joined(server, "r1", "ann")
-    for i in range(4):
-        await ann.say(f"m{i}")
-    for _ in range(4):
-        await ann.next_of("message")
-    welcome = await (await connect(server, "r1", "bob", since=2)).next_of("welcome")
+    ann = await connect(server, "r1", "ann")
+    epoch = (await ann.next_of("welcome"))["epoch"]
+    await say_and_see(ann, [f"m{i}" for i in range(4)])
+    welcome = await (await connect(server, "r1", "bob", since=2, epoch=epoch)).next_of("welcome")
     assert [m["seq"] for m in welcome["history"]] == [3, 4]
+    assert welcome["reset"] is False
+
+
+@pytest.mark.parametrize("hub_mode", HUB_MODES)
+async def test_resume_into_a_restarted_room_gets_full_history_and_reset(
+    make_server: Any, hub_mode: str
+) -> None:
+    server = await make_server(hub_mode=hub_mode, room_grace=0.1)
+    hubs = server.app[hubs_key]
+    ann = await connect(server, "r1", "ann")
+    old = (await ann.next_of("welcome"))["epoch"]
+    await say_and_see(ann, [f"old{i}" for i in range(4)])
+    await ann.close()
+    await wait_until(lambda: hubs.room_count() == 0)
+    cat = await connect(server, "r1", "cat")
+    new = await cat.next_of("welcome")
+    assert (new["seq"], new["reset"]) == (0, False)
+    assert new["epoch"] != old
+    await say_and_see(cat, ["new0", "new1"])
+    welcome = await (await connect(server, "r1", "ann", since=4, epoch=old)).next_of("welcome")
+    assert (welcome["epoch"], welcome["seq"], welcome["reset"]) == (new["epoch"], 2, True)
+    assert [(m["seq"], m["text"]) for m in welcome["history"]] == [(1, "new0"), (2, "new1")]
 
 
 async def test_events_waiting_together_arrive_batched_in_one_frame(make_server: Any) -> None:
@@ -226,6 +263,8 @@ async def test_oversized_frame_closes_with_1009_and_server_keeps_serving(
         ({"room": "ok", "user": "x" * 33}, "bad_user", "bad_user"),
         ({"room": "ok", "user": "a\x07b"}, "bad_user", "bad_user"),
         ({"room": "ok", "since": "-1"}, "bad_since", None),
+        ({"room": "ok", "epoch": "a b"}, "bad_epoch", None),
+        ({"room": "ok", "epoch": "x" * 65}, "bad_epoch", None),
     ],
 )
 async def test_bad_query_is_refused_with_400_json(
@@ -349,17 +388,64 @@ async def test_room_list_holds_rooms_with_members_busiest_first(server: TestClie
 
 
 async def test_empty_room_is_reaped_after_the_grace_period(server: TestClient) -> None:
-    ann = await joined(server, "reap-me", "ann")
-    assert sample("chat_rooms") >= 1
-    assert {"name": "reap-me", "members": 1} in (await (await server.get("/api/rooms")).json())[
-        "rooms"
-    ]
+    hubs = server.app[hubs_key]
+    ann = await connect(server, "reap-me", "ann")
+    epoch = (await ann.next_of("welcome"))["epoch"]
+    await ann.say("before")
+    await ann.next_of("message")
+    assert ("reap-me", 1) in hubs.rooms()
     await ann.close()
+    await wait_until(lambda: hubs.room_count() == 0)
+    assert sample("chat_rooms") == 0
+    welcome = await (await connect(server, "reap-me", "bob")).next_of("welcome")
+    assert (welcome["seq"], welcome["history"]) == (0, [])
+    assert welcome["epoch"] != epoch
 
-    async def listed() -> bool:
-        rooms = (await (await server.get("/api/rooms")).json())["rooms"]
-        return any(r["name"] == "reap-me" for r in rooms)
 
-    async with asyncio.timeout(5):
-        while await listed():
-            await asyncio.sleep(0.05)
+async def test_failing_hub_answers_every_queued_join_and_the_room_restarts(
+    server: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hubs = server.app[hubs_key]
+    gate = asyncio.Event()
+    run, join = RoomHub.run, Room.join
+
+    async def gated_run(self: RoomHub, grace: float, interval: float) -> None:
+        await gate.wait()
+        await run(self, grace, interval)
+
+    def failing_join(self: Room, item: Join) -> tuple[bytes, bytes]:
+        if item.conn.user == "boom":
+            raise RuntimeError("injected fault")
+        return join(self, item)
+
+    monkeypatch.setattr(RoomHub, "run", gated_run)
+    monkeypatch.setattr(Room, "join", failing_join)
+    before = sample("chat_connections_closed_total", reason="error")
+    clients = [await connect(server, "r1", user) for user in ("ann", "boom", "bob", "cat")]
+    await wait_until(lambda: hubs.queue_depth() == 4)
+    gate.set()
+    ann = clients[0]
+    assert (await ann.next())["type"] == "welcome"
+    assert [await client.closed() for client in clients] == [1011] * 4
+    for client in clients[1:]:
+        assert client.events.empty()
+    await wait_until(lambda: sample("chat_connections_closed_total", reason="error") == before + 4)
+    await wait_until(lambda: hubs.room_count() == 0)
+    dan = await joined(server, "r1", "dan")
+    await dan.say("works again")
+    assert (await dan.next_of("message"))["seq"] == 1
+
+
+@pytest.mark.parametrize("hub_mode", HUB_MODES)
+async def test_join_that_would_open_a_room_over_the_limit_is_refused_with_503(
+    make_server: Any, hub_mode: str
+) -> None:
+    server = await make_server(hub_mode=hub_mode, max_rooms=2)
+    await joined(server, "r1", "ann")
+    await joined(server, "r2", "bob")
+    before = sample("chat_handshakes_rejected_total", reason="capacity")
+    response = await server.get("/ws", params={"room": "r3"}, headers=UPGRADE_HEADERS)
+    assert response.status == 503
+    assert await response.json() == {"error": "capacity", "detail": "server is at its room limit"}
+    assert sample("chat_handshakes_rejected_total", reason="capacity") == before + 1
+    await joined(server, "r1", "cat")  # an open room still takes joins

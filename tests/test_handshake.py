@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import pytest
@@ -9,7 +10,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
-from server.handshake import CHECKS
+from server.handshake import CHECKS, Check
 from server.keys import state_key
 from server.metrics import REJECT_REASONS
 from tests.chat import UPGRADE_HEADERS, Client, sample, settings
@@ -41,21 +42,33 @@ def make_server(aiohttp_client: Any):
     return make
 
 
-async def request_failing(make_server: Any, errors: set[str]) -> ClientResponse:
-    """One ``GET /ws`` to a fresh server that fails exactly the checks named in ``errors``."""
-    assert errors <= {c.error for c in CHECKS}, "teach request_failing to break the new check"
-    server: TestClient = await make_server(max_connections=1)
-    if "capacity" in errors:
+def check(name: str) -> Check:
+    """The check whose function is ``_<name>``."""
+    (found,) = (c for c in CHECKS if c.run.__name__ == f"_{name}")
+    return found
+
+
+async def request_failing(make_server: Any, failing: Collection[Check]) -> ClientResponse:
+    """One ``GET /ws`` to a fresh server that fails exactly the checks in ``failing``."""
+    names = {c.run.__name__.removeprefix("_") for c in failing}
+    known = {"upgrade", "room", "user", "since", "epoch", "origin", "not_draining"}
+    assert names <= known | {"below_capacity", "room_limit"}, "teach request_failing the check"
+    full, rooms_full = "below_capacity" in names, "room_limit" in names
+    server: TestClient = await make_server(
+        max_connections=1 if full else 10, max_rooms=1 if rooms_full else 10
+    )
+    if full or rooms_full:
         ws = await server.ws_connect("/ws", params={"room": "other", "user": "first"})
         assert (await Client(ws).next())["type"] == "welcome"
-    server.app[state_key].shutting_down = "shutting_down" in errors
+    server.app[state_key].shutting_down = "not_draining" in names
     params = {
-        "room": "bad room" if "bad_room" in errors else "r1",
-        "user": "ann\x1f" if "bad_user" in errors else "ann",
-        "since": "-1" if "bad_since" in errors else "0",
+        "room": "bad room" if "room" in names else "r1",
+        "user": "ann\x1f" if "user" in names else "ann",
+        "since": "-1" if "since" in names else "0",
+        "epoch": "a b" if "epoch" in names else "",
     }
-    headers = {} if "not_websocket" in errors else dict(UPGRADE_HEADERS)
-    if "bad_origin" in errors:
+    headers = {} if "upgrade" in names else dict(UPGRADE_HEADERS)
+    if "origin" in names:
         headers["Origin"] = "http://evil.example"
     return await server.get("/ws", params=params, headers=headers)
 
@@ -70,13 +83,14 @@ def test_metrics_doc_lists_exactly_the_counted_refusals() -> None:
     assert documented == {c.counted for c in CHECKS if c.counted} == set(REJECT_REASONS)
 
 
-@pytest.mark.parametrize("row", REFUSALS, ids=[code(r["`error`"]) for r in REFUSALS])
+@pytest.mark.parametrize("at", range(len(REFUSALS)), ids=[code(r["`error`"]) for r in REFUSALS])
 async def test_each_documented_refusal_is_what_the_server_answers(
-    make_server: Any, row: dict[str, str]
+    make_server: Any, at: int
 ) -> None:
+    row = REFUSALS[at]  # the rows follow CHECKS (the test above)
     error = code(row["`error`"])
     before = rejected()
-    response = await request_failing(make_server, {error})
+    response = await request_failing(make_server, {CHECKS[at]})
     assert response.status == int(row["status"])
     assert await response.json() == {"error": error, "detail": code(row["`detail`"])}
     moved = {r: n - before[r] for r, n in rejected().items() if n != before[r]}
@@ -87,7 +101,7 @@ async def test_each_documented_refusal_is_what_the_server_answers(
 @pytest.mark.parametrize("first", range(len(CHECKS)), ids=[c.error for c in CHECKS])
 async def test_only_the_first_failing_check_answers(make_server: Any, first: int) -> None:
     # The request fails this check and every later one.
-    response = await request_failing(make_server, {c.error for c in CHECKS[first:]})
+    response = await request_failing(make_server, CHECKS[first:])
     assert (await response.json())["error"] == CHECKS[first].error
 
 
@@ -95,7 +109,7 @@ async def test_plain_get_at_the_connection_cap_is_not_websocket_and_not_counted(
     make_server: Any,
 ) -> None:
     before = rejected()
-    response = await request_failing(make_server, {"not_websocket", "capacity"})
+    response = await request_failing(make_server, {check("upgrade"), check("below_capacity")})
     assert response.status == 400
     assert (await response.json())["error"] == "not_websocket"
     assert rejected() == before

@@ -31,6 +31,7 @@ const state = {
   user: "",
   socket: null,
   lastSeq: 0, // highest message seq shown; anything at or below it is a duplicate
+  epoch: "", // the room epoch lastSeq counts in (welcome.epoch)
   attempt: 0, // retries since the last welcome (or Reconnect)
   opened: false, // some connection of this page has opened
   retryTimer: 0,
@@ -123,8 +124,13 @@ function showError(ev) {
 }
 
 function onWelcome(ev) {
-  // A lower seq than ours means the room started over (restart or reaped): count afresh.
-  if (Number.isInteger(ev.seq) && ev.seq < state.lastSeq) state.lastSeq = 0;
+  // Another epoch: the room started over (reaped or server restarted) and its seq numbers
+  // with it. The history then holds all it has; count afresh.
+  if (ev.reset) {
+    state.lastSeq = 0;
+    notice("The room restarted: messages sent while you were away may be missing.", Date.now());
+  }
+  if (typeof ev.epoch === "string") state.epoch = ev.epoch;
   state.user = ev.user;
   meEl.textContent = `as ${ev.user}`;
   meEl.hidden = false;
@@ -165,7 +171,10 @@ function connect() {
   clearTimers();
   setStatus("connecting");
   const params = new URLSearchParams({ room, user: state.user });
-  if (state.lastSeq > 0) params.set("since", String(state.lastSeq));
+  if (state.epoch) {
+    params.set("since", String(state.lastSeq));
+    params.set("epoch", state.epoch);
+  }
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const socket = new WebSocket(`${scheme}//${location.host}/ws?${params}`);
   state.socket = socket;
