@@ -11,6 +11,8 @@ import aiohttp_jinja2
 import httpx
 import jinja2
 from aiohttp import web
+from aiohttp.typedefs import Middleware
+from aiohttp_remotes import XForwardedStrict
 
 from . import metrics
 from .bot.providers import make_provider
@@ -130,9 +132,27 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
         response.headers.setdefault(name, value)
 
 
+DIRECT_PATHS = ("/healthz", "/readyz", "/metrics")
+"""Paths answered to any peer even with ``trusted_proxies`` set: probes and scrapes come
+straight to the server, not through the proxy."""
+
+
+def forwarded_middleware(trusted_proxies: tuple[str, ...]) -> Middleware:
+    """Take the client's scheme, ``Host`` and address from a trusted proxy's headers.
+
+    aiohttp-remotes' ``XForwardedStrict`` with one hop: the peer must be one of
+    ``trusted_proxies`` and send exactly one ``X-Forwarded-For`` address; ``X-Forwarded-Proto``
+    and ``X-Forwarded-Host`` (one value each, optional) replace ``request.scheme`` and
+    ``request.host``. Any other request, except to :data:`DIRECT_PATHS`, gets HTTP 400.
+    """
+    return XForwardedStrict([trusted_proxies], white_paths=DIRECT_PATHS).middleware
+
+
 def create_app(settings: Settings) -> web.Application:
     """Build the roomhub application for ``settings``."""
     app = web.Application()
+    if settings.trusted_proxies:
+        app.middlewares.append(forwarded_middleware(settings.trusted_proxies))
     app[settings_key] = settings
     app[state_key] = ServerState()
     metrics.BUILD_INFO.labels(VERSION, settings.hub_mode).set(1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,11 @@ class Settings:
     max_rooms: int = _setting(10000, "rooms at once; a join that would open one more gets HTTP 503")
     allowed_origins: tuple[str, ...] = _setting(
         (), "comma-separated origins allowed to connect; empty: the request's own origin; *: any"
+    )
+    trusted_proxies: tuple[str, ...] = _setting(
+        (),
+        "comma-separated addresses or networks of the reverse proxies in front of the server; "
+        "requests must then come through one and its X-Forwarded-* headers are used; empty: off",
     )
     heartbeat: float = _setting(25.0, "seconds between server pings (0: off)")
     room_grace: float = _setting(30.0, "seconds an empty room keeps its hub and history")
@@ -128,6 +134,21 @@ def _origins(raw: str) -> tuple[str, ...]:
     return origins
 
 
+def _addresses(raw: str) -> tuple[str, ...]:
+    entries = tuple(e.strip() for e in raw.split(",") if e.strip())
+    for entry in entries:
+        try:
+            ipaddress.ip_address(entry)
+        except ValueError:
+            try:
+                ipaddress.ip_network(entry)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network like 10.0.0.0/8"
+                ) from None
+    return entries
+
+
 def _url(raw: str) -> str:
     value = raw.strip().rstrip("/")
     if not value.startswith(("http://", "https://")):
@@ -151,6 +172,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "max_connections": _positive_int,
     "max_rooms": _positive_int,
     "allowed_origins": _origins,
+    "trusted_proxies": _addresses,
     "heartbeat": _float,
     "room_grace": _float,
     "max_msg_size": _positive_int,

@@ -7,7 +7,9 @@ of Playwright's auto-retrying expectations with a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +25,8 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.support.processes import Process, require_binary, run_server
+from tests.support.docs import ROOT
+from tests.support.processes import Process, free_port, require_binary, run_server, wait_http_ok
 
 pytestmark = pytest.mark.browser
 
@@ -134,6 +137,89 @@ def test_message_typed_in_one_page_appears_in_the_other(open_room: OpenRoom) -> 
 
     expect(message_texts(bob, "hello bob")).to_have_count(1)
     expect(bob.locator("#log li.msg").last.locator(".user")).to_have_text("alice")
+
+
+def chat_at_the_domain(browser: Browser, port: int) -> None:
+    """Alice and Bob chat on ``http://chat.example.com/rooms/x``, which Chromium resolves to
+    ``127.0.0.1:port``. The browser sends ``Host: chat.example.com`` (port 80 left out) and
+    ``Origin: http://chat.example.com``."""
+    resolve = f"--host-resolver-rules=MAP chat.example.com:80 127.0.0.1:{port}"
+    domain = browser.browser_type.launch(
+        executable_path=require_binary("chromium"), headless=True, args=[*CHROMIUM_ARGS, resolve]
+    )
+    try:
+        pages = []
+        for user in ("alice", "bob"):
+            page = domain.new_context().new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            sockets = opened_websockets(page)
+            page.goto(f"http://chat.example.com/rooms/x?user={user}")
+            expect(page.locator("#status")).to_have_attribute("data-state", "online")
+            assert sockets == [f"ws://chat.example.com/ws?room=x&user={user}"]
+            pages.append(page)
+        alice, bob = pages
+        send(alice, "hello from chat.example.com")
+        expect(message_texts(bob, "hello from chat.example.com")).to_have_count(1)
+    finally:
+        domain.close()
+
+
+def test_a_page_on_a_standard_port_behind_a_domain_chats_with_default_settings(
+    browser: Browser, live_server: Process
+) -> None:
+    chat_at_the_domain(browser, live_server.port)
+
+
+def test_the_page_chats_through_nginx_set_up_as_docs_protocol_md_says(
+    browser: Browser, tmp_path: Path
+) -> None:
+    with (
+        run_server(tmp_path, quote_provider="sim", trusted_proxies="127.0.0.1") as server,
+        run_nginx(tmp_path, documented_location(upstream=server.url)) as port,
+    ):
+        chat_at_the_domain(browser, port)
+
+
+def documented_location(upstream: str) -> str:
+    """The nginx ``location`` block of docs/protocol.md, proxying to ``upstream``."""
+    doc = (ROOT / "docs/protocol.md").read_text()
+    block = re.search(r"```nginx\n(.*?)```", doc, re.S)
+    assert block, "docs/protocol.md shows no nginx configuration"
+    return block.group(1).replace("http://roomhub:8080", upstream)
+
+
+@contextlib.contextmanager
+def run_nginx(tmp: Path, location: str) -> Iterator[int]:
+    """nginx on a free loopback port serving ``location``; yields the port."""
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(
+        f"""daemon off;
+master_process off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+    server {{
+        listen 127.0.0.1:{port};
+        {location}
+    }}
+}}
+"""
+    )
+    proc = subprocess.Popen(
+        [require_binary("nginx"), "-p", str(tmp), "-c", str(conf), "-e", f"{tmp}/nginx-error.log"]
+    )
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def test_own_messages_are_marked_as_own(open_room: OpenRoom) -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from server.app import create_app
 from server.config import ConfigError, load_settings
 from server.origin import origin_allowed, parse_origin, request_origin
-from tests.chat import UPGRADE_HEADERS, settings
+from tests.chat import UPGRADE_HEADERS, Client, settings
 
 DEFAULT_PORT = {"http": 80, "https": 443}
 
@@ -128,3 +128,56 @@ async def test_upgrade_on_a_standard_port_behind_a_domain(
     headers = {**UPGRADE_HEADERS, "Host": host, "Origin": origin}
     response = await server.get("/ws", params={"room": "r1"}, headers=headers)
     assert response.status == status
+
+
+BROWSER_BEHIND_PROXY = {
+    **UPGRADE_HEADERS,
+    "Origin": "https://chat.example.com",
+    "X-Forwarded-For": "203.0.113.7",
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Host": "chat.example.com",
+}
+"""An upgrade from an HTTPS page, as a TLS-terminating proxy passes it on."""
+
+
+async def test_a_trusted_proxys_forwarded_scheme_and_host_let_the_https_page_in(
+    aiohttp_client: Any,
+) -> None:
+    server: TestClient = await aiohttp_client(create_app(settings(trusted_proxies=("127.0.0.1",))))
+    ws = await server.ws_connect("/ws", params={"room": "r1"}, headers=BROWSER_BEHIND_PROXY)
+    assert (await Client(ws).next())["type"] == "welcome"
+    await ws.close()
+    plain_host = {k: v for k, v in BROWSER_BEHIND_PROXY.items() if k != "X-Forwarded-Host"}
+    plain_host["Host"] = "chat.example.com"
+    response = await server.get("/ws", params={"room": "r1"}, headers=plain_host)
+    assert response.status == 101
+
+
+async def test_forwarded_headers_are_ignored_by_default(aiohttp_client: Any) -> None:
+    server: TestClient = await aiohttp_client(create_app(settings()))
+    response = await server.get("/ws", params={"room": "r1"}, headers=BROWSER_BEHIND_PROXY)
+    assert response.status == 403
+
+
+@pytest.mark.parametrize(
+    ("trusted", "headers"),
+    [
+        (("10.9.9.9",), BROWSER_BEHIND_PROXY),  # not from the proxy
+        (("127.0.0.0/8",), {**UPGRADE_HEADERS, "Origin": "http://chat.example.com"}),  # no XFF
+        (("127.0.0.1",), {**BROWSER_BEHIND_PROXY, "X-Forwarded-For": "198.51.100.1, 203.0.113.7"}),
+    ],
+    ids=["untrusted-peer", "no-x-forwarded-for", "two-hops"],
+)
+async def test_with_trusted_proxies_set_other_requests_get_400(
+    aiohttp_client: Any, trusted: tuple[str, ...], headers: dict[str, str]
+) -> None:
+    server: TestClient = await aiohttp_client(create_app(settings(trusted_proxies=trusted)))
+    assert (await server.get("/ws", params={"room": "r1"}, headers=headers)).status == 400
+    assert (await server.get("/rooms/r1", headers=headers)).status == 400
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert (await server.get(path)).status == 200, path
+
+
+def test_a_trusted_proxy_that_is_not_an_address_stops_start_up() -> None:
+    with pytest.raises(ConfigError, match="ROOMHUB_TRUSTED_PROXIES"):
+        load_settings({"ROOMHUB_TRUSTED_PROXIES": "10.0.0.5,proxy.internal"})
