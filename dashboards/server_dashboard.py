@@ -305,8 +305,9 @@ def build() -> Dashboard:
         graph(
             "Bot commands by result",
             "/stock commands per second by result (ok, unknown_symbol, upstream_error, "
-            "timeout, rejected). The bot scenario's backpressure shows as rejected: the "
-            "queue is full and senders get 'busy'.",
+            "timeout, rejected, dropped). The bot scenario's backpressure shows as rejected: "
+            "the queue is full and senders get 'busy'. dropped: the reply's room had emptied "
+            "and stopped.",
             "ops",
             query(rate("chat_bot_commands_total", "result"), "{{result}}"),
             table=True,

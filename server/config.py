@@ -67,7 +67,9 @@ class Settings:
     quote_url: str = _setting("https://stooq.com", "base URL of the stooq or url provider")
     bot_workers: int = _setting(4, "stock bot workers (upstream calls at once)")
     bot_queue_size: int = _setting(100, "bot commands that may wait; more get error busy")
-    bot_timeout: float = _setting(3.0, "seconds one upstream quote call may take")
+    bot_timeout: float = _setting(
+        3.0, "seconds one upstream quote call, or a command waiting for the bot, may take"
+    )
     bot_cache_ttl: float = _setting(5.0, "seconds a quote is reused (0: no cache)")
     log_level: str = _setting("info", "debug, info, warning or error")
 

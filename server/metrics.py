@@ -19,7 +19,7 @@ disable_created_metrics()
 CLOSE_REASONS = tuple(reason.label for reason in CloseReason)
 REJECT_REASONS = ("origin", "bad_room", "bad_user", "capacity")
 MESSAGE_KINDS = ("message", "command", "invalid")
-BOT_RESULTS = ("ok", "unknown_symbol", "upstream_error", "timeout", "rejected")
+BOT_RESULTS = ("ok", "unknown_symbol", "upstream_error", "timeout", "rejected", "dropped")
 
 # Fan-out and loop lag: 50 µs .. 1 s (seconds).
 FAST_BUCKETS = (

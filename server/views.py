@@ -199,8 +199,8 @@ def _on_frame(request: web.Request, conn: Connection, frame: WSMessage) -> None:
     bot = app[bot_key]
     room = conn.room
 
-    def deliver(reply: BotReply) -> None:
-        hubs.post(room, BotEvent(bot_event(bot.name, reply.text, reply.ok, reply.reply_to)))
+    def deliver(reply: BotReply) -> bool:
+        return hubs.post(room, BotEvent(bot_event(bot.name, reply.text, reply.ok, reply.reply_to)))
 
     if not bot.submit(symbol, msg.id, deliver):
         conn.send_event(error_event("busy", "the stock bot is busy, try again", msg.id))

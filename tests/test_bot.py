@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from server.app import create_app as chat_app
 from server.bot.commands import STOCK_PREFIX, CommandError, parse_stock_command
 from server.bot.providers import (
     QuoteProvider,
@@ -25,7 +26,11 @@ from server.bot.providers import (
     sim_price,
 )
 from server.bot.stockbot import BotReply, StockBot
+from server.keys import bot_key, hubs_key
 from server.stockapi import create_app
+from server.stockapi import state_key as stockapi_state_key
+from tests.chat import Client, wait_until
+from tests.chat import settings as chat_settings
 from tests.support.processes import free_port
 
 UNAVAILABLE = "Quote service unavailable for {}, try again later"
@@ -83,8 +88,18 @@ async def running(
 def submit(bot: StockBot, symbol: str, reply_to: str | None = "c1") -> asyncio.Future[BotReply]:
     """Submit a command; the future holds the delivered reply."""
     future: asyncio.Future[BotReply] = asyncio.get_running_loop().create_future()
-    assert bot.submit(symbol, reply_to, future.set_result)
+
+    def deliver(reply: BotReply) -> bool:
+        future.set_result(reply)
+        return True
+
+    assert bot.submit(symbol, reply_to, deliver)
     return future
+
+
+def release_slow(quotes: TestServer) -> None:
+    """Let the quote service answer every ``SLOW.US`` request waiting and to come."""
+    quotes.app[stockapi_state_key].closing.set()
 
 
 async def ask(bot: StockBot, symbol: str, reply_to: str | None = "c1") -> BotReply:
@@ -325,14 +340,14 @@ async def test_full_queue_rejects_and_counts_rejected(http: httpx.AsyncClient) -
         cache_ttl=0,
     )
     before = commands("rejected")
-    accepted = [bot.submit("AAPL.US", f"c{i}", lambda reply: None) for i in range(3)]
+    accepted = [bot.submit("AAPL.US", f"c{i}", lambda reply: True) for i in range(3)]
     assert accepted == [True, True, False]
     assert bot.queue_depth() == 2
     assert commands("rejected") - before == 1
 
 
 async def test_worker_keeps_serving_after_a_failing_delivery(http: httpx.AsyncClient) -> None:
-    def broken(reply: BotReply) -> None:
+    def broken(reply: BotReply) -> bool:
         raise RuntimeError("recipient gone")
 
     async with running(make_provider("sim", "", http), workers=1) as bot:
@@ -345,3 +360,148 @@ async def test_sim_bot_answers_offline(http: httpx.AsyncClient) -> None:
     async with running(make_provider("sim", "", http)) as bot:
         reply = await ask(bot, "^SPX")
     assert reply == BotReply(f"^SPX quote is ${sim_price('^SPX'):.2f} per share", True, "c1")
+
+
+# --- the bot under a slow upstream ------------------------------------------------------
+
+
+async def test_command_for_a_symbol_being_fetched_joins_that_call_without_slot_or_worker(
+    quotes: TestServer, http: httpx.AsyncClient
+) -> None:
+    async with running(url_provider(quotes, http), workers=1, queue_size=1) as bot:
+        first = submit(bot, "SLOW.US", "s0")
+        await wait_until(lambda: bot.queue_depth() == 0)  # the only worker is calling
+        joiners = [submit(bot, "SLOW.US", f"s{i}") for i in range(1, 6)]
+        assert bot.queue_depth() == 0, "the joiners took queue slots"
+        other = submit(bot, "AAPL.US", "a")  # the one slot: waits for the busy worker
+        assert bot.queue_depth() == 1
+        release_slow(quotes)
+        async with asyncio.timeout(10):
+            replies = await asyncio.gather(first, *joiners, other)
+    assert [r.reply_to for r in replies] == [f"s{i}" for i in range(6)] + ["a"]
+    assert all(r.ok for r in replies)
+    assert len({r.text for r in replies[:6]}) == 1
+    assert await upstream_calls(quotes, http, "SLOW.US") == 1
+
+
+async def test_waiting_commands_for_one_symbol_share_one_call(
+    quotes: TestServer, http: httpx.AsyncClient
+) -> None:
+    async with running(url_provider(quotes, http), workers=1) as bot:
+        busy = submit(bot, "SLOW.US")
+        await wait_until(lambda: bot.queue_depth() == 0)
+        waiting = [submit(bot, "AAPL.US", f"a{i}") for i in range(3)]
+        assert bot.queue_depth() == 3
+        release_slow(quotes)
+        async with asyncio.timeout(10):
+            replies = await asyncio.gather(busy, *waiting)
+    assert all(r.ok for r in replies)
+    assert await upstream_calls(quotes, http, "AAPL.US") == 1
+
+
+async def test_command_waiting_past_the_deadline_is_answered_unavailable_without_a_call(
+    quotes: TestServer, http: httpx.AsyncClient
+) -> None:
+    before = commands("timeout")
+    async with running(url_provider(quotes, http), workers=1, bot_timeout=0.5) as bot:
+        # Submitted together: the worker takes SLOW.US after these deadlines were set, so the
+        # AAPL.US commands' deadlines pass while it still waits on SLOW.US.
+        slow = submit(bot, "SLOW.US")
+        waiting = [submit(bot, "AAPL.US", f"a{i}") for i in range(2)]
+        async with asyncio.timeout(10):
+            replies = await asyncio.gather(*waiting, slow)
+    assert replies[:2] == [
+        BotReply(UNAVAILABLE.format("AAPL.US"), False, f"a{i}") for i in range(2)
+    ]
+    assert replies[2] == BotReply(UNAVAILABLE.format("SLOW.US"), False, "c1")
+    assert commands("timeout") - before == 3
+    assert await upstream_calls(quotes, http, "AAPL.US") == 0
+
+
+async def test_reply_nobody_can_receive_counts_dropped_not_its_result(
+    http: httpx.AsyncClient,
+) -> None:
+    before = {result: commands(result) for result in ("ok", "dropped")}
+    latency_before = sample("chat_bot_latency_seconds_count")
+    delivered = asyncio.Event()
+
+    def room_gone(reply: BotReply) -> bool:
+        delivered.set()
+        return False
+
+    async with running(make_provider("sim", "", http)) as bot:
+        assert bot.submit("AAPL.US", "c1", room_gone)
+        async with asyncio.timeout(10):
+            await delivered.wait()
+    assert commands("dropped") - before["dropped"] == 1
+    assert commands("ok") == before["ok"]
+    assert sample("chat_bot_latency_seconds_count") == latency_before
+
+
+UPSTREAM_SECONDS = 4.0
+BURST = 150
+BURST_CLIENTS = 15
+
+
+async def test_burst_for_one_symbol_against_a_slow_upstream_is_answered_within_twice_its_latency(
+    aiohttp_server, aiohttp_client, http: httpx.AsyncClient
+) -> None:
+    quotes = await aiohttp_server(create_app(latency_ms=UPSTREAM_SECONDS * 1000))
+    app = chat_app(
+        chat_settings(
+            quote_provider="url",
+            quote_url=str(quotes.make_url("")),
+            bot_cache_ttl=0,
+            bot_timeout=2 * UPSTREAM_SECONDS,
+            rate_limit=1000,
+            rate_burst=1000,
+        )
+    )
+    server = await aiohttp_client(app)
+    clients = []
+    for n in range(BURST_CLIENTS):
+        ws = await server.ws_connect("/ws", params={"room": "market", "user": f"u{n}"})
+        clients.append(Client(ws))
+        await clients[-1].next_of("welcome")
+    loop = asyncio.get_running_loop()
+    sent: dict[str, float] = {}
+    started = loop.time()
+    for i in range(BURST):  # 150 commands spread over about one second
+        reply_to = f"q{i}"
+        sent[reply_to] = loop.time()
+        await clients[i % BURST_CLIENTS].say("/stock=aapl", id=reply_to)
+        await asyncio.sleep(1 / BURST)
+    assert loop.time() - started < UPSTREAM_SECONDS, "the burst took longer than one call"
+    listener = clients[0]
+    answered: dict[str, float] = {}
+    async with asyncio.timeout(3 * UPSTREAM_SECONDS):
+        while len(answered) < BURST:
+            reply = await listener.events.get()
+            if reply["type"] == "bot":
+                assert reply["ok"], reply
+                answered[reply["reply_to"]] = loop.time() - sent[reply["reply_to"]]
+    assert max(answered.values()) <= 2 * UPSTREAM_SECONDS, sorted(answered.values())[-5:]
+    assert await upstream_calls(quotes, http, "AAPL.US") == 1
+    for client in clients:
+        await client.close()
+
+
+async def test_reply_for_a_room_reaped_meanwhile_counts_dropped(
+    aiohttp_client, quotes: TestServer
+) -> None:
+    app = chat_app(
+        chat_settings(
+            quote_provider="url", quote_url=str(quotes.make_url("")), bot_timeout=30, room_grace=0.1
+        )
+    )
+    server = await aiohttp_client(app)
+    before = {result: commands(result) for result in ("ok", "dropped")}
+    client = Client(await server.ws_connect("/ws", params={"room": "gone", "user": "ann"}))
+    await client.next_of("welcome")
+    await client.say("/stock=slow.us", id="late")
+    await wait_until(lambda: app[bot_key].queue_depth() == 0)  # the bot is calling
+    await client.close()
+    await wait_until(lambda: app[hubs_key].room_count() == 0)
+    release_slow(quotes)
+    await wait_until(lambda: commands("dropped") == before["dropped"] + 1)
+    assert commands("ok") == before["ok"]

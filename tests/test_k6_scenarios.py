@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.measure import duration_seconds as seconds
+from server.metrics import BOT_RESULTS
 from tests.support.k6 import SCENARIOS, K6Run, inspect, run_k6, sampling, wait_for_metrics
 from tests.support.processes import Process
 
@@ -17,7 +18,6 @@ NAMES = ("connection-storm", "active-chat", "stock-bot", "spike", "soak", "mixed
 SMOKE_MAX_VUS = 100
 SMOKE_MAX_SECONDS = 40
 SPIKE_BASE, SPIKE_PEAK = 20, 100  # the spike's smoke shape
-BOT_RESULTS = ("ok", "unknown_symbol", "upstream_error", "timeout", "rejected")
 
 
 def run_scenario(k6_bin: str, server: Process, tmp_path: Path, name: str) -> K6Run:
