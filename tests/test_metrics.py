@@ -9,31 +9,37 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import create_app
+from server.metrics import BOT_RESULTS, CLOSE_REASONS, MESSAGE_KINDS
 from tests.chat import Client, settings
+from tests.support.docs import ROOT, code, table
 
-DOCUMENTED = {
-    "chat_connections": "gauge",
-    "chat_rooms": "gauge",
-    "chat_connections_opened": "counter",
-    "chat_connections_closed": "counter",
-    "chat_handshakes_rejected": "counter",
-    "chat_messages_received": "counter",
-    "chat_events_delivered": "counter",
-    "chat_frames_sent": "counter",
-    "chat_broadcast_fanout_seconds": "histogram",
-    "chat_broadcast_recipients": "histogram",
-    "chat_hub_queue_depth": "gauge",
-    "chat_client_queue_depth": "gauge",
-    "chat_asyncio_tasks": "gauge",
-    "chat_event_loop_lag_seconds": "histogram",
-    "chat_bot_commands": "counter",
-    "chat_bot_latency_seconds": "histogram",
-    "chat_bot_upstream_seconds": "histogram",
-    "chat_bot_queue_depth": "gauge",
-    "chat_build_info": "gauge",
-    "process_resident_memory_bytes": "gauge",
-    "process_open_fds": "gauge",
+OVERVIEW = table("docs/metrics.md", "## Overview")
+LABEL_VALUES = {  # each label's values, as the code has them
+    "chat_connections_closed_total{reason}": CLOSE_REASONS,
+    "chat_messages_received_total{kind}": MESSAGE_KINDS,
+    "chat_bot_commands_total{result}": BOT_RESULTS,
 }
+
+
+def label_table(series: str) -> list[str]:
+    """The values listed in the table under a metric's paragraph in docs/metrics.md."""
+    text = (ROOT / "docs" / "metrics.md").read_text().splitlines()
+    (anchor,) = (line for line in text if line.startswith(f"**`{series}`**"))
+    label = series.split("{")[1].rstrip("}")
+    return [code(row[f"`{label}`"]) for row in table("docs/metrics.md", anchor)]
+
+
+def documented() -> dict[str, str]:
+    """``{family name: type}`` of every metric in the overview table of docs/metrics.md
+    (a counter's family is its name without ``_total``), defaults rows aside."""
+    families = {}
+    for row in OVERVIEW:
+        name = row["metric"].split("`")[1]
+        if name.endswith("*"):
+            continue  # process_* and python_*: prometheus_client's defaults
+        kind = row["type"].split()[0].rstrip(",")
+        families[name.removesuffix("_total") if kind == "counter" else name] = kind
+    return families
 
 
 async def scrape(server: TestClient) -> dict[str, float]:
@@ -55,8 +61,22 @@ async def families(server: TestClient) -> dict[str, str]:
 async def test_every_documented_metric_is_exported_with_its_type(aiohttp_client: Any) -> None:
     server = await aiohttp_client(create_app(settings()))
     exported = await families(server)
-    for name, kind in DOCUMENTED.items():
-        assert exported.get(name) == kind, name
+    expected = documented()
+    assert len(expected) == 19
+    assert {name: exported.get(name) for name in expected} == expected
+    chat = {name for name in exported if name.startswith("chat_")}
+    assert chat == expected.keys(), "a chat_ metric is exported but not documented"
+    for default in (
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "python_gc_objects_collected",
+    ):
+        assert default in exported, default
+
+
+def test_every_label_value_is_documented_in_order() -> None:
+    for series, values in LABEL_VALUES.items():
+        assert label_table(series) == list(values), series
 
 
 async def test_metrics_are_served_gzipped_when_asked(aiohttp_client: Any) -> None:
@@ -66,45 +86,73 @@ async def test_metrics_are_served_gzipped_when_asked(aiohttp_client: Any) -> Non
     assert "chat_connections" in await response.text()
 
 
-async def test_traffic_moves_connection_message_fanout_and_bot_metrics(aiohttp_client: Any) -> None:
+async def test_traffic_moves_every_metric_by_exactly_what_it_caused(aiohttp_client: Any) -> None:
     server = await aiohttp_client(create_app(settings()))
     before = await scrape(server)
-    clients = []
-    for user in ("ann", "bob"):
-        clients.append(Client(await server.ws_connect("/ws", params={"room": "m", "user": user})))
-    await clients[0].ws.send_str('{"type":"message","text":"hi"}')
-    await clients[0].ws.send_str('{"type":"message","text":"/stock=aapl"}')
-    await clients[0].ws.send_str("garbage")
-    await clients[1].next_of("bot")
+    ann = Client(await server.ws_connect("/ws", params={"room": "m", "user": "ann"}))
+    await ann.next(lambda e: e["type"] == "join" and e["user"] == "ann")
+    bob = Client(await server.ws_connect("/ws", params={"room": "m", "user": "bob"}))
+    for client in (ann, bob):
+        await client.next(lambda e: e["type"] == "join" and e["user"] == "bob")
+    await ann.say("hi")
+    for client in (ann, bob):
+        await client.next_of("message")
+    await ann.say("/stock=aapl")
+    for client in (ann, bob):
+        await client.next_of("bot")
+    await ann.ws.send_str("garbage")
+    await ann.next_of("error")
     during = await scrape(server)
-    await clients[0].close()
-    after_close = await scrape(server)
 
-    def grew(name: str, samples: dict[str, float] = during) -> bool:
-        return samples.get(name, 0) > before.get(name, 0)
+    def moved(name: str, samples: dict[str, float] = during) -> float:
+        return samples.get(name, 0) - before.get(name, 0)
 
-    assert during["chat_connections"] == before.get("chat_connections", 0) + 2
-    assert during["chat_rooms"] >= 1
+    # Each step was seen before the next, so each fan-out held one event:
+    # welcome 1 + ann's join 1 + welcome 1 + bob's join 2 + "hi" 2 + bot reply 2 + error 1.
+    assert {
+        name: moved(name)
+        for name in (
+            "chat_connections",
+            "chat_connections_opened_total",
+            'chat_messages_received_total{kind="message"}',
+            'chat_messages_received_total{kind="command"}',
+            'chat_messages_received_total{kind="invalid"}',
+            "chat_events_delivered_total",
+            "chat_frames_sent_total",
+            "chat_broadcast_fanout_seconds_count",
+            "chat_broadcast_recipients_count",
+            "chat_broadcast_recipients_sum",
+            'chat_bot_commands_total{result="ok"}',
+            "chat_bot_latency_seconds_count",
+            "chat_bot_upstream_seconds_count",
+        )
+    } == {
+        "chat_connections": 2,
+        "chat_connections_opened_total": 2,
+        'chat_messages_received_total{kind="message"}': 1,
+        'chat_messages_received_total{kind="command"}': 1,
+        'chat_messages_received_total{kind="invalid"}': 1,
+        "chat_events_delivered_total": 10,
+        "chat_frames_sent_total": 10,
+        "chat_broadcast_fanout_seconds_count": 4,
+        "chat_broadcast_recipients_count": 4,
+        "chat_broadcast_recipients_sum": 7,
+        'chat_bot_commands_total{result="ok"}': 1,
+        "chat_bot_latency_seconds_count": 1,
+        "chat_bot_upstream_seconds_count": 1,
+    }
+    assert during["chat_rooms"] == 1
     assert during["chat_asyncio_tasks"] > 0
-    for name in (
-        "chat_connections_opened_total",
-        'chat_messages_received_total{kind="message"}',
-        'chat_messages_received_total{kind="command"}',
-        'chat_messages_received_total{kind="invalid"}',
-        "chat_events_delivered_total",
-        "chat_frames_sent_total",
-        "chat_broadcast_fanout_seconds_count",
-        "chat_broadcast_recipients_count",
-        'chat_bot_commands_total{result="ok"}',
-        "chat_bot_latency_seconds_count",
-        "chat_bot_upstream_seconds_count",
-    ):
-        assert grew(name), name
     assert during['chat_build_info{hub_mode="sharded",version="0.1.0"}'] == 1
+    await ann.close()
     async with asyncio.timeout(5):
-        while not grew('chat_connections_closed_total{reason="normal"}', after_close):
-            after_close = await scrape(server)
-    assert after_close["chat_connections"] == during["chat_connections"] - 1
+        while (
+            moved('chat_connections_closed_total{reason="normal"}', after := await scrape(server))
+            < 1
+        ):
+            await asyncio.sleep(0.01)
+    assert moved('chat_connections_closed_total{reason="normal"}', after) == 1
+    assert after["chat_connections"] == 1
 
 
 async def test_event_loop_lag_probe_observes(aiohttp_client: Any) -> None:
