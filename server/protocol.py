@@ -201,9 +201,17 @@ def presence_event(kind: str, user: str, members: int) -> bytes:
 
 
 def welcome_event(
-    room: str, user: str, epoch: str, seq: int, members: int, reset: bool, history: list[bytes]
+    room: str,
+    user: str,
+    epoch: str,
+    seq: int,
+    members: int,
+    online: list[str],
+    reset: bool,
+    history: list[bytes],
 ) -> bytes:
-    """The first event on a connection; ``history``: encoded ``message`` events, oldest first."""
+    """The first event on a connection. ``members``: how many are in the room; ``online``:
+    names of (the first of) them; ``history``: encoded ``message`` events, oldest first."""
     head = orjson.dumps(
         {
             "type": "welcome",
@@ -212,15 +220,25 @@ def welcome_event(
             "epoch": epoch,
             "seq": seq,
             "members": members,
+            "online": online,
             "reset": reset,
         }
     )
     return head[:-1] + b',"history":[' + b",".join(history) + b"]}"
 
 
-def bot_event(user: str, text: str, ok: bool, reply_to: str | None) -> bytes:
+def bot_event(user: str, text: str, ok: bool, reply_to: str | None, asker: str) -> bytes:
+    """A bot reply to the command ``reply_to`` sent by the member named ``asker``."""
     return orjson.dumps(
-        {"type": "bot", "user": user, "text": text, "ts": now_ms(), "reply_to": reply_to, "ok": ok}
+        {
+            "type": "bot",
+            "user": user,
+            "text": text,
+            "ts": now_ms(),
+            "reply_to": reply_to,
+            "asker": asker,
+            "ok": ok,
+        }
     )
 
 

@@ -13,11 +13,16 @@ Hub items are one small dataclass per kind; :data:`HubItem` is their union.
 from __future__ import annotations
 
 import secrets
+import unicodedata
 from collections import deque
 from dataclasses import dataclass
+from itertools import islice
 
 from .connection import Connection
-from .protocol import ChatMessage, message_event, presence_event, welcome_event
+from .protocol import MAX_USER, ChatMessage, message_event, presence_event, welcome_event
+
+ONLINE_LIMIT = 100
+"""Most member names a ``welcome`` lists (its ``members`` count covers everyone)."""
 
 
 def new_epoch() -> str:
@@ -59,37 +64,63 @@ class BotEvent:
 HubItem = Join | Leave | Say | BotEvent
 
 
-class Room:
-    """One room's state: epoch, members, the last ``seq`` and up to ``history_size`` messages."""
+def name_key(name: str) -> str:
+    """What two names must differ in to be told apart: NFKC-normalized, case-folded."""
+    return unicodedata.normalize("NFKC", name).casefold()
 
-    __slots__ = ("epoch", "history", "members", "name", "seq")
+
+class Room:
+    """One room's state: epoch, members (each under a name no other member has, see
+    :meth:`join`), the last ``seq`` and up to ``history_size`` messages."""
+
+    __slots__ = ("epoch", "history", "members", "name", "names", "seq")
 
     def __init__(self, name: str, history_size: int, epoch: str | None = None) -> None:
         self.name = name
         self.epoch = epoch or new_epoch()
         self.members: dict[Connection, None] = {}
+        self.names: dict[str, Connection] = {}  # name_key(member's name) -> member
         self.history: deque[tuple[int, bytes]] = deque(maxlen=history_size)
         self.seq = 0
 
-    def join(self, item: Join) -> tuple[bytes, bytes]:
-        """Add ``item.conn``; return its ``welcome`` and the ``join`` event for everyone.
+    def free_name(self, wanted: str) -> str:
+        """``wanted``, or when a member already has it (ignoring case and Unicode
+        compatibility forms) the first free ``wanted-2``, ``wanted-3``, ... cut to fit
+        ``MAX_USER`` characters."""
+        name, n = wanted, 1
+        while name_key(name) in self.names:
+            n += 1
+            suffix = f"-{n}"
+            name = wanted[: MAX_USER - len(suffix)] + suffix
+        return name
 
-        The welcome holds the history newer than ``item.since``, or all of it with
-        ``reset: true`` when ``item.epoch`` names another epoch than this room's.
+    def join(self, item: Join) -> tuple[bytes, bytes]:
+        """Add ``item.conn`` under a free name (``conn.user`` becomes it, see
+        :meth:`free_name`); return its ``welcome`` and the ``join`` event for everyone.
+
+        The welcome lists the first ``ONLINE_LIMIT`` member names in join order, and holds the
+        history newer than ``item.since``, or all of it with ``reset: true`` when
+        ``item.epoch`` names another epoch than this room's.
         """
         conn = item.conn
+        conn.user = self.free_name(conn.user)
         self.members[conn] = None
+        self.names[name_key(conn.user)] = conn
         reset = item.epoch is not None and item.epoch != self.epoch
         since = None if reset else item.since
         history = [event for seq, event in self.history if since is None or seq > since]
         members = len(self.members)
-        welcome = welcome_event(self.name, conn.user, self.epoch, self.seq, members, reset, history)
+        online = [member.user for member in islice(self.members, ONLINE_LIMIT)]
+        welcome = welcome_event(
+            self.name, conn.user, self.epoch, self.seq, members, online, reset, history
+        )
         return welcome, presence_event("join", conn.user, members)
 
     def leave(self, conn: Connection) -> bytes | None:
         """Remove ``conn``; return the ``leave`` event, or None if it was not a member."""
         if self.members.pop(conn, False) is False:
             return None
+        del self.names[name_key(conn.user)]
         return presence_event("leave", conn.user, len(self.members))
 
     def say(self, conn: Connection, msg: ChatMessage) -> bytes:

@@ -136,7 +136,9 @@ async def _session(hs: Handshake) -> web.StreamResponse:
         code = reason.code if conn.close_reason else ws.close_code
         log.info(
             "connection_closed",
-            extra={"fields": {"room": room, "user": user, "reason": reason.label, "code": code}},
+            extra={
+                "fields": {"room": room, "user": conn.user, "reason": reason.label, "code": code}
+            },
         )
     return ws
 
@@ -200,7 +202,8 @@ def _on_frame(request: web.Request, conn: Connection, frame: WSMessage) -> None:
     room = conn.room
 
     def deliver(reply: BotReply) -> bool:
-        return hubs.post(room, BotEvent(bot_event(bot.name, reply.text, reply.ok, reply.reply_to)))
+        event = bot_event(bot.name, reply.text, reply.ok, reply.reply_to, conn.user)
+        return hubs.post(room, BotEvent(event))
 
     if not bot.submit(symbol, msg.id, deliver):
         conn.send_event(error_event("busy", "the stock bot is busy, try again", msg.id))

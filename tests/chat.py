@@ -14,6 +14,8 @@ from prometheus_client import REGISTRY
 
 from server.config import Settings
 
+HUB_MODES = ["sharded", "global"]
+
 WAIT = 5.0  # seconds any single expected event may take
 
 TEST_SETTINGS = Settings(host="127.0.0.1", port=0, quote_provider="sim", room_grace=0.2)

@@ -359,7 +359,8 @@ async def test_worker_keeps_serving_after_a_failing_delivery(http: httpx.AsyncCl
 async def test_sim_bot_answers_offline(http: httpx.AsyncClient) -> None:
     async with running(make_provider("sim", "", http)) as bot:
         reply = await ask(bot, "^SPX")
-    assert reply == BotReply(f"^SPX quote is ${sim_price('^SPX'):.2f} per share", True, "c1")
+    text = f"^SPX quote is ${sim_price('^SPX'):.2f} per share (simulated price, not a market quote)"
+    assert reply == BotReply(text, True, "c1")
 
 
 # --- the bot under a slow upstream ------------------------------------------------------

@@ -437,3 +437,77 @@ def test_room_page_stops_with_an_explanation_when_the_server_refuses_every_upgra
         )
         expect(page.get_by_role("button", name="Reconnect")).to_be_visible()
         assert len(sockets) == 3
+
+
+def test_second_page_with_a_taken_name_gets_a_distinct_name_and_never_the_others_style(
+    open_room: OpenRoom,
+) -> None:
+    first = open_room("dup", "alice")
+    second = open_room("dup", "alice")
+
+    expect(second.locator("#me")).to_have_text("as alice-2")
+    send(second, "from the second")
+    send(first, "from the first")
+
+    for page, own, other in ((first, "from the first", "from the second"),
+                             (second, "from the second", "from the first")):  # fmt: skip
+        expect(page.locator("#log li.msg.own .text")).to_have_text([own])
+        expect(message_texts(page, other)).to_have_count(1)
+    expect(first.locator("#log li.msg:not(.own) .user")).to_have_text(["alice-2"])
+
+
+def test_online_list_follows_joins_and_leaves(open_room: OpenRoom) -> None:
+    alice = open_room("who", "alice")
+    bob = open_room("who", "bob")
+    alice.locator("#members").click()
+    names = alice.locator("#online-list li")
+
+    expect(names).to_have_text(["alice", "bob"])
+    carol = open_room("who", "carol")
+    expect(names).to_have_text(["alice", "bob", "carol"])
+    expect(alice.locator("#members")).to_have_text("3 online")
+    bob.close()
+    expect(names).to_have_text(["alice", "carol"])
+    carol.locator("#members").click()
+    expect(carol.locator("#online-list li")).to_have_text(["alice", "carol"])
+
+
+def test_text_refused_by_the_rate_limiter_waits_and_is_sent_later(open_room: OpenRoom) -> None:
+    alice = open_room("fast", "alice")
+    bob = open_room("fast", "bob")
+    texts = [f"quick {n}" for n in range(1, 26)]
+    box = alice.get_by_label("Message", exact=True)
+
+    for text in texts:
+        box.fill(text)
+        box.press("Enter")
+
+    expect(alice.locator("#log li.waiting").first).to_be_attached()
+    expect(bob.locator("#log li.msg .text")).to_have_count(len(texts), timeout=30_000)
+    assert sorted(bob.locator("#log li.msg .text").all_text_contents()) == sorted(texts)
+    expect(alice.locator("#log li.waiting")).to_have_count(0)
+    expect(alice.locator("#log li.msg.own")).to_have_count(len(texts))
+    expect(alice.locator("#log li.error")).to_have_count(0)
+
+
+def test_send_is_disabled_while_the_box_is_blank(open_room: OpenRoom) -> None:
+    page = open_room("blank", "alice")
+    button = page.get_by_role("button", name="Send")
+    box = page.get_by_label("Message", exact=True)
+
+    expect(button).to_be_disabled()
+    box.fill("   ")
+    expect(button).to_be_disabled()
+    box.fill("hi")
+    expect(button).to_be_enabled()
+    button.click()
+    expect(button).to_be_disabled()
+
+
+def test_bot_reply_shows_who_asked(open_room: OpenRoom) -> None:
+    alice = open_room("asker", "alice")
+    bob = open_room("asker", "bob")
+
+    send(alice, "/stock=AAPL")
+
+    expect(bob.locator("#log li.bot .asker")).to_have_text(["to alice"])

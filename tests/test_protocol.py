@@ -171,9 +171,9 @@ def test_batch_is_the_event_itself_or_a_json_array() -> None:
 
 def test_welcome_embeds_encoded_history() -> None:
     history = [orjson.dumps({"type": "message", "seq": 1})]
-    assert orjson.loads(welcome_event("r", "u", "e1", 1, 2, True, history)) == {
+    assert orjson.loads(welcome_event("r", "u", "e1", 1, 2, ["u", "v"], True, history)) == {
         "type": "welcome", "room": "r", "user": "u", "epoch": "e1", "seq": 1, "members": 2,
-        "reset": True, "history": [{"type": "message", "seq": 1}],
+        "online": ["u", "v"], "reset": True, "history": [{"type": "message", "seq": 1}],
     }  # fmt: skip
 
 

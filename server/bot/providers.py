@@ -41,6 +41,9 @@ class UpstreamError(Exception):
 
 
 class QuoteProvider(Protocol):
+    simulated: bool
+    """True when prices are invented (``sim``): replies then say so."""
+
     async def fetch(self, symbol: str) -> float:
         """The Close price of ``symbol`` (an upper-case Stooq symbol such as ``AAPL.US``).
 
@@ -78,6 +81,7 @@ class CsvQuoteProvider:
 
     base_url: str
     client: httpx.AsyncClient
+    simulated = False
 
     async def fetch(self, symbol: str) -> float:
         """``GET {base_url}/q/l/?s=aapl.us&f=sd2t2ohlcv&h&e=csv``; see :class:`QuoteProvider`."""
@@ -101,6 +105,8 @@ def sim_price(symbol: str) -> float:
 
 class SimProvider:
     """Offline quotes: :func:`sim_price` for every symbol except :data:`SIM_UNKNOWN`."""
+
+    simulated = True
 
     async def fetch(self, symbol: str) -> float:
         if symbol.upper() in SIM_UNKNOWN:

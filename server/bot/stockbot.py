@@ -30,6 +30,9 @@ from server.metrics import BOT_COMMANDS, BOT_LATENCY, BOT_UPSTREAM
 
 log = logging.getLogger("roomhub.bot")
 
+SIMULATED = " (simulated price, not a market quote)"
+"""Ends every price reply from a provider that invents prices (``sim``)."""
+
 CACHE_LIMIT = 1000
 """Most symbols kept in the quote cache; the oldest entry goes first."""
 
@@ -175,7 +178,7 @@ class StockBot:
             cached = self._cache.get(symbol)
             if cached is not None and cached[0] > time.monotonic():
                 for job in jobs:
-                    self._reply(job, _quote(job, cached[1]), "ok")
+                    self._reply(job, _quote(job, cached[1], self._provider.simulated), "ok")
                 continue
             task = asyncio.create_task(self._fetch(symbol), name=f"stockbot-fetch-{symbol}")
             flight = self._flights[symbol] = _Flight(task, jobs)
@@ -205,7 +208,7 @@ class StockBot:
             log.error("quote_provider_failed", exc_info=error, extra={"fields": {"symbol": symbol}})
         for job in flight.jobs:
             if error is None:
-                self._reply(job, _quote(job, flight.task.result()), "ok")
+                self._reply(job, _quote(job, flight.task.result(), self._provider.simulated), "ok")
             elif isinstance(error, UnknownSymbol):
                 self._reply(
                     job, BotReply(f"No quote for {symbol}", False, job.reply_to), "unknown_symbol"
@@ -233,8 +236,9 @@ class StockBot:
         self._cache[symbol] = (time.monotonic() + self._cache_ttl, price)
 
 
-def _quote(job: _Job, price: float) -> BotReply:
-    return BotReply(f"{job.symbol} quote is ${price:.2f} per share", True, job.reply_to)
+def _quote(job: _Job, price: float, simulated: bool) -> BotReply:
+    text = f"{job.symbol} quote is ${price:.2f} per share"
+    return BotReply(text + SIMULATED if simulated else text, True, job.reply_to)
 
 
 def _unavailable(job: _Job) -> BotReply:

@@ -10,12 +10,16 @@ const MAX_ATTEMPTS = 40; // about five minutes of retries, then "offline" and a 
 // before the page stops retrying: the browser cannot tell an HTTP 4xx/5xx answer to the upgrade from an unreachable server.
 const MAX_FIRST_ATTEMPTS = 3;
 const COMMAND = /^\/stock=/i; // sent like a message, answered by a bot event, never echoed
+const RESEND_MS = 400; // gap between two resends of text the rate limiter refused
+const ONLINE_SHOWN = 100; // most names the online list shows; the count covers the rest
 
 const $ = (id) => document.getElementById(id);
 const chat = $("chat");
 const log = $("log");
 const statusEl = $("status");
 const membersEl = $("members");
+const onlineList = $("online-list");
+const onlineMore = $("online-more");
 const meEl = $("me");
 const retryButton = $("retry");
 const nameForm = $("name-form");
@@ -38,6 +42,13 @@ const state = {
   countdownTimer: 0,
   sent: 0,
   pending: new Map(), // command id -> its <li>, until the bot answers
+  mine: new Set(), // ids of the messages this page sent: what "own" means, never the name
+  unconfirmed: new Map(), // id -> text sent and neither echoed nor refused yet
+  waiting: [], // {text, item} refused as rate_limited, resent in order when allowed
+  resendTimer: 0,
+  members: 0,
+  online: new Set(), // names shown in the online list
+  seenOwnJoin: false, // presence events before our own join are already in the welcome
 };
 
 function el(tag, className, text) {
@@ -74,21 +85,51 @@ function notice(text, ts, className = "notice") {
   append(item);
 }
 
+function online() {
+  return statusEl.dataset.state === "online";
+}
+
+function updateSend() {
+  sendButton.disabled = !online() || !textInput.value.trim();
+}
+
 function setStatus(name, label = name) {
   statusEl.dataset.state = name;
   statusEl.textContent = label;
-  sendButton.disabled = name !== "online";
+  updateSend();
   retryButton.hidden = name !== "offline" || !state.user;
+  if (name === "online") scheduleResend(0);
+}
+
+function renderOnline() {
+  const names = [...state.online].sort((a, b) => a.localeCompare(b));
+  onlineList.replaceChildren(...names.map((name) => el("li", name === state.user ? "me" : "", name)));
+  const more = state.members - names.length;
+  onlineMore.textContent = more > 0 ? `and ${more} more` : "";
+  onlineMore.hidden = more <= 0;
+  membersEl.textContent = `${state.members} online`;
 }
 
 function setMembers(count) {
-  if (Number.isInteger(count)) membersEl.textContent = `${count} online`;
+  if (Number.isInteger(count)) state.members = count;
+  renderOnline();
+}
+
+function onPresence(ev) {
+  if (ev.type === "join" && ev.user === state.user) state.seenOwnJoin = true;
+  else if (state.seenOwnJoin && typeof ev.user === "string") {
+    if (ev.type === "leave") state.online.delete(ev.user);
+    else if (state.online.size < ONLINE_SHOWN) state.online.add(ev.user);
+  }
+  setMembers(ev.members);
+  notice(`${ev.user} ${ev.type === "join" ? "joined" : "left"}`, ev.ts);
 }
 
 function showMessage(ev) {
   if (!Number.isInteger(ev.seq) || ev.seq <= state.lastSeq) return;
   state.lastSeq = ev.seq;
-  const item = el("li", ev.user === state.user ? "msg own" : "msg");
+  state.unconfirmed.delete(ev.id);
+  const item = el("li", state.mine.has(ev.id) ? "msg own" : "msg");
   item.dataset.seq = String(ev.seq);
   item.append(meta(ev.user, ev.ts), el("div", "text", ev.text));
   append(item);
@@ -110,12 +151,60 @@ function settle(id, outcome) {
 
 function showBot(ev) {
   const item = el("li", ev.ok ? "bot" : "bot failed");
-  item.append(meta(ev.user, ev.ts, "bot"), el("div", "text", ev.text));
+  const head = meta(ev.user, ev.ts, "bot");
+  if (ev.asker) head.insertBefore(el("span", "asker", `to ${ev.asker}`), head.lastChild);
+  item.append(head, el("div", "text", ev.text));
+  state.unconfirmed.delete(ev.reply_to);
   append(item);
   settle(ev.reply_to, ev.ok ? "answered" : "failed");
 }
 
+// Text the server refused for a reason it names in an error with reply_to: rate_limited
+// text waits in the log and is sent again when allowed; any other refusal puts the text back
+// into an empty box (the error line says why).
+function refused(ev) {
+  const text = state.unconfirmed.get(ev.reply_to);
+  if (text === undefined) return false;
+  state.unconfirmed.delete(ev.reply_to);
+  const command = state.pending.get(ev.reply_to);
+  if (command) {
+    state.pending.delete(ev.reply_to);
+    command.remove();
+  }
+  if (ev.code !== "rate_limited") {
+    if (!textInput.value) {
+      textInput.value = text;
+      updateSend();
+    }
+    return false;
+  }
+  wait(text);
+  scheduleResend(RESEND_MS);
+  return true;
+}
+
+// Shows `text` as waiting in the log and queues it for scheduleResend.
+function wait(text) {
+  const item = el("li", "msg own waiting");
+  item.append(meta(state.user, Date.now(), "waiting: sending slower"), el("div", "text", text));
+  append(item);
+  state.waiting.push({ text, item });
+}
+
+function scheduleResend(delay) {
+  if (state.resendTimer || !state.waiting.length) return;
+  state.resendTimer = setTimeout(() => {
+    state.resendTimer = 0;
+    if (!online() || !state.waiting.length) return;
+    const { text, item } = state.waiting.shift();
+    item.remove();
+    transmit(text);
+    scheduleResend(RESEND_MS);
+  }, delay);
+}
+
 function showError(ev) {
+  if (refused(ev)) return;
   const item = el("li", "error");
   const code = String(ev.code || "error").replaceAll("_", " ");
   item.append(el("span", "badge", code), el("span", "text", ev.detail || ""));
@@ -134,6 +223,8 @@ function onWelcome(ev) {
   state.user = ev.user;
   meEl.textContent = `as ${ev.user}`;
   meEl.hidden = false;
+  state.online = new Set((ev.online || []).slice(0, ONLINE_SHOWN));
+  state.seenOwnJoin = false;
   setMembers(ev.members);
   for (const message of ev.history || []) showMessage(message);
   state.attempt = 0;
@@ -150,8 +241,7 @@ function handle(ev) {
       break;
     case "join":
     case "leave":
-      setMembers(ev.members);
-      notice(`${ev.user} ${ev.type === "join" ? "joined" : "left"}`, ev.ts);
+      onPresence(ev);
       break;
     case "bot":
       showBot(ev);
@@ -170,7 +260,7 @@ function clearTimers() {
 function connect() {
   clearTimers();
   setStatus("connecting");
-  const params = new URLSearchParams({ room, user: state.user });
+  const params = new URLSearchParams({ room, user: state.requested });
   if (state.epoch) {
     params.set("since", String(state.lastSeq));
     params.set("epoch", state.epoch);
@@ -200,6 +290,7 @@ function onClose(socket, event) {
   state.socket = null;
   if (statusEl.dataset.state === "online") notice("Connection lost.", Date.now());
   for (const id of [...state.pending.keys()]) settle(id, "lost");
+  state.unconfirmed.clear();
   if (event.code === 1008) {
     goOffline(`The server closed the connection: ${event.reason || "policy violation"}.`);
   } else if (!navigator.onLine) {
@@ -257,6 +348,7 @@ function askName(name, problem) {
 
 function start(name) {
   state.user = name;
+  state.requested = name; // asked for on every reconnect; the server may answer another name
   rememberName(name);
   const url = new URL(location.href);
   if (url.searchParams.has("user") && url.searchParams.get("user") !== name) {
@@ -269,17 +361,27 @@ function start(name) {
   connect();
 }
 
+function transmit(text) {
+  state.sent += 1;
+  const id = `${pageId}-${state.sent}`;
+  state.socket.send(JSON.stringify({ type: "message", text, id, sent: Date.now() }));
+  state.mine.add(id);
+  state.unconfirmed.set(id, text);
+  if (COMMAND.test(text)) showCommand(id, text);
+}
+
 composer.addEventListener("submit", (event) => {
   event.preventDefault();
   const text = textInput.value.trim();
   const socket = state.socket;
   if (!text || !socket || socket.readyState !== WebSocket.OPEN) return;
-  state.sent += 1;
-  const id = `${pageId}-${state.sent}`;
-  socket.send(JSON.stringify({ type: "message", text, id, sent: Date.now() }));
-  if (COMMAND.test(text)) showCommand(id, text);
+  if (state.waiting.length) wait(text); // keeps the order behind text already refused
+  else transmit(text);
   textInput.value = "";
+  updateSend();
 });
+
+textInput.addEventListener("input", updateSend);
 
 // A name the server would refuse is never sent: the name form says why instead.
 function choose(raw) {
