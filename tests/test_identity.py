@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server import hub
 from tests.chat import HUB_MODES, Client
 
 
@@ -84,7 +83,7 @@ async def test_welcome_lists_the_members_online_in_join_order(
 async def test_welcome_lists_at_most_the_first_online_limit_names(
     make_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(hub, "ONLINE_LIMIT", 3)  # the test client opens at most 100 sockets
+    monkeypatch.setattr("server.room.ONLINE_LIMIT", 3)  # the test client opens at most 100 sockets
     server = await make_server()
     for n in range(3):
         await welcomed(server, "big", f"u{n}")
