@@ -6,12 +6,15 @@ import asyncio
 import re
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
 from server.hub import RoomHub
 from server.keys import hubs_key, state_key
 from server.room import Join, Room
+from server.stockapi import create_app as create_stockapi
+from server.views import LISTED_ROOMS
 from tests.chat import (
     HUB_MODES,
     UPGRADE_HEADERS,
@@ -20,6 +23,7 @@ from tests.chat import (
     sample,
     wait_until,
 )
+from tests.support.docs import code, table
 
 
 @pytest.fixture
@@ -442,3 +446,92 @@ async def test_join_that_would_open_a_room_over_the_limit_is_refused_with_503(
     assert await response.json() == {"error": "capacity", "detail": "server is at its room limit"}
     assert sample("chat_handshakes_rejected_total", reason="capacity") == before + 1
     await joined(server, "r1", "cat")  # an open room still takes joins
+
+
+ERRORS = table("docs/protocol.md", "### `error`")
+CAUSES: dict[str, str | bytes] = {
+    "frame is not valid JSON": "not json",
+    "frame must hold one JSON object": "[1, 2]",
+    'type must be "message"': '{"type": "dance"}',
+    "text must be a non-empty string": '{"type": "message", "text": " "}',
+    "id must be a string of at most 64 chars": '{"type": "message", "text": "x", "id": 7}',
+    "sent must be a number (client ms)": '{"type": "message", "text": "x", "sent": true}',
+    "binary frames are not supported": b"{}",
+    "text is longer than 2000 characters": f'{{"type": "message", "text": "{"x" * 2001}"}}',
+    "missing stock code, e.g. /stock=AAPL": '{"type": "message", "text": "/stock="}',
+    "stock code is longer than 20 characters": (
+        f'{{"type": "message", "text": "/stock={"A" * 21}"}}'
+    ),
+    "stock code may hold only letters, digits, inner '.' or '-' and a leading '^'": (
+        '{"type": "message", "text": "/stock=a_b"}'
+    ),
+}
+"""A frame (text, or bytes for a binary frame) causing each documented ``detail`` of an
+``error`` event; ``busy`` and ``rate_limited`` need a full bot queue and an empty bucket."""
+
+
+def documented_errors() -> dict[str, str]:
+    """``{detail: code}`` for every detail in the ``error`` table of docs/protocol.md."""
+    column = "`detail` (exact text, or an example)"
+    return {d: code(row["`code`"]) for row in ERRORS for d in re.findall(r"`([^`]*)`", row[column])}
+
+
+async def test_every_documented_error_detail_is_what_the_server_sends(make_server: Any) -> None:
+    ann = await joined(await make_server(rate_burst=100), "errors", "ann")
+    documented = documented_errors()
+    assert set(documented) - set(CAUSES) == {"the stock bot is busy, try again", "slow down"}
+    for detail, frame in CAUSES.items():
+        if isinstance(frame, bytes):
+            await ann.ws.send_bytes(frame)
+        else:
+            await ann.ws.send_str(frame)
+        event = await ann.next_of("error")
+        assert (event["code"], event["detail"]) == (documented[detail], detail)
+
+
+async def test_a_command_finding_the_bot_queue_full_gets_the_documented_busy_error(
+    make_server: Any, aiohttp_server: Any
+) -> None:
+    # One worker held by a 2 s quote, one queue place: a third command finds the queue full.
+    quotes = await aiohttp_server(create_stockapi(latency_ms=2000))
+    server = await make_server(
+        quote_provider="url",
+        quote_url=str(quotes.make_url("")).rstrip("/"),
+        bot_workers=1,
+        bot_queue_size=1,
+    )
+    ann = await joined(server, "market", "ann")
+    for symbol in ("aaa", "bbb", "ccc"):
+        await ann.say(f"/stock={symbol}", id=symbol)
+    event = await ann.next_of("error")
+    assert documented_errors()[event["detail"]] == event["code"] == "busy"
+    assert event["reply_to"] in ("bbb", "ccc")
+
+
+async def test_a_frame_finding_the_bucket_empty_gets_the_documented_rate_limited_error(
+    make_server: Any,
+) -> None:
+    ann = await joined(await make_server(rate_limit=0.01, rate_burst=1), "slow", "ann")
+    await ann.say("one", id="s1")
+    await ann.say("two", id="s2")
+    event = await ann.next_of("error")
+    assert documented_errors()[event["detail"]] == event["code"] == "rate_limited"
+    assert event["reply_to"] == "s2"
+
+
+async def test_http_endpoints_answer_as_documented(server: TestClient) -> None:
+    answers = {
+        code(row["endpoint"]): row["answer"]
+        for row in table("docs/protocol.md", "## HTTP endpoints")
+    }
+    await joined(server, "demo", "ann")
+    for path, status in (("/healthz", 200), ("/readyz", 200)):
+        documented = orjson.loads(re.findall(r"`([^`]*)`", answers[f"GET {path}"])[0])
+        response = await server.get(path)
+        assert (response.status, await response.json()) == (status, documented), path
+    assert f"at most {LISTED_ROOMS}" in answers["GET /api/rooms"]
+    assert await (await server.get("/api/rooms")).json() == {
+        "rooms": [{"name": "demo", "members": 1}]
+    }
+    assert (await server.get("/rooms/a%20b")).status == 400
+    assert "400 for a bad room name" in answers["GET /rooms/{room}"]

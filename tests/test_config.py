@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import subprocess
 import sys
 
 import pytest
 
-from server.config import ConfigError, Settings, load_settings
+from server.config import ConfigError, Settings, env_name, flag_name, load_settings
+from tests.support.docs import table
 
 
 def test_defaults_serve_sharded_on_8080() -> None:
@@ -105,3 +107,16 @@ def test_port_in_use_stops_start_up_with_exit_code_2_naming_the_setting() -> Non
     assert result.returncode == 2
     assert "ROOMHUB_PORT" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_readme_lists_every_setting_with_its_env_var_flag_and_default() -> None:
+    rows = table("README.md", "## Configuration")
+    documented = [(r["environment variable"], r["flag"], r["default"]) for r in rows]
+    assert documented == [
+        (f"`{env_name(f.name)}`", f"`{flag_name(f.name)}`", _documented_default(f.default))
+        for f in dataclasses.fields(Settings)
+    ]
+
+
+def _documented_default(default: object) -> str:
+    return "(empty)" if default == () else f"`{default}`"
