@@ -18,10 +18,7 @@ from tests.support.docs import code, table
 
 REFUSALS = table("docs/protocol.md", "### Refusals before the upgrade")
 COUNTED = "counted in `chat_handshakes_rejected_total{reason}`"
-METRIC_REASONS = table(
-    "docs/metrics.md",
-    "**`chat_handshakes_rejected_total{reason}`** (counter): upgrade requests refused before the",
-)
+METRIC_REASONS = table("docs/metrics.md", "**`chat_handshakes_rejected_total{reason}`**")
 
 
 def counted(row: dict[str, str]) -> str | None:

@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import create_app
 from server.metrics import BOT_RESULTS, CLOSE_REASONS, MESSAGE_KINDS
+from server.protocol import CloseReason
 from tests.chat import Client, settings
 from tests.support.docs import ROOT, code, table
 
@@ -161,3 +162,14 @@ async def test_event_loop_lag_probe_observes(aiohttp_client: Any) -> None:
     async with asyncio.timeout(5):
         while (await scrape(server))["chat_event_loop_lag_seconds_count"] <= first:
             await asyncio.sleep(0.05)
+
+
+def test_metrics_doc_lists_every_close_reason_with_its_close_code() -> None:
+    rows = table("docs/metrics.md", "**`chat_connections_closed_total{reason}`**")
+    documented = {code(row["`reason`"]): row for row in rows}
+    assert list(documented) == [reason.label for reason in CloseReason] == list(CLOSE_REASONS)
+    for reason in CloseReason:
+        sent = documented[reason.label]["close code ([protocol.md](protocol.md#close-codes))"]
+        # 1006 is never sent: it stands for a connection that ended without a close frame.
+        expected = "none" if reason.code == 1006 else str(reason.code)
+        assert sent.split()[0] == expected, reason

@@ -8,17 +8,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def table(doc: str, anchor: str, index: int = 0) -> list[dict[str, str]]:
-    """Rows of the ``index``-th table after the line ``anchor`` (a heading, say) of ``ROOT/doc``,
-    before the next heading.
+    """Rows of the ``index``-th table after the first line of ``ROOT/doc`` that starts with
+    ``anchor`` (a heading, say), before the next heading.
 
     Each row maps a column's header text to the cell's text, both stripped; raises
     ``LookupError`` when the anchor or the table is missing.
     """
     lines = (ROOT / doc).read_text().splitlines()
-    try:
-        start = lines.index(anchor)
-    except ValueError:
-        raise LookupError(f"{doc}: no line {anchor!r}") from None
+    start = next((i for i, line in enumerate(lines) if line.startswith(anchor)), None)
+    if start is None:
+        raise LookupError(f"{doc}: no line starting {anchor!r}")
     tables: list[list[list[str]]] = []
     inside = fenced = False
     for line in lines[start + 1 :]:
