@@ -77,6 +77,7 @@ async def hubs_context(app: web.Application) -> AsyncIterator[None]:
             settings.room_grace,
             settings.fanout_interval,
             settings.max_rooms,
+            settings.max_frame_size,
         )
     app[hubs_key] = hubs
     loop = asyncio.get_running_loop()
@@ -111,7 +112,8 @@ async def loop_monitor_context(app: web.Application) -> AsyncIterator[None]:
 
 async def shutdown_connections(app: web.Application) -> None:
     """Turn ``/readyz`` to 503 and refuse new upgrades, flush outboxes for half of
-    ``shutdown_timeout``, then close every connection with 1001. Idempotent."""
+    ``shutdown_timeout``, then start closing every connection with 1001 (aiohttp then waits
+    up to ``shutdown_timeout`` for the handlers to finish the handshakes). Idempotent."""
     settings, state = app[settings_key], app[state_key]
     conns = list(state.connections)
     if state.shutting_down and not conns:
@@ -122,9 +124,8 @@ async def shutdown_connections(app: web.Application) -> None:
         return
     budget = max(settings.shutdown_timeout / 2, 0.1)
     await asyncio.gather(*(c.flush(budget) for c in conns))
-    await asyncio.gather(
-        *(c.close_now(CloseReason.SHUTDOWN) for c in conns), return_exceptions=True
-    )
+    for conn in conns:
+        conn.close(CloseReason.SHUTDOWN)
 
 
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:

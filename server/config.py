@@ -61,7 +61,15 @@ class Settings:
     )
     heartbeat: float = _setting(25.0, "seconds between server pings (0: off)")
     room_grace: float = _setting(30.0, "seconds an empty room keeps its hub and history")
-    max_msg_size: int = _setting(16 * 1024, "bytes; a bigger client message closes with 1009")
+    max_msg_size: int = _setting(
+        32 * 1024, "bytes; a bigger client message closes with 1009 (every valid message fits)"
+    )
+    max_frame_size: int = _setting(
+        64 * 1024, "bytes; largest frame the server sends, unless one event alone is bigger"
+    )
+    close_timeout: float = _setting(
+        2.0, "seconds a client has to answer the server's close frame before TCP is ended"
+    )
     shutdown_timeout: float = _setting(5.0, "seconds of graceful shutdown on SIGTERM/SIGINT")
     quote_provider: str = _setting("stooq", "stock quotes from: stooq, url or sim (offline)")
     quote_url: str = _setting("https://stooq.com", "base URL of the stooq or url provider")
@@ -178,6 +186,8 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "heartbeat": _float,
     "room_grace": _float,
     "max_msg_size": _positive_int,
+    "max_frame_size": _positive_int,
+    "close_timeout": _positive_float,
     "shutdown_timeout": _float,
     "quote_provider": _choice(QUOTE_PROVIDERS),
     "quote_url": _url,

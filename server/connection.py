@@ -1,10 +1,16 @@
-"""One client connection: its outbox, its writer, the slow-consumer rule and the rate limiter.
+"""One client connection: its outbox, its writer, the closing handshake, the rate limiter.
 
 Hubs hand events to :meth:`Connection.deliver`, which never awaits. When nothing is queued
 and the transport is not backed up, the frame is written at once (the fast path). Otherwise
-the encoded events wait in the outbox and a writer task, started on demand, sends everything
-that waits as one frame each time the transport drains. An outbox that grows past its limit
-marks a slow consumer, which is closed with 1013.
+the encoded events wait in the outbox and a writer task, started on demand, sends what waits
+as frames of at most ``max_frame_size`` bytes each time the transport drains. An outbox that
+grows past its limit marks a slow consumer, which is closed with 1013.
+
+A close the server starts (:meth:`Connection.close`) sends the close frame after every event
+already queued (1013 drops the outbox first). The handler keeps reading and discarding the
+client's frames until its close frame arrives, then :meth:`Connection.finish` ends TCP with a
+FIN. A client that does not answer within ``close_timeout`` seconds is half-closed then, or
+reset if it has stopped reading altogether.
 """
 
 from __future__ import annotations
@@ -15,32 +21,53 @@ import time
 from collections import deque
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from . import metrics
-from .protocol import CloseReason, batch, frame_header
+from .protocol import CloseReason, batch, close_frame, frame_header, take_batch
 
 log = logging.getLogger("roomhub.connection")
 
-CLOSE_TIMEOUT = 2.0  # seconds a close handshake may take before the transport is aborted
+
+def backed_up(transport: asyncio.Transport) -> bool:
+    """True while ``transport`` holds more unsent bytes than its high-water mark (asyncio's
+    flow control pauses the protocol then)."""
+    return transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
+
+
+async def wait_writable(transport: asyncio.Transport, writer: AbstractStreamWriter) -> None:
+    """Wait until ``transport`` takes writes again (aiohttp's ``writer.drain()`` waits for
+    asyncio's resume below the low-water mark).
+
+    Raises ``ConnectionError`` when the connection is lost while waiting, and
+    ``ConnectionResetError`` when the transport is closing before or after the wait:
+    ``drain()`` returns at once on a lost connection, so its return alone proves nothing.
+    """
+    if not transport.is_closing():
+        await writer.drain()
+    if transport.is_closing():
+        raise ConnectionResetError("transport is closing")
 
 
 class Connection:
     """A joined WebSocket client.
 
     ``outbox`` holds encoded events (bytes) waiting to be written; its length is in events.
-    ``close_reason`` is set by whoever decides to close.
+    ``close_reason`` is set by whoever decides to close; the first reason wins.
     """
 
     __slots__ = (
-        "_closer",
-        "_protocol",
+        "_close_sent",
         "_strikes",
         "_tokens",
         "_transport",
         "_updated",
         "_writer",
+        "_ws_writer",
         "burst",
         "close_reason",
+        "close_timeout",
+        "max_frame_size",
         "outbox",
         "outbox_limit",
         "rate",
@@ -53,10 +80,13 @@ class Connection:
         self,
         ws: web.WebSocketResponse,
         request: web.Request,
+        writer: AbstractStreamWriter,
         *,
         room: str,
         user: str,
         outbox_limit: int,
+        max_frame_size: int,
+        close_timeout: float,
         rate: float,
         burst: int,
     ) -> None:
@@ -65,13 +95,15 @@ class Connection:
         self.user = user
         self.outbox: deque[bytes] = deque()
         self.outbox_limit = outbox_limit
+        self.max_frame_size = max_frame_size
+        self.close_timeout = close_timeout
         self.rate = rate
         self.burst = burst
         self.close_reason: CloseReason | None = None
-        self._transport = request.transport
-        self._protocol = request.protocol
+        self._transport: asyncio.Transport = request.transport  # type: ignore[assignment]
+        self._ws_writer = writer
         self._writer: asyncio.Task[None] | None = None
-        self._closer: asyncio.Task[None] | None = None
+        self._close_sent = False
         self._tokens = float(burst)
         self._updated = time.monotonic()
         self._strikes = 0
@@ -90,7 +122,7 @@ class Connection:
         """
         if self.closing:
             return 0
-        if not self.outbox and self._writer is None and not self._protocol.writing_paused:
+        if not self.outbox and self._writer is None and not backed_up(self._transport):
             return self._write(frame)
         self.outbox.extend(events)
         if len(self.outbox) > self.outbox_limit:
@@ -108,27 +140,36 @@ class Connection:
 
     def _write(self, frame: bytes) -> int:
         transport = self._transport
-        if transport is None or transport.is_closing() or self.ws.closed:
+        if transport.is_closing():
             return 0
         transport.write(frame_header(len(frame)) + frame)
         return 1
 
     async def _drain(self) -> None:
-        """Writer task: send all queued events as one frame per transport drain."""
+        """Writer task: send the outbox as frames of at most ``max_frame_size`` bytes, waiting
+        for the transport to drain between them; then the close frame if one is due.
+
+        A connection that is lost ends it quietly; any other exception closes the client with
+        1011 and is logged once.
+        """
         try:
-            while self.outbox and not self.closing:
-                if self._protocol.writing_paused:
-                    # Flow control: wait until the transport buffer is below its low-water mark.
-                    await self._protocol._drain_helper()
+            while self.outbox:
+                if backed_up(self._transport):
+                    await wait_writable(self._transport, self._ws_writer)
                     continue
-                pending = list(self.outbox)
-                self.outbox.clear()
-                if self._write(batch(pending)):
-                    metrics.FRAMES_SENT.inc()
+                if not self._write(batch(take_batch(self.outbox, self.max_frame_size))):
+                    break
+                metrics.FRAMES_SENT.inc()
         except ConnectionError:
-            self.outbox.clear()
+            pass
+        except Exception:
+            log.exception("writer_failed", extra={"fields": {"room": self.room, "user": self.user}})
+            self.close(CloseReason.ERROR)
         finally:
+            self.outbox.clear()
             self._writer = None
+        if self.close_reason is not None:
+            self._send_close()
 
     async def flush(self, budget: float) -> None:
         """Wait up to ``budget`` seconds for the outbox to be written."""
@@ -139,22 +180,59 @@ class Connection:
     # -- closing --------------------------------------------------------------------------
 
     def close(self, reason: CloseReason) -> None:
-        """Start closing with ``reason`` (its code, text and metric label); first reason wins."""
-        if self.close_reason is not None:
+        """Start closing with ``reason`` (its code, text and metric label); first reason wins.
+
+        The close frame follows every event already queued, except for ``SLOW_CONSUMER``,
+        which drops the outbox. Never awaits; the handler finishes the handshake.
+        """
+        if self.close_reason is not None or self.ws.closed:
             return
         self.close_reason = reason
-        self.outbox.clear()
-        self._closer = asyncio.create_task(self.close_now(reason))
+        if reason is CloseReason.SLOW_CONSUMER:
+            self.outbox.clear()
+        self._start_close_timer()
+        if self._writer is None or reason is CloseReason.SLOW_CONSUMER:
+            self._send_close()
 
-    async def close_now(self, reason: CloseReason) -> None:
-        """Close handshake bounded by ``CLOSE_TIMEOUT`` seconds, then abort the transport."""
-        self.close_reason = self.close_reason or reason
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await self.ws.close(code=reason.code, message=reason.text.encode())
-        except (TimeoutError, ConnectionError):
-            if self._transport is not None:
-                self._transport.abort()
+    def _send_close(self) -> None:
+        if self._close_sent or self.close_reason is None:
+            return
+        self._close_sent = True
+        if not self._transport.is_closing():
+            self._transport.write(close_frame(self.close_reason.code, self.close_reason.text))
+
+    def _start_close_timer(self) -> None:
+        asyncio.get_running_loop().call_later(self.close_timeout, self._close_timed_out)
+
+    def _close_timed_out(self) -> None:
+        """The client did not finish the handshake in time: half-close, or reset a client that
+        has stopped reading (its unread bytes would never reach it anyway)."""
+        transport = self._transport
+        if transport.get_write_buffer_size():
+            transport.abort()
+        elif not transport.is_closing():
+            transport.write_eof()
+            transport.close()
+
+    async def finish(self, client_closed: bool) -> None:
+        """End the connection once the handler has read the client's last frame.
+
+        ``client_closed``: the client's close frame arrived. A client that closed first gets
+        the 1000 reply; after a close the server started, TCP ends with a FIN (half-close,
+        then close) and the close timer resets a client that does not read.
+        """
+        if self.close_reason is None:
+            if client_closed:
+                await self.ws.close(drain=False)
+                self._start_close_timer()
+            return
+        if not self._close_sent:
+            self.outbox.clear()
+            self._send_close()
+        transport = self._transport
+        if not transport.is_closing():
+            transport.write_eof()
+            transport.close()
 
     # -- inbound --------------------------------------------------------------------------
 

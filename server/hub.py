@@ -24,7 +24,7 @@ from collections import deque
 
 from . import metrics
 from .connection import Connection
-from .protocol import CloseReason, batch
+from .protocol import CloseReason, batch, take_batch
 from .room import BotEvent, HubItem, Join, Leave, Room, Say
 
 log = logging.getLogger("roomhub.hub")
@@ -44,15 +44,19 @@ def presence_interval(base: float, members: int) -> float:
     return min(max(base, members / FRAME_BUDGET), MAX_PRESENCE_INTERVAL)
 
 
-def fan_out(room: Room, events: list[bytes]) -> None:
-    """Hand ``events`` as one frame to every member of ``room`` without awaiting anyone."""
+def fan_out(room: Room, events: list[bytes], max_frame_size: int) -> None:
+    """Hand ``events`` to every member of ``room`` without awaiting anyone: as one frame, or
+    as several when one would exceed ``max_frame_size`` bytes (each encoded once for all)."""
     if not events:
         return
     started = time.perf_counter()
-    frame = batch(events)
     frames = 0
-    for conn in room.members:
-        frames += conn.deliver(frame, events)
+    waiting = deque(events)
+    while waiting:
+        chunk = take_batch(waiting, max_frame_size)
+        frame = batch(chunk)
+        for conn in room.members:
+            frames += conn.deliver(frame, chunk)
     metrics.BROADCAST_FANOUT.observe(time.perf_counter() - started)
     metrics.BROADCAST_RECIPIENTS.observe(len(room.members))
     metrics.EVENTS_DELIVERED.inc(len(events) * len(room.members))
@@ -67,10 +71,11 @@ class RoomHub:
     is a message or bot reply (due within the base interval) rather than presence only.
     """
 
-    __slots__ = ("_wake", "inbox", "pending", "room", "task", "urgent")
+    __slots__ = ("_wake", "inbox", "max_frame_size", "pending", "room", "task", "urgent")
 
-    def __init__(self, room: Room) -> None:
+    def __init__(self, room: Room, max_frame_size: int) -> None:
         self.room = room
+        self.max_frame_size = max_frame_size
         self.inbox: deque[HubItem] = deque()
         self.pending: list[bytes] = []
         self.urgent = False
@@ -116,7 +121,7 @@ class RoomHub:
             if self.pending and (
                 self.urgent or now >= last + presence_interval(interval, len(room.members))
             ):
-                fan_out(room, self.pending)
+                fan_out(room, self.pending, self.max_frame_size)
                 self.pending, self.urgent = [], False
                 last = now
 
@@ -139,7 +144,7 @@ class RoomHub:
                 case Join() as join:
                     if self.urgent:
                         # Members get earlier messages live; the joiner gets them as history.
-                        fan_out(room, self.pending)
+                        fan_out(room, self.pending, self.max_frame_size)
                         self.pending, self.urgent = [], False
                     welcome, joined = room.join(join)
                     join.conn.send_event(welcome)
@@ -159,12 +164,18 @@ class ShardedHubs:
     """
 
     def __init__(
-        self, history_size: int, room_grace: float, fanout_interval: float, max_rooms: int
+        self,
+        history_size: int,
+        room_grace: float,
+        fanout_interval: float,
+        max_rooms: int,
+        max_frame_size: int,
     ) -> None:
         self.history_size = history_size
         self.room_grace = room_grace
         self.fanout_interval = fanout_interval
         self.max_rooms = max_rooms
+        self.max_frame_size = max_frame_size
         self._hubs: dict[str, RoomHub] = {}
 
     def admit(self, room: str) -> bool:
@@ -189,7 +200,7 @@ class ShardedHubs:
         return True
 
     def _start(self, room: str) -> RoomHub:
-        hub = self._hubs[room] = RoomHub(Room(room, self.history_size))
+        hub = self._hubs[room] = RoomHub(Room(room, self.history_size), self.max_frame_size)
         hub.task = asyncio.create_task(self._run(hub), name=f"hub:{room}")
         return hub
 

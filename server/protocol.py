@@ -12,6 +12,7 @@ import re
 import secrets
 import time
 import unicodedata
+from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
@@ -33,7 +34,7 @@ class CloseReason(Enum):
     SLOW_CONSUMER = ("slow_consumer", 1013, "slow consumer")
     RATE_LIMITED = ("rate_limited", 1008, "rate limit exceeded")
     PROTOCOL_ERROR = ("protocol_error", 1002, "")
-    TOO_BIG = ("too_big", 1009, "")
+    TOO_BIG = ("too_big", 1009, "message too big")
     HEARTBEAT_TIMEOUT = ("heartbeat_timeout", 1006, "")
     SHUTDOWN = ("shutdown", 1001, "server shutdown")
     ERROR = ("error", 1011, "internal error")
@@ -254,6 +255,23 @@ def batch(events: list[bytes]) -> bytes:
     if len(events) == 1:
         return events[0]
     return b"[" + b",".join(events) + b"]"
+
+
+def take_batch(events: deque[bytes], max_size: int) -> list[bytes]:
+    """Pop from the left of ``events`` the longest run whose :func:`batch` payload stays within
+    ``max_size`` bytes; at least one event, however big."""
+    taken = [events.popleft()]
+    size = len(taken[0]) + 2  # as the first of an array: "[" + event + "]"
+    while events and size + 1 + len(events[0]) <= max_size:
+        size += 1 + len(events[0])
+        taken.append(events.popleft())
+    return taken
+
+
+def close_frame(code: int, text: str) -> bytes:
+    """RFC 6455 section 5.5.1 close frame, unmasked: ``code`` then ``text`` (<= 123 bytes)."""
+    payload = code.to_bytes(2, "big") + text.encode()
+    return bytes((0x88, len(payload))) + payload
 
 
 def frame_header(length: int) -> bytes:

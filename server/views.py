@@ -33,6 +33,10 @@ log = logging.getLogger("roomhub.views")
 ABUSE_STRIKES = 20
 """Frames refused in a row by the rate limiter before the connection is closed with 1008."""
 
+READ_LIMIT_FACTOR = 4
+"""aiohttp's own message limit, as a multiple of ``max_msg_size``: a message between the two
+is read whole and refused with a proper close handshake; one beyond is cut off at once."""
+
 VERSION = version("roomhub")
 
 
@@ -82,8 +86,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     settings, state = app[settings_key], app[state_key]
     ws = web.WebSocketResponse(
         compress=False,
-        max_msg_size=settings.max_msg_size,
+        # roomhub checks max_msg_size itself and closes with the handshake; aiohttp's own
+        # limit only guards memory, and cuts the connection at once.
+        max_msg_size=READ_LIMIT_FACTOR * settings.max_msg_size,
         heartbeat=settings.heartbeat or None,
+        autoclose=False,
     )
     hs = Handshake(request, ws)
     refused = refusal(hs)
@@ -103,7 +110,7 @@ async def _session(hs: Handshake) -> web.StreamResponse:
     app = request.app
     settings, state, hubs = app[settings_key], app[state_key], app[hubs_key]
     try:
-        await ws.prepare(request)
+        writer = await ws.prepare(request)
     except ConnectionError:
         # The peer vanished during the upgrade; aiohttp drops this answer quietly.
         log.info("upgrade_aborted", extra={"fields": {"room": room, "user": user}})
@@ -111,9 +118,12 @@ async def _session(hs: Handshake) -> web.StreamResponse:
     conn = Connection(
         ws,
         request,
+        writer,
         room=room,
         user=user,
         outbox_limit=settings.outbox_limit,
+        max_frame_size=settings.max_frame_size,
+        close_timeout=settings.close_timeout,
         rate=settings.rate_limit,
         burst=settings.rate_burst,
     )
@@ -123,11 +133,12 @@ async def _session(hs: Handshake) -> web.StreamResponse:
     hubs.post(room, Join(conn, hs.since, hs.epoch))
     reason = CloseReason.CLIENT_GONE
     try:
-        reason = await _serve(request, conn)
+        reason = await _serve(request, conn, settings.max_msg_size)
+        await conn.finish(client_closed=reason is CloseReason.NORMAL)
     except Exception:
         log.exception("connection_failed", extra={"fields": {"room": room, "user": user}})
-        reason = CloseReason.ERROR
-        await conn.close_now(CloseReason.ERROR)
+        conn.close(CloseReason.ERROR)
+        await conn.finish(client_closed=False)
     finally:
         hubs.post(room, Leave(conn))
         state.connections.discard(conn)
@@ -143,13 +154,26 @@ async def _session(hs: Handshake) -> web.StreamResponse:
     return ws
 
 
-async def _serve(request: web.Request, conn: Connection) -> CloseReason:
-    """Read frames until the connection ends; return the close reason."""
+async def _serve(request: web.Request, conn: Connection, max_msg_size: int) -> CloseReason:
+    """Read frames until the client's close frame or the end of the connection; return what
+    ended it (``NORMAL``: the close frame). Frames that arrive once the server has started
+    closing are read and discarded, so that the client's close frame can arrive."""
     ws = conn.ws
     while True:
         msg = await ws.receive()
         if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-            _on_frame(request, conn, msg)
+            if conn.closing:
+                continue
+            if _too_big(msg.data, max_msg_size):
+                conn.close(CloseReason.TOO_BIG)
+                continue
+            try:
+                _on_frame(request, conn, msg)
+            except Exception:
+                log.exception(
+                    "frame_failed", extra={"fields": {"room": conn.room, "user": conn.user}}
+                )
+                conn.close(CloseReason.ERROR)
         elif msg.type == WSMsgType.CLOSE:
             return CloseReason.NORMAL
         elif msg.type == WSMsgType.ERROR:
@@ -164,6 +188,14 @@ async def _serve(request: web.Request, conn: Connection) -> CloseReason:
             return CloseReason.CLIENT_GONE
 
 
+def _too_big(data: str | bytes, limit: int) -> bool:
+    """Whether a data message is over ``limit`` bytes on the wire. Text counts its UTF-8 bytes,
+    encoded only when it could be over (a character is at most 4 bytes)."""
+    if isinstance(data, str):
+        return len(data) * 4 > limit and len(data.encode()) > limit
+    return len(data) > limit
+
+
 def _on_invalid(conn: Connection, code: str, detail: str, reply_to: str | None = None) -> None:
     metrics.MESSAGES_RECEIVED.labels("invalid").inc()
     conn.send_event(error_event(code, detail, reply_to))
@@ -171,8 +203,6 @@ def _on_invalid(conn: Connection, code: str, detail: str, reply_to: str | None =
 
 def _on_frame(request: web.Request, conn: Connection, frame: WSMessage) -> None:
     """One data frame: rate limit, validate, then hand to the room's hub or the bot."""
-    if conn.closing:
-        return
     text = frame.data if frame.type == WSMsgType.TEXT else None
     if not conn.allow():
         _on_invalid(conn, "rate_limited", "slow down", text and client_id_of(text))

@@ -10,7 +10,9 @@ from typing import Any
 
 import aiohttp
 import orjson
+import websockets.asyncio.client as websockets_client
 from prometheus_client import REGISTRY
+from websockets.exceptions import ConnectionClosed
 
 from server.config import Settings
 
@@ -105,3 +107,119 @@ def raw_client_that_never_reads(host: str, port: int, room: str) -> socket.socke
     sock.connect((host, port))
     sock.sendall(upgrade_request(room, "slow"))
     return sock
+
+
+CLIENTS = ["aiohttp", "websockets"]
+FLOOD = 200  # frames the aiohttp client sends after the trigger
+
+
+def small_rcvbuf_socket(family: int = socket.AF_INET) -> socket.socket:
+    """A TCP socket with a 4 KiB receive buffer: a client that stops reading backs up fast."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return sock
+
+
+class Peer:
+    """One real client library on a WebSocket: events it read, then the close it saw."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.events: list[dict[str, Any]] = []
+        self.frame_sizes: list[int] = []
+        self.code: int | None = None
+        self.reason = ""
+        self.reading = asyncio.Event()
+        self._ws: Any = None
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def open(self, url: str, *, read: bool = True) -> Peer:
+        """Connect; start reading now, or only once :meth:`start_reading` is called."""
+        if self.kind == "aiohttp":
+            connector = aiohttp.TCPConnector(socket_factory=lambda info: small_rcvbuf_socket())
+            self._session = aiohttp.ClientSession(connector=connector)
+            self._ws = await self._session.ws_connect(url)
+        else:
+            sock = small_rcvbuf_socket()
+            host, port = url.split("/")[2].split(":")
+            await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+            sock.setblocking(False)
+            self._ws = await websockets_client.connect(url, sock=sock, proxy=None)
+        if read:
+            self.reading.set()
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    def start_reading(self) -> None:
+        self.reading.set()
+
+    async def _read(self) -> None:
+        await self.reading.wait()
+        if self.kind == "aiohttp":
+            while True:
+                msg = await self._ws.receive()
+                if msg.type is aiohttp.WSMsgType.TEXT:
+                    self._add(msg.data)
+                    continue
+                if msg.type is aiohttp.WSMsgType.CLOSE:
+                    self.reason = msg.extra or ""
+                self.code = self._ws.close_code
+                return
+        try:
+            async for raw in self._ws:
+                self._add(raw)
+        except ConnectionClosed:
+            pass
+        self.code, self.reason = self._ws.close_code, self._ws.close_reason or ""
+
+    def _add(self, raw: str | bytes) -> None:
+        self.frame_sizes.append(len(raw.encode() if isinstance(raw, str) else raw))
+        data = orjson.loads(raw)
+        self.events.extend(data if isinstance(data, list) else [data])
+
+    async def send(self, text: str, **fields: Any) -> None:
+        frame = orjson.dumps({"type": "message", "text": text, **fields}).decode()
+        if self.kind == "aiohttp":
+            await self._ws.send_str(frame)
+        else:
+            await self._ws.send(frame)
+
+    async def send_raw(self, frame: str) -> None:
+        await (self._ws.send_str(frame) if self.kind == "aiohttp" else self._ws.send(frame))
+
+    async def flood(self) -> int:
+        """Send up to ``FLOOD`` more frames (the aiohttp client only); return how many went."""
+        if self.kind != "aiohttp":
+            return 0
+        for i in range(FLOOD):
+            try:
+                await self.send("more", id=f"f{i}")
+            except (ConnectionError, RuntimeError):
+                return i
+            await asyncio.sleep(0)  # let the server read (and close) while frames still come
+        return FLOOD
+
+    async def closed(self) -> tuple[int | None, str]:
+        """Wait until the connection is closed; return the code and reason the client saw."""
+        assert self._task is not None
+        async with asyncio.timeout(WAIT):
+            await self._task
+        return self.code, self.reason
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [event for event in self.events if event["type"] == kind]
+
+    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool]) -> None:
+        await wait_until(lambda: any(predicate(event) for event in self.events))
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.kind == "aiohttp":
+            await self._ws.close()
+            assert self._session is not None
+            await self._session.close()
+        else:
+            await self._ws.close()

@@ -21,6 +21,7 @@ from tests.chat import (
     Client,
     raw_client_that_never_reads,
     sample,
+    settings,
     wait_until,
 )
 from tests.support.docs import code, table
@@ -241,7 +242,7 @@ async def test_oversized_frame_closes_with_1009_and_server_keeps_serving(
     ann = await joined(server, "r1", "ann")
     bob = await joined(server, "r1", "bob")
     before = sample("chat_connections_closed_total", reason="too_big")
-    await ann.ws.send_str("x" * (17 * 1024))
+    await ann.ws.send_str("x" * (settings().max_msg_size + 1))
     assert await ann.closed() == 1009
     await wait_until(
         lambda: sample("chat_connections_closed_total", reason="too_big") >= before + 1
@@ -249,6 +250,16 @@ async def test_oversized_frame_closes_with_1009_and_server_keeps_serving(
     assert sample("chat_connections_closed_total", reason="too_big") == before + 1
     await bob.say("after")
     assert (await bob.next_of("message"))["text"] == "after"
+
+
+async def test_frame_four_times_over_the_limit_is_cut_off_with_1009(server: TestClient) -> None:
+    ann = await joined(server, "r1", "ann")
+    before = sample("chat_connections_closed_total", reason="too_big")
+    await ann.ws.send_str("x" * (4 * settings().max_msg_size + 1))
+    assert await ann.closed() == 1009
+    await wait_until(
+        lambda: sample("chat_connections_closed_total", reason="too_big") == before + 1
+    )
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,16 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
-from tests.chat import UPGRADE_HEADERS, Client, raw_client_that_never_reads, upgrade_request
+from tests.chat import (
+    CLIENTS,
+    UPGRADE_HEADERS,
+    Client,
+    Peer,
+    raw_client_that_never_reads,
+    upgrade_request,
+)
 from tests.support.processes import run_server
 
 
@@ -29,6 +37,36 @@ async def test_sigterm_closes_clients_with_1001_and_exits_0(tmp_path: Path) -> N
         assert codes == [1001, 1001, 1001]
         assert await asyncio.to_thread(server.proc.wait, 15) == 0
     assert '"reason":"shutdown"' in server.output()
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+async def test_sigterm_flushes_each_outbox_then_closes_with_1001(tmp_path: Path, kind: str) -> None:
+    settings = {"quote_provider": "sim", "outbox_limit": 100000}
+    settings |= {"rate_limit": 10000, "rate_burst": 10000}
+    with run_server(tmp_path, **settings) as server:
+        ann = await Peer("aiohttp").open(f"{server.ws_url}?room=r&user=ann")
+        slow = await Peer(kind).open(f"{server.ws_url}?room=r&user=slow", read=False)
+        try:
+            await ann.wait_for(lambda e: e["type"] == "join" and e["user"] == "slow")
+            sent = 0
+            while server.metrics()["chat_client_queue_depth"] == 0:
+                assert sent < 2000, "the client that reads nothing never backed up"
+                await ann.send("x" * 1900, id=str(sent))
+                sent += 1
+                if sent % 50 == 0:
+                    await ann.wait_for(lambda e, last=str(sent - 1): e.get("id") == last)
+            await ann.wait_for(lambda e, last=str(sent - 1): e.get("id") == last)
+            server.proc.send_signal(signal.SIGTERM)
+            slow.start_reading()
+            await slow.flood()
+            assert await slow.closed() == (1001, "server shutdown")
+            from_ann = [e["id"] for e in slow.of("message") if e["user"] == "ann"]
+            assert from_ann == [str(i) for i in range(sent)]
+            assert await ann.closed() == (1001, "server shutdown")
+        finally:
+            await slow.aclose()
+            await ann.aclose()
+        assert await asyncio.to_thread(server.proc.wait, 15) == 0
 
 
 async def test_pages_and_api_answer_with_security_headers(tmp_path: Path) -> None:

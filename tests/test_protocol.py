@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from pathlib import Path
 from urllib.parse import quote
@@ -9,10 +10,11 @@ from urllib.parse import quote
 import orjson
 import pytest
 from aiohttp.test_utils import make_mocked_request
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from server import metrics
+from server.config import Settings
 from server.protocol import (
     MAX_TEXT,
     NAME_TRIM_RE,
@@ -216,3 +218,55 @@ def test_close_reasons_are_the_metric_labels_and_the_documented_codes() -> None:
         code, _, text, _ = rows[reason.label]
         assert str(reason.code) in code, reason
         assert text.strip("`") == reason.text, reason
+
+
+ENCODERS = {
+    "json.dumps (ASCII escapes)": lambda obj: json.dumps(obj).encode(),
+    "json.dumps ensure_ascii=False": lambda obj: json.dumps(obj, ensure_ascii=False).encode(),
+    "json.dumps indent=2": lambda obj: json.dumps(obj, indent=2).encode(),
+    # JSON.stringify: raw UTF-8, escapes only quote, backslash and control characters.
+    "JSON.stringify": lambda obj: json.dumps(
+        obj, ensure_ascii=False, separators=(",", ":")
+    ).encode(),
+    "orjson": orjson.dumps,
+}
+code_points = st.characters(exclude_categories=("Cs",))
+worst_chars = st.sampled_from(["\U0001f642", "\U0010ffff", "\x00", '"', "\\", "\u00e9", "a"])
+valid_texts = st.one_of(
+    st.text(code_points, max_size=MAX_TEXT),
+    st.text(worst_chars, min_size=MAX_TEXT, max_size=MAX_TEXT),
+).filter(lambda text: text.strip())
+valid_messages = st.fixed_dictionaries(
+    {"type": st.just("message"), "text": valid_texts},
+    optional={
+        "id": st.one_of(
+            st.text(code_points, max_size=64), st.text(worst_chars, min_size=64, max_size=64)
+        ),
+        "sent": st.one_of(
+            st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False, allow_infinity=False)
+        ),
+    },
+)
+
+
+@given(valid_messages, st.sampled_from(sorted(ENCODERS)))
+@example(
+    {
+        "type": "message",
+        "text": "\U0001f642" * MAX_TEXT,
+        "id": "\U0001f642" * 64,
+        "sent": -1.5e-308,
+    },
+    "json.dumps indent=2",
+)
+def test_every_valid_message_fits_the_default_inbound_limit_whatever_the_encoder(
+    message: dict[str, object], encoder: str
+) -> None:
+    frame = ENCODERS[encoder](message)
+    assert len(frame) <= Settings().max_msg_size
+    parsed = parse_frame(frame.decode())
+    assert (parsed.text, parsed.id, parsed.sent) == (
+        message["text"],
+        message.get("id"),
+        message.get("sent"),
+    )
