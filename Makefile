@@ -1,7 +1,8 @@
-# roomhub — `make run` serves the chat on http://localhost:8080, `make test` runs the suite.
+# roomhub — `make run` serves the chat on http://127.0.0.1:8080, `make test` runs the suite.
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
+SERVE_STAMP := $(VENV)/.installed-serve
 STAMP  := $(VENV)/.installed
 # docker compose v2, else the v1 docker-compose command.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
@@ -9,20 +10,25 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compos
 .PHONY: run run-lab test lint install clean
 .PHONY: up down logs dashboards
 
-$(STAMP): pyproject.toml
+# What serving needs (make run, run-lab); the test and dev extras come on top (STAMP).
+$(SERVE_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $(SERVE_STAMP)
+
+$(STAMP): $(SERVE_STAMP)
 	$(BIN)/pip install -q -e '.[test,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(SERVE_STAMP)
 	$(BIN)/python -m server serve
 
 # The server for load tests (README "Load lab"): stock quotes come from the bundled stockapi
 # on 127.0.0.1:8081, never from Stooq. Ctrl-C or SIGTERM stops the server, then the stockapi.
-run-lab: $(STAMP)
+run-lab: $(SERVE_STAMP)
 	@$(BIN)/python -m server.stockapi --host 127.0.0.1 --port 8081 & quotes=$$!; \
 	trap 'kill -TERM $$quotes 2>/dev/null; wait $$quotes' EXIT; \
 	$(BIN)/python -c 'import bench.server as s; s.wait_http_ok("http://127.0.0.1:8081/healthz")' \

@@ -1,7 +1,10 @@
-"""Command line: ``python -m server [serve] [--flags]`` or ``roomhub serve [--flags]``.
+"""Command line: ``python -m server [serve] [--flags]`` or ``roomhub serve [--flags]``, and
+``roomhub token --sub NAME --ttl 1h`` to mint a development token for ``ROOMHUB_AUTH=token``.
 
 Every flag has a ``ROOMHUB_*`` env var twin (see ``--help``). A bad value, or an address the
-server cannot listen on, exits with code 2 and a message naming the setting.
+server cannot listen on, exits with code 2 and a message naming the setting. A ``ROOMHUB_*``
+variable that is no setting gets one warning at start. Once listening, the server prints
+``roomhub listening on http://HOST:PORT`` on stdout besides its JSON log line.
 
 On SIGTERM or SIGINT the server keeps listening while it drains: ``/readyz`` answers 503,
 new upgrades get 503, outboxes are flushed for a bounded time and clients are closed with
@@ -14,14 +17,17 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp import web
 
 from .app import create_app, shutdown_connections
-from .config import ConfigError, Settings, add_flags, load_settings
+from .auth import mint_token
+from .config import ConfigError, Settings, add_flags, load_settings, unknown_env_vars
 from .logs import setup_logging
 
 log = logging.getLogger("roomhub")
@@ -34,7 +40,54 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
     serve_parser = commands.add_parser("serve", help="run the chat server (the default)")
     add_flags(serve_parser)
+    token_parser = commands.add_parser(
+        "token",
+        help="print a signed token for ROOMHUB_AUTH=token (development)",
+        description="Signs HS256 with ROOMHUB_TOKEN_SECRET, or RS256/ES256 with --private-key.",
+    )
+    token_parser.add_argument("--sub", required=True, help="the user (the sub claim)")
+    token_parser.add_argument("--ttl", default="1h", help="lifetime: 90s, 30m, 1h or 7d")
+    token_parser.add_argument("--name", help="display name (the name claim; default: sub)")
+    token_parser.add_argument("--rooms", help="comma-separated rooms it may join (default: any)")
+    token_parser.add_argument("--private-key", help="PEM private key file (RSA or P-256)")
     return parser
+
+
+TTL_RE = re.compile(r"([0-9]+)([smhd])")
+TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def ttl_seconds(raw: str) -> int:
+    """``90s``, ``30m``, ``1h`` or ``7d`` in seconds; ``ValueError`` for anything else."""
+    match = TTL_RE.fullmatch(raw.strip())
+    if not match or int(match[1]) == 0:
+        raise ValueError(f"--ttl={raw!r}: must look like 90s, 30m, 1h or 7d")
+    return int(match[1]) * TTL_UNITS[match[2]]
+
+
+def token(args: argparse.Namespace) -> str:
+    """The token that ``roomhub token`` prints; ``ValueError`` naming what is wrong."""
+    try:
+        key = Path(args.private_key).read_bytes() if args.private_key else None
+    except OSError as exc:
+        raise ValueError(f"--private-key={args.private_key!r}: {exc.strerror}") from None
+    rooms = [r.strip() for r in args.rooms.split(",") if r.strip()] if args.rooms else None
+    return mint_token(
+        args.sub,
+        ttl_seconds(args.ttl),
+        secret=os.environ.get("ROOMHUB_TOKEN_SECRET"),
+        private_key=key,
+        name=args.name,
+        rooms=rooms,
+    )
+
+
+def listening_line(host: str, port: int) -> str:
+    """The plain start-up line: where to point a browser."""
+    if host in ("0.0.0.0", "::"):
+        return f"roomhub listening on every interface, port {port}: http://127.0.0.1:{port}"
+    shown = f"[{host}]" if ":" in host else host
+    return f"roomhub listening on http://{shown}:{port}"
 
 
 async def serve(settings: Settings) -> None:
@@ -57,6 +110,7 @@ async def serve(settings: Settings) -> None:
         ) from None
     host, port = runner.addresses[0][:2]
     log.info("listening", extra={"fields": {"host": host, "port": port}})
+    print(listening_line(host, port), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -72,14 +126,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args or (args[0].startswith("-") and args[0] not in ("-h", "--help")):
         args.insert(0, "serve")
     parser = build_parser()
-    flags = vars(parser.parse_args(args))
+    parsed = parser.parse_args(args)
+    if parsed.command == "token":
+        try:
+            print(token(parsed))
+        except ValueError as exc:
+            parser.exit(2, f"roomhub token: {exc}\n")
+        return
+    flags = vars(parsed)
     flags.pop("command")
     try:
         settings = load_settings(os.environ, flags)
         setup_logging(settings.log_level)
+        for name, closest in unknown_env_vars(os.environ).items():
+            log.warning("unknown_setting", extra={"fields": {"env": name, "did_you_mean": closest}})
         log.info(
             "starting",
-            extra={"fields": {"hub_mode": settings.hub_mode, "quote": settings.quote_provider}},
+            extra={
+                "fields": {
+                    "hub_mode": settings.hub_mode,
+                    "quote": settings.quote_provider,
+                    "auth": settings.auth,
+                }
+            },
         )
         asyncio.run(serve(settings))
     except ConfigError as exc:

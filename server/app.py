@@ -15,12 +15,21 @@ from aiohttp.typedefs import Middleware
 from aiohttp_remotes import XForwardedStrict
 
 from . import metrics
+from .auth import TokenVerifier
 from .bot.providers import make_provider
 from .bot.stockbot import StockBot
 from .config import Settings
 from .globalhub import GlobalHub
 from .hub import ShardedHubs
-from .keys import ServerState, bot_key, http_client_key, hubs_key, settings_key, state_key
+from .keys import (
+    ServerState,
+    bot_key,
+    http_client_key,
+    hubs_key,
+    settings_key,
+    state_key,
+    verifier_key,
+)
 from .protocol import CloseReason
 from .views import VERSION, setup_routes
 
@@ -156,6 +165,8 @@ def create_app(settings: Settings) -> web.Application:
         app.middlewares.append(forwarded_middleware(settings.trusted_proxies))
     app[settings_key] = settings
     app[state_key] = ServerState()
+    if settings.auth == "token":
+        app[verifier_key] = TokenVerifier(settings)
     metrics.BUILD_INFO.labels(VERSION, settings.hub_mode).set(1)
     aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("server", "templates"), autoescape=True)
     setup_routes(app)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +21,7 @@ from .origin import parse_origin
 HUB_MODES = ("sharded", "global")
 QUOTE_PROVIDERS = ("stooq", "url", "sim")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+AUTH_MODES = ("none", "token")
 
 
 class ConfigError(ValueError):
@@ -35,7 +37,9 @@ def _setting(default: Any, text: str) -> Any:
 class Settings:
     """All server settings. Times are in seconds, sizes in bytes unless named otherwise."""
 
-    host: str = _setting("0.0.0.0", "address to listen on")
+    host: str = _setting(
+        "127.0.0.1", "address to listen on (0.0.0.0: every IPv4 interface, as in Docker)"
+    )
     port: int = _setting(8080, "TCP port to listen on (0: any free port)")
     hub_mode: str = _setting(
         "sharded", "sharded: one hub task per room; global: one hub for every room"
@@ -80,6 +84,13 @@ class Settings:
     )
     bot_cache_ttl: float = _setting(5.0, "seconds a quote is reused (0: no cache)")
     log_level: str = _setting("info", "debug, info, warning or error")
+    auth: str = _setting(
+        "none", "none: names are chosen freely; token: a signed JWT (?token=) names the user"
+    )
+    token_secret: str = _setting("", "HS256 secret for auth=token, at least 32 bytes")
+    token_public_key: str = _setting(
+        "", "PEM file with the RSA (RS256) or P-256 (ES256) public key for auth=token"
+    )
 
 
 INT_RE = re.compile(r"[0-9]+")
@@ -196,7 +207,18 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "bot_timeout": _positive_float,
     "bot_cache_ttl": _float,
     "log_level": _choice(LOG_LEVELS),
+    "auth": _choice(AUTH_MODES),
+    "token_secret": _text,
+    "token_public_key": _text,
 }
+
+
+def unknown_env_vars(environ: Mapping[str, str]) -> dict[str, str | None]:
+    """``ROOMHUB_*`` names in ``environ`` that are no setting (a typo, say), sorted, each with
+    the closest setting's env var (``difflib``), or None when none is close."""
+    known = [env_name(name) for name in PARSERS]
+    unknown = sorted(k for k in environ if k.startswith("ROOMHUB_") and k not in known)
+    return {k: next(iter(difflib.get_close_matches(k, known, n=1)), None) for k in unknown}
 
 
 def env_name(field: str) -> str:
@@ -221,8 +243,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 def _show(value: object) -> str:
     if isinstance(value, tuple):
-        return ",".join(value) or "(empty)"
-    return str(value)
+        value = ",".join(value)
+    return str(value) or "(empty)"
 
 
 def load_settings(

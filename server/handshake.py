@@ -8,13 +8,15 @@ order; tests/test_handshake.py holds the two together.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from . import metrics
-from .keys import hubs_key, settings_key, state_key
+from .auth import Identity, TokenError, TokenVerifier
+from .keys import hubs_key, settings_key, state_key, verifier_key
 from .origin import origin_allowed, request_origin
 from .protocol import (
     ProtocolError,
@@ -23,6 +25,8 @@ from .protocol import (
     validate_since,
     validate_user,
 )
+
+log = logging.getLogger("roomhub.handshake")
 
 
 @dataclass(slots=True)
@@ -35,6 +39,7 @@ class Handshake:
     user: str = ""
     since: int | None = None
     epoch: str | None = None
+    identity: Identity | None = None  # with ROOMHUB_AUTH=token: who the token names
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +66,47 @@ def _room(hs: Handshake) -> None:
     hs.room = validate_room(hs.request.query.get("room"))
 
 
+def _verifier(hs: Handshake) -> TokenVerifier | None:
+    return hs.request.app.get(verifier_key)
+
+
+def _token_present(hs: Handshake) -> None:
+    if _verifier(hs) is not None and not hs.request.query.get("token"):
+        raise ProtocolError("token_missing", "this server needs a token: pass ?token=")
+
+
+def _token_valid(hs: Handshake) -> None:
+    verifier = _verifier(hs)
+    if verifier is None:
+        return
+    try:
+        hs.identity = verifier.verify(hs.request.query["token"])
+    except TokenError as exc:
+        log.info("token_refused", extra={"fields": {"why": exc.detail}})
+        detail = "token is not valid (format, algorithm, signature or claims)"
+        raise ProtocolError(exc.code, detail) from None
+
+
+def _token_fresh(hs: Handshake) -> None:
+    if hs.identity is not None:
+        try:
+            TokenVerifier.check_fresh(hs.identity)
+        except TokenError as exc:
+            raise ProtocolError(exc.code, exc.detail) from None
+
+
+def _token_room(hs: Handshake) -> None:
+    if hs.identity is not None:
+        try:
+            TokenVerifier.check_room(hs.identity, hs.room)
+        except TokenError as exc:
+            raise ProtocolError(exc.code, exc.detail) from None
+
+
 def _user(hs: Handshake) -> None:
-    hs.user = validate_user(hs.request.query.get("user"))
+    # With tokens on, the name comes from the token and the query's user is ignored.
+    wanted = hs.identity.name if hs.identity else hs.request.query.get("user")
+    hs.user = validate_user(wanted)
 
 
 def _since(hs: Handshake) -> None:
@@ -102,6 +146,10 @@ def _room_limit(hs: Handshake) -> None:
 CHECKS: tuple[Check, ...] = (
     Check("not_websocket", 400, None, _upgrade),
     Check("bad_room", 400, "bad_room", _room),
+    Check("token_missing", 401, "token_missing", _token_present),
+    Check("token_invalid", 401, "token_invalid", _token_valid),
+    Check("token_expired", 401, "token_expired", _token_fresh),
+    Check("room_not_allowed", 403, "room_not_allowed", _token_room),
     Check("bad_user", 400, "bad_user", _user),
     Check("bad_since", 400, None, _since),
     Check("bad_epoch", 400, None, _epoch),

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import httpx
 from aiohttp import web
 
+from .auth import TokenVerifier
 from .bot.stockbot import StockBot
 from .config import Settings
 from .connection import Connection
@@ -29,3 +30,5 @@ state_key = web.AppKey("state_key", ServerState)
 hubs_key = web.AppKey("hubs_key", ShardedHubs | GlobalHub)
 http_client_key = web.AppKey("http_client_key", httpx.AsyncClient)
 bot_key = web.AppKey("bot_key", StockBot)
+verifier_key = web.AppKey("verifier_key", TokenVerifier)
+"""Only with ``ROOMHUB_AUTH=token``."""

@@ -17,7 +17,16 @@ from .protocol import CloseReason
 disable_created_metrics()
 
 CLOSE_REASONS = tuple(reason.label for reason in CloseReason)
-REJECT_REASONS = ("origin", "bad_room", "bad_user", "capacity")
+REJECT_REASONS = (
+    "origin",
+    "bad_room",
+    "bad_user",
+    "capacity",
+    "token_missing",
+    "token_invalid",
+    "token_expired",
+    "room_not_allowed",
+)
 MESSAGE_KINDS = ("message", "command", "invalid")
 BOT_RESULTS = ("ok", "unknown_symbol", "upstream_error", "timeout", "rejected", "dropped")
 

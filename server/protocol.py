@@ -24,9 +24,10 @@ class CloseReason(Enum):
     close frame, and the ``label`` of ``chat_connections_closed_total``.
 
     Codes: RFC 6455 section 7.4.1; 1013 "Try Again Later" from the IANA WebSocket Close Code
-    Number registry. 1006 is never sent on the wire: it stands for a connection that ended
-    without a close frame (``CLIENT_GONE``, and ``HEARTBEAT_TIMEOUT``, which drops the TCP
-    connection). ``NORMAL`` is the client's own close, answered with 1000.
+    Number registry; 4001 is roomhub's own (4000-4999 are for private use). 1006 is never
+    sent on the wire: it stands for a connection that ended without a close frame
+    (``CLIENT_GONE``, and ``HEARTBEAT_TIMEOUT``, which drops the TCP connection). ``NORMAL``
+    is the client's own close, answered with 1000.
     """
 
     NORMAL = ("normal", 1000, "")
@@ -38,6 +39,7 @@ class CloseReason(Enum):
     HEARTBEAT_TIMEOUT = ("heartbeat_timeout", 1006, "")
     SHUTDOWN = ("shutdown", 1001, "server shutdown")
     ERROR = ("error", 1011, "internal error")
+    TOKEN_EXPIRED = ("token_expired", 4001, "token expired")
 
     def __init__(self, label: str, code: int, text: str) -> None:
         self.label = label

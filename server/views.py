@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from aiohttp import WSMessage, WSMsgType, web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from . import metrics
+from .auth import Identity
 from .bot.commands import CommandError, parse_stock_command
 from .bot.stockbot import BotReply
 from .connection import Connection
@@ -53,7 +55,7 @@ def _rooms(request: web.Request) -> list[dict[str, object]]:
 
 @aiohttp_jinja2.template("lobby.html")
 async def lobby(request: web.Request) -> dict[str, object]:
-    return {"rooms": _rooms(request), "version": VERSION}
+    return {"rooms": _rooms(request), "version": VERSION, "auth": request.app[settings_key].auth}
 
 
 async def room_page(request: web.Request) -> web.Response:
@@ -61,7 +63,8 @@ async def room_page(request: web.Request) -> web.Response:
         room = validate_room(request.match_info["room"])
     except ProtocolError as exc:
         raise web.HTTPBadRequest(text=exc.detail) from None
-    return aiohttp_jinja2.render_template("room.html", request, {"room": room, "version": VERSION})
+    context = {"room": room, "version": VERSION, "auth": request.app[settings_key].auth}
+    return aiohttp_jinja2.render_template("room.html", request, context)
 
 
 async def api_rooms(request: web.Request) -> web.Response:
@@ -131,6 +134,7 @@ async def _session(hs: Handshake) -> web.StreamResponse:
     metrics.CONNECTIONS_OPENED.inc()
     log.info("connection_opened", extra={"fields": {"room": room, "user": user}})
     hubs.post(room, Join(conn, hs.since, hs.epoch))
+    expiry = _close_at_expiry(conn, hs.identity)
     reason = CloseReason.CLIENT_GONE
     try:
         reason = await _serve(request, conn, settings.max_msg_size)
@@ -140,6 +144,8 @@ async def _session(hs: Handshake) -> web.StreamResponse:
         conn.close(CloseReason.ERROR)
         await conn.finish(client_closed=False)
     finally:
+        if expiry is not None:
+            expiry.cancel()
         hubs.post(room, Leave(conn))
         state.connections.discard(conn)
         reason = conn.close_reason or reason
@@ -152,6 +158,14 @@ async def _session(hs: Handshake) -> web.StreamResponse:
             },
         )
     return ws
+
+
+def _close_at_expiry(conn: Connection, identity: Identity | None) -> asyncio.TimerHandle | None:
+    """With a token that has ``exp``: close ``conn`` with 4001 once the clock passes it."""
+    if identity is None or identity.expires is None:
+        return None
+    delay = max(0.0, identity.expires - time.time())
+    return asyncio.get_running_loop().call_later(delay, conn.close, CloseReason.TOKEN_EXPIRED)
 
 
 async def _serve(request: web.Request, conn: Connection, max_msg_size: int) -> CloseReason:

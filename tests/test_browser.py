@@ -25,6 +25,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
+from server.auth import mint_token
 from tests.support.docs import ROOT
 from tests.support.processes import Process, free_port, require_binary, run_server, wait_http_ok
 
@@ -511,3 +512,69 @@ def test_bot_reply_shows_who_asked(open_room: OpenRoom) -> None:
     send(alice, "/stock=AAPL")
 
     expect(bob.locator("#log li.bot .asker")).to_have_text(["to alice"])
+
+
+TOKEN_SECRET = "s" * 32
+
+
+def token_for(sub: str, ttl: float = 3600) -> str:
+    return mint_token(sub, ttl, secret=TOKEN_SECRET)
+
+
+@pytest.fixture
+def token_server(tmp_path: Path) -> Iterator[Process]:
+    with run_server(
+        tmp_path, quote_provider="sim", auth="token", token_secret=TOKEN_SECRET
+    ) as server:
+        yield server
+
+
+def test_page_joins_with_a_token_from_the_address_and_hides_it(
+    token_server: Process, contexts: Callable[[], BrowserContext]
+) -> None:
+    page = contexts().new_page()
+
+    page.goto(f"{token_server.url}/rooms/vip?user=mallory&token={token_for('alice')}")
+
+    expect(page.locator("#status")).to_have_attribute("data-state", "online")
+    expect(page.locator("#me")).to_have_text("as alice")
+    assert "token=" not in page.url
+
+
+def test_page_asks_for_a_token_and_uses_the_one_pasted(
+    token_server: Process, contexts: Callable[[], BrowserContext]
+) -> None:
+    page = contexts().new_page()
+    sockets = opened_websockets(page)
+    page.goto(f"{token_server.url}/rooms/vip")
+    expect(page.locator("#status")).to_have_text("token needed")
+    assert sockets == []
+
+    page.get_by_label("Access token", exact=True).fill(token_for("bob"))
+    page.get_by_role("button", name="Join #vip").click()
+
+    expect(page.locator("#status")).to_have_attribute("data-state", "online")
+    expect(page.locator("#me")).to_have_text("as bob")
+
+
+def test_page_refuses_an_expired_token_without_connecting(
+    token_server: Process, contexts: Callable[[], BrowserContext]
+) -> None:
+    page = contexts().new_page()
+    sockets = opened_websockets(page)
+
+    page.goto(f"{token_server.url}/rooms/vip?token={token_for('carol', ttl=-60)}")
+
+    expect(page.get_by_role("alert")).to_contain_text("expired")
+    assert sockets == []
+
+
+def test_page_asks_for_a_new_token_once_the_server_closes_for_expiry(
+    token_server: Process, contexts: Callable[[], BrowserContext]
+) -> None:
+    page = contexts().new_page()
+    page.goto(f"{token_server.url}/rooms/vip?token={token_for('dave', ttl=5)}")
+    expect(page.locator("#status")).to_have_attribute("data-state", "online")
+
+    expect(page.get_by_role("alert")).to_contain_text("Your token has expired")
+    expect(page.locator("#status")).to_have_text("token needed")

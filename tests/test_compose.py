@@ -121,6 +121,12 @@ def test_the_stack_fixes_the_address_port_and_quote_service() -> None:
     assert {name: chat[name] for name in FIXED} == FIXED
 
 
+def test_the_image_listens_on_every_interface_while_the_server_default_is_loopback() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^\s*ROOMHUB_HOST=0\.0\.0\.0\b", dockerfile, re.M)
+    assert SETTINGS["ROOMHUB_HOST"] == "127.0.0.1"
+
+
 def test_settings_unset_in_the_shell_are_left_to_the_server_defaults() -> None:
     chat = resolved()["services"]["chat"]["environment"]
     expected = {

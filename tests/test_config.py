@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -119,4 +123,31 @@ def test_readme_lists_every_setting_with_its_env_var_flag_and_default() -> None:
 
 
 def _documented_default(default: object) -> str:
-    return "(empty)" if default == () else f"`{default}`"
+    return "(empty)" if default in ((), "") else f"`{default}`"
+
+
+def test_defaults_listen_on_loopback_only() -> None:
+    assert Settings().host == "127.0.0.1"
+
+
+def test_start_prints_the_url_and_warns_once_per_unknown_roomhub_variable() -> None:
+    env = {"ROOMHUB_PORTT": "9000", "ROOMHUB_QUOTE_PROVIDER": "sim", "PATH": ""}
+    with subprocess.Popen(
+        [sys.executable, "-m", "server", "serve", "--port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            ready, _, _ = select.select([proc.stdout], [], [], 30)
+            assert ready, "no start-up line within 30 s"
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=30)
+    assert re.fullmatch(r"roomhub listening on http://127\.0\.0\.1:[0-9]+\n", line)
+    warnings = [json.loads(entry) for entry in stderr.splitlines() if '"unknown_setting"' in entry]
+    assert [(w["level"], w["env"], w["did_you_mean"]) for w in warnings] == [
+        ("warning", "ROOMHUB_PORTT", "ROOMHUB_PORT")
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
+import jwt
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
@@ -16,6 +17,7 @@ from server.metrics import REJECT_REASONS
 from tests.chat import UPGRADE_HEADERS, Client, sample, settings
 from tests.support.docs import code, table
 
+SECRET = "s" * 32
 REFUSALS = table("docs/protocol.md", "### Refusals before the upgrade")
 COUNTED = "counted in `chat_handshakes_rejected_total{reason}`"
 METRIC_REASONS = table("docs/metrics.md", "**`chat_handshakes_rejected_total{reason}`**")
@@ -49,13 +51,19 @@ async def request_failing(make_server: Any, failing: Collection[Check]) -> Clien
     """One ``GET /ws`` to a fresh server that fails exactly the checks in ``failing``."""
     names = {c.run.__name__.removeprefix("_") for c in failing}
     known = {"upgrade", "room", "user", "since", "epoch", "origin", "not_draining"}
-    assert names <= known | {"below_capacity", "room_limit"}, "teach request_failing the check"
+    tokens = {"token_present", "token_valid", "token_fresh", "token_room"}
+    assert names <= known | tokens | {"below_capacity", "room_limit"}, "teach request_failing"
     full, rooms_full = "below_capacity" in names, "room_limit" in names
     server: TestClient = await make_server(
-        max_connections=1 if full else 10, max_rooms=1 if rooms_full else 10
+        max_connections=1 if full else 10,
+        max_rooms=1 if rooms_full else 10,
+        **({"auth": "token", "token_secret": SECRET} if names & tokens else {}),
     )
     if full or rooms_full:
-        ws = await server.ws_connect("/ws", params={"room": "other", "user": "first"})
+        first = {"room": "other", "user": "first"}
+        if names & tokens:
+            first["token"] = jwt.encode({"sub": "first"}, SECRET, algorithm="HS256")
+        ws = await server.ws_connect("/ws", params=first)
         assert (await Client(ws).next())["type"] == "welcome"
     server.app[state_key].shutting_down = "not_draining" in names
     params = {
@@ -64,6 +72,15 @@ async def request_failing(make_server: Any, failing: Collection[Check]) -> Clien
         "since": "-1" if "since" in names else "0",
         "epoch": "a b" if "epoch" in names else "",
     }
+    if names & tokens and "token_present" not in names:
+        # With tokens on, the name comes from the token.
+        claims = {"sub": "ann", "name": params.pop("user")}
+        if "token_fresh" in names:
+            claims["exp"] = 1_000_000_000
+        if "token_room" in names:
+            claims["rooms"] = ["elsewhere"]
+        key = "x" * 32 if "token_valid" in names else SECRET
+        params["token"] = jwt.encode(claims, key, algorithm="HS256")
     headers = {} if "upgrade" in names else dict(UPGRADE_HEADERS)
     if "origin" in names:
         headers["Origin"] = "http://evil.example"

@@ -2,6 +2,7 @@
 // Every piece of user text goes into the page through textContent, never as markup.
 
 import { nameProblem, rememberName, storedName, trimName } from "./names.js";
+import { rememberToken, storedToken, tokenProblem } from "./tokens.js";
 
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 10_000;
@@ -30,6 +31,8 @@ const textInput = $("text");
 const sendButton = $("send");
 
 const room = chat.dataset.room;
+const tokenMode = chat.dataset.auth === "token"; // the server names us from a signed token
+const TOKEN_EXPIRED = 4001; // close code: the token reached its exp
 const pageId = Math.random().toString(36).slice(2, 10);
 const state = {
   user: "",
@@ -85,6 +88,10 @@ function notice(text, ts, className = "notice") {
   append(item);
 }
 
+function canJoin() {
+  return Boolean(tokenMode ? state.token && !tokenProblem(state.token) : state.user);
+}
+
 function online() {
   return statusEl.dataset.state === "online";
 }
@@ -97,7 +104,7 @@ function setStatus(name, label = name) {
   statusEl.dataset.state = name;
   statusEl.textContent = label;
   updateSend();
-  retryButton.hidden = name !== "offline" || !state.user;
+  retryButton.hidden = name !== "offline" || !canJoin();
   if (name === "online") scheduleResend(0);
 }
 
@@ -260,7 +267,9 @@ function clearTimers() {
 function connect() {
   clearTimers();
   setStatus("connecting");
-  const params = new URLSearchParams({ room, user: state.requested });
+  const params = new URLSearchParams(
+    tokenMode ? { room, token: state.token } : { room, user: state.requested },
+  );
   if (state.epoch) {
     params.set("since", String(state.lastSeq));
     params.set("epoch", state.epoch);
@@ -291,14 +300,19 @@ function onClose(socket, event) {
   if (statusEl.dataset.state === "online") notice("Connection lost.", Date.now());
   for (const id of [...state.pending.keys()]) settle(id, "lost");
   state.unconfirmed.clear();
-  if (event.code === 1008) {
+  if (event.code === TOKEN_EXPIRED || (tokenMode && tokenProblem(state.token))) {
+    clearTimers();
+    askName("", "Your token has expired: paste a new one to reconnect.");
+  } else if (event.code === 1008) {
     goOffline(`The server closed the connection: ${event.reason || "policy violation"}.`);
   } else if (!navigator.onLine) {
     goOffline("No network connection.");
   } else if (!state.opened && state.attempt + 1 >= MAX_FIRST_ATTEMPTS) {
     goOffline(
       "Could not connect: the server refused the connection or could not be reached. " +
-        "Check the name and the room, or try Reconnect later.",
+        (tokenMode
+          ? "Check the token (valid, not expired, allowed in this room), or try Reconnect later."
+          : "Check the name and the room, or try Reconnect later."),
     );
   } else {
     if (event.code === 1009) notice("That message was too big for the server.", Date.now(), "error");
@@ -331,13 +345,14 @@ function goOffline(reason) {
 }
 
 function reconnectNow() {
-  if (state.socket || !state.user) return;
+  if (state.socket || !canJoin()) return;
   state.attempt = 0;
   connect();
 }
 
 function askName(name, problem) {
-  setStatus("offline", "choose a name");
+  setStatus("offline", tokenMode ? "token needed" : "choose a name");
+  composer.hidden = true;
   nameInput.value = name;
   nameInput.setAttribute("aria-invalid", String(Boolean(problem)));
   nameError.textContent = problem;
@@ -383,8 +398,26 @@ composer.addEventListener("submit", (event) => {
 
 textInput.addEventListener("input", updateSend);
 
-// A name the server would refuse is never sent: the name form says why instead.
+function startWithToken(token) {
+  state.token = token;
+  rememberToken(token);
+  nameForm.hidden = true;
+  composer.hidden = false;
+  textInput.focus();
+  state.attempt = 0;
+  state.opened = false;
+  connect();
+}
+
+// A name (or token) the server would refuse is never sent: the form says why instead.
 function choose(raw) {
+  if (tokenMode) {
+    const token = raw.trim();
+    const problem = tokenProblem(token);
+    if (problem) askName(token, problem);
+    else startWithToken(token);
+    return;
+  }
   const name = trimName(raw);
   const problem = nameProblem(name);
   if (problem) askName(name, problem);
@@ -399,6 +432,18 @@ nameForm.addEventListener("submit", (event) => {
 retryButton.addEventListener("click", reconnectNow);
 window.addEventListener("online", reconnectNow);
 
-const requested = trimName(new URLSearchParams(location.search).get("user") || storedName());
-if (requested) choose(requested);
-else askName("", "");
+if (tokenMode) {
+  // A token in the address (?token=) is used once and taken out of the address bar.
+  const url = new URL(location.href);
+  const given = url.searchParams.get("token") || storedToken();
+  if (url.searchParams.has("token")) {
+    url.searchParams.delete("token");
+    history.replaceState(null, "", url);
+  }
+  if (given) choose(given);
+  else askName("", "");
+} else {
+  const requested = trimName(new URLSearchParams(location.search).get("user") || storedName());
+  if (requested) choose(requested);
+  else askName("", "");
+}

@@ -1,6 +1,7 @@
 // The lobby: remembers the user's name, opens a room, keeps the active-room list fresh.
 
 import { nameProblem, rememberName, roomProblem, storedName, trimName } from "./names.js";
+import { rememberToken, storedToken, tokenProblem } from "./tokens.js";
 
 const REFRESH_MS = 5000;
 
@@ -11,7 +12,8 @@ const formError = document.getElementById("join-error");
 const list = document.getElementById("rooms");
 const empty = document.getElementById("no-rooms");
 
-nameInput.value = storedName();
+const tokenMode = form.dataset.auth === "token"; // the field holds an access token
+nameInput.value = tokenMode ? storedToken() : storedName();
 
 function refuse(input, problem) {
   input.setAttribute("aria-invalid", "true");
@@ -27,14 +29,17 @@ form.addEventListener("input", (event) => {
 
 form.addEventListener("submit", (event) => {
   event.preventDefault();
-  const name = trimName(nameInput.value);
+  const name = tokenMode ? nameInput.value.trim() : trimName(nameInput.value);
   const room = roomInput.value.trim();
-  const nameIssue = nameProblem(name);
+  const nameIssue = tokenMode ? tokenProblem(name) : nameProblem(name);
   const roomIssue = roomProblem(room);
   if (nameIssue) {
     refuse(nameInput, nameIssue);
   } else if (roomIssue) {
     refuse(roomInput, roomIssue);
+  } else if (tokenMode) {
+    rememberToken(name); // the room page reads it from this tab's storage, not the URL
+    location.assign(`/rooms/${encodeURIComponent(room)}`);
   } else {
     rememberName(name);
     location.assign(`/rooms/${encodeURIComponent(room)}?user=${encodeURIComponent(name)}`);
