@@ -68,12 +68,15 @@ dashboards: $(STAMP)
 
 # The k6 load lab (k6/, README "Load lab"): one scenario against a running server, or all six.
 # make k6 SCENARIO=connection-storm [PROFILE=smoke] [WS_URL=ws://127.0.0.1:8080/ws]
-#        [RESULTS_DIR=results]   where the summaries and the HTML report go
+#        [RESULTS_DIR=results]   each run writes to RESULTS_DIR/<date>-<time>-<scenario>/,
+#                                 and RESULTS_DIR/latest links to the newest such folder
 SCENARIOS   := connection-storm active-chat stock-bot spike soak mixed
 SCENARIO    ?= mixed
 PROFILE     ?= full
 WS_URL      ?= ws://localhost:8080/ws
 RESULTS_DIR ?= results
+RUN_ID      := $(shell date +%Y%m%d-%H%M%S)-$(SCENARIO)
+RUN_DIR     := $(RESULTS_DIR)/$(RUN_ID)
 
 .PHONY: k6 k6-all bench k6-local k6-compose
 
@@ -85,17 +88,17 @@ k6:
 
 k6-compose:
 	@test -f k6/scenarios/$(SCENARIO).js || { echo "SCENARIO must be one of: $(SCENARIOS)"; exit 2; }
-	mkdir -p $(RESULTS_DIR)
+	mkdir -p $(RUN_DIR) && ln -sfn $(RUN_ID) $(RESULTS_DIR)/latest
 	K6_USER=$$(id -u):$$(id -g) SCENARIO=$(SCENARIO) PROFILE=$(PROFILE) \
-	RESULTS_DIR=$(abspath $(RESULTS_DIR)) TESTID=$$(date +%Y%m%d-%H%M%S)-$(SCENARIO) \
+	RESULTS_DIR=$(abspath $(RUN_DIR)) TESTID=$(RUN_ID) \
 	$(COMPOSE) --profile loadtest run --rm k6
 
 k6-local: $(STAMP)
 	@test -f k6/scenarios/$(SCENARIO).js || { echo "SCENARIO must be one of: $(SCENARIOS)"; exit 2; }
-	mkdir -p $(RESULTS_DIR)
+	mkdir -p $(RUN_DIR) && ln -sfn $(RUN_ID) $(RESULTS_DIR)/latest
 	K6_WEB_DASHBOARD=true K6_WEB_DASHBOARD_PORT=-1 \
-	K6_WEB_DASHBOARD_EXPORT=$(RESULTS_DIR)/$(SCENARIO)-report.html \
-	$(BIN)/k6 run -e PROFILE=$(PROFILE) -e WS_URL=$(WS_URL) -e RESULTS_DIR=$(RESULTS_DIR) \
+	K6_WEB_DASHBOARD_EXPORT=$(RUN_DIR)/$(SCENARIO)-report.html \
+	$(BIN)/k6 run -e PROFILE=$(PROFILE) -e WS_URL=$(WS_URL) -e RESULTS_DIR=$(RUN_DIR) \
 		k6/scenarios/$(SCENARIO).js
 
 k6-all: $(STAMP)

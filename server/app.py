@@ -19,6 +19,7 @@ from .auth import TokenVerifier
 from .bot.providers import make_provider
 from .bot.stockbot import StockBot
 from .config import Settings
+from .errorpages import error_pages
 from .globalhub import GlobalHub
 from .hub import ShardedHubs
 from .keys import (
@@ -160,7 +161,7 @@ def forwarded_middleware(trusted_proxies: tuple[str, ...]) -> Middleware:
 
 def create_app(settings: Settings) -> web.Application:
     """Build the roomhub application for ``settings``."""
-    app = web.Application()
+    app = web.Application(middlewares=[error_pages])
     if settings.trusted_proxies:
         app.middlewares.append(forwarded_middleware(settings.trusted_proxies))
     app[settings_key] = settings

@@ -578,3 +578,60 @@ def test_page_asks_for_a_new_token_once_the_server_closes_for_expiry(
 
     expect(page.get_by_role("alert")).to_contain_text("Your token has expired")
     expect(page.locator("#status")).to_have_text("token needed")
+
+
+PHONE = {"width": 375, "height": 740}
+LONG_ROOM = "a_long_room_name_with_no_place_to_break_it_" + "x" * 21  # 64 characters
+
+
+def horizontal_overflow(page: Page) -> int:
+    """Pixels the page is wider than its viewport (0: no sideways scrolling)."""
+    return page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "heading"),
+    [
+        ("/rooms/my%20room", 400, "400 Bad request"),
+        ("/no/such/page", 404, "404 Page not found"),
+        (f"/rooms/{LONG_ROOM}x", 400, "400 Bad request"),
+    ],
+    ids=["bad-room", "unknown-path", "room-name-too-long"],
+)
+def test_error_pages_fit_a_phone_and_lead_back_to_the_lobby(
+    live_server: Process,
+    contexts: Callable[[], BrowserContext],
+    path: str,
+    status: int,
+    heading: str,
+) -> None:
+    page = contexts().new_page()
+    page.set_viewport_size(PHONE)
+
+    response = page.goto(f"{live_server.url}{path}")
+
+    assert response is not None and response.status == status
+    expect(page.get_by_role("heading", level=1)).to_have_text(heading)
+    assert horizontal_overflow(page) == 0
+    page.get_by_role("link", name="Back to the lobby").click()
+    expect(page).to_have_url(f"{live_server.url}/")
+
+
+def test_a_64_character_room_name_wraps_on_a_phone(
+    live_server: Process, contexts: Callable[[], BrowserContext]
+) -> None:
+    page = contexts().new_page()
+    page.set_viewport_size(PHONE)
+    page.goto(f"{live_server.url}/rooms/{LONG_ROOM}?user=alice")
+    expect(page.locator("#status")).to_have_attribute("data-state", "online")
+    send(page, "hello from a phone")
+    expect(message_texts(page, "hello from a phone")).to_have_count(1)
+    assert horizontal_overflow(page) == 0
+
+    lobby = contexts().new_page()
+    lobby.set_viewport_size(PHONE)
+    lobby.goto(live_server.url)
+    expect(lobby.get_by_role("link", name=LONG_ROOM)).to_be_visible()
+    assert horizontal_overflow(lobby) == 0

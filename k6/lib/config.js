@@ -4,7 +4,8 @@
 //   PROFILE      full (default: the scenario's real size) | smoke (same shape, <= 40 s, <= 100 VUs)
 //   ROOMS        how many rooms a scenario spreads its users over, where it allows it
 //   ROOM         room name prefix (default "load")
-//   RESULTS_DIR  where handleSummary writes <scenario>-summary.json/.txt (default "results")
+//   RESULTS_DIR  where handleSummary writes <scenario>-summary.json/.txt/.html (default
+//                "results"; `make k6` passes a new results/<date>-<time>-<scenario> per run)
 
 export const WS_URL = __ENV.WS_URL || 'ws://localhost:8080/ws';
 export const ROOM_PREFIX = __ENV.ROOM || 'load';

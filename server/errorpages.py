@@ -1,0 +1,42 @@
+"""HTML error pages: a browser asking for a page that doesn't exist (404) or can't exist
+(400, such as ``/rooms/my%20room``) gets one in the chat's own style, with a link back to
+the lobby. Other clients (no ``text/html`` in ``Accept``) keep aiohttp's plain answers, and
+the JSON refusals of ``/ws`` and ``/api`` are untouched: they are returned, not raised."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from .views import VERSION
+
+TITLES = {400: "Bad request", 404: "Page not found"}
+"""The statuses that get a page, and its heading."""
+
+
+def _message(request: web.Request, exc: web.HTTPException) -> str:
+    if exc.status == 404:
+        return f"There is no page at {request.path}."
+    # aiohttp's own text for a bare HTTPBadRequest is "400: Bad Request": say nothing more then.
+    return "" if exc.text.startswith(f"{exc.status}:") else exc.text
+
+
+@web.middleware
+async def error_pages(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Turn a raised 400 or 404 into the HTML error page for browsers (see the module)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status not in TITLES or "text/html" not in request.headers.get("Accept", ""):
+            raise
+        context = {
+            "status": exc.status,
+            "title": TITLES[exc.status],
+            "message": _message(request, exc),
+            "version": VERSION,
+        }
+        return aiohttp_jinja2.render_template("error.html", request, context, status=exc.status)
