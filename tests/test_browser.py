@@ -635,3 +635,14 @@ def test_a_64_character_room_name_wraps_on_a_phone(
     lobby.goto(live_server.url)
     expect(lobby.get_by_role("link", name=LONG_ROOM)).to_be_visible()
     assert horizontal_overflow(lobby) == 0
+
+
+def test_text_refused_for_another_reason_goes_back_into_the_box(open_room: OpenRoom) -> None:
+    page = open_room("refused", "alice")
+    command = "/stock=" + "X" * 30  # longer than a symbol may be: error bad_command
+
+    send(page, command)
+
+    expect(page.locator("#log li.error .badge")).to_have_text(["bad command"])
+    expect(page.get_by_label("Message", exact=True)).to_have_value(command)
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()

@@ -78,7 +78,10 @@ function meta(user, ts, badge) {
 
 function append(item) {
   const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 48;
-  log.append(item);
+  // Text still waiting to be sent stays at the bottom, below everything that arrived.
+  const firstWaiting = state.waiting.length ? state.waiting[0].item : null;
+  if (firstWaiting && !item.classList.contains("waiting")) log.insertBefore(item, firstWaiting);
+  else log.append(item);
   if (atBottom) log.scrollTop = log.scrollHeight;
 }
 
