@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from server.auth import mint_token
 from server.config import ConfigError
 from server.protocol import CloseReason
-from tests.chat import UPGRADE_HEADERS, Client, sample
+from tests.chat import UPGRADE_HEADERS, Client, sample, wait_until
 
 SECRET = "s" * 32
 OTHER_SECRET = "o" * 32
@@ -162,6 +162,10 @@ async def test_connection_is_closed_with_4001_once_its_token_expires(
     client = Client(ws)
     await client.next_of("welcome")
     assert await client.closed() == CloseReason.TOKEN_EXPIRED.code == 4001
+    # Counted when the server's handler ends, just after the close handshake.
+    await wait_until(
+        lambda: sample("chat_connections_closed_total", reason="token_expired") > before
+    )
     assert sample("chat_connections_closed_total", reason="token_expired") == before + 1
 
 
