@@ -4,7 +4,9 @@
 // costs k6 more CPU than the server spends sending it, so a frame is parsed only when it can
 // matter: before the `welcome`, when it contains this connection's own id prefix (its messages
 // echoed, replies to its commands), when it holds an `error`, or once per second to sample
-// delivery lag. Every other frame is counted with a substring scan.
+// delivery lag. Every other frame is counted with a substring scan, and the `seq` of each
+// message in it read from the fixed start of a message event (`{"type":"message","seq":N`):
+// every member must see its room's messages with no gap from its `welcome` on.
 import { sleep } from 'k6';
 import exec from 'k6/execution';
 import { WebSocket } from 'k6/experimental/websockets';
@@ -60,6 +62,17 @@ function countEvents(data) {
   return count;
 }
 
+const MESSAGE_HEAD = '"type":"message","seq":';
+
+// The `seq` of every message event in a frame, without parsing it.
+function messageSeqs(data) {
+  const seqs = [];
+  for (let at = data.indexOf(MESSAGE_HEAD); at !== -1; at = data.indexOf(MESSAGE_HEAD, at + 1)) {
+    seqs.push(parseInt(data.substr(at + MESSAGE_HEAD.length, 20), 10));
+  }
+  return seqs;
+}
+
 function parseEvents(data) {
   const parsed = JSON.parse(data);
   return Array.isArray(parsed) ? parsed : [parsed];
@@ -100,6 +113,8 @@ export class ChatSession {
     this.closing = false;
     this.closeCode = null;
     this.events = 0;
+    this.messages = 0; // message events received since the last flush
+    this.lastSeq = 0; // the room's last message seq this session saw (from welcome on)
     this.lastFlush = 0;
     this.nextLagSample = 0;
     this.startTimer = null;
@@ -195,7 +210,19 @@ export class ChatSession {
       this.handleEvents(parseEvents(data), receivedAt, lagDue);
     } else {
       this.events += countEvents(data);
+      for (const seq of messageSeqs(data)) {
+        this.countMessage(seq);
+      }
     }
+  }
+
+  // A live message with room sequence number `seq`: counted, and checked for a gap.
+  countMessage(seq) {
+    this.messages += 1;
+    if (seq > this.lastSeq + 1) {
+      m.messagesMissed.add(seq - this.lastSeq - 1);
+    }
+    this.lastSeq = Math.max(this.lastSeq, seq);
   }
 
   // `sampleLag`: record the delivery lag of the first other user's message in this frame.
@@ -206,11 +233,13 @@ export class ChatSession {
       switch (event.type) {
         case 'welcome':
           this.welcomed = true;
+          this.lastSeq = event.seq;
           if (this.sendEveryMs) {
             this.nextSendAt = Date.now();
           }
           break;
         case 'message':
+          this.countMessage(event.seq);
           if (!this.handleOwnMessage(event, receivedAt) && lagWanted && event.ts > 0) {
             lagWanted = false;
             m.deliveryLag.add(Math.max(0, receivedAt - event.ts));
@@ -298,6 +327,10 @@ export class ChatSession {
     if (this.events > 0) {
       m.eventsReceived.add(this.events);
       this.events = 0;
+    }
+    if (this.messages > 0) {
+      m.messagesReceived.add(this.messages);
+      this.messages = 0;
     }
   }
 }

@@ -44,7 +44,8 @@ function series(name, tags) {
  * Thresholds for a scenario.
  *
  * spec: { chat: [tags...], bot: [tags...], read: [tags...], upgradeRate: 'rate>0.99' }
- * Always: upgrades succeed (upgradeRate), no unexpected closes, no rate_limited errors.
+ * Always: upgrades succeed (upgradeRate), no unexpected closes, no rate_limited errors, no
+ * member misses a message of its room while connected (chat_messages_missed).
  * Without bot users: no error events at all (with them, `busy` counts against the reply rate).
  * Plus a TALLY threshold on every BREAKDOWNS sub-metric that has no real threshold.
  */
@@ -52,6 +53,7 @@ export function thresholds({ chat = [], bot = [], read = [], upgradeRate = 'rate
   const out = {
     chat_ws_upgrade_ok: [upgradeRate],
     chat_unexpected_closes: ['count==0'],
+    chat_messages_missed: ['count==0'],
   };
   if (bot.length) {
     out['chat_errors_received{code:rate_limited}'] = ['count==0'];

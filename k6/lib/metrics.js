@@ -21,6 +21,12 @@ export const unexpectedCloses = new Counter('chat_unexpected_closes');
 export const upgrades = new Rate('chat_ws_upgrade_ok');
 
 export const messagesSent = new Counter('chat_messages_sent');
+// `message` events received live (after the welcome; history not included), counted by the
+// client: every member's own receipts.
+export const messagesReceived = new Counter('chat_messages_received');
+// Messages a member never received: gaps in the room's `seq` between two it did receive
+// (from its welcome on). The server promises none while a connection is open.
+export const messagesMissed = new Counter('chat_messages_missed');
 // Own messages read back (one per chat_rtt sample: thresholds use it to refuse an empty run).
 export const messagesEchoed = new Counter('chat_messages_echoed');
 // Own messages never read back before the connection closed.

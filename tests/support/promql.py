@@ -22,7 +22,6 @@ DASHBOARD_FILES = {
     "roomhub-load": ROOT / "dashboards" / "roomhub-load.json",
 }
 RULE_FILES = sorted((ROOT / "prometheus" / "rules").glob("*.yml"))
-MAY_BE_EMPTY = "May be empty"
 
 # Offline stand-ins for Grafana's variables: any value that keeps the expression valid.
 OFFLINE_VALUES = {
@@ -64,13 +63,12 @@ _PROMQL_WORDS = {
 
 @dataclass(frozen=True)
 class PanelQuery:
-    """One query of one panel: where it is, its raw expression and whether it may be empty."""
+    """One query of one panel: where it is and its raw expression."""
 
     dashboard: str
     panel: str
     ref_id: str
     expr: str
-    may_be_empty: bool
 
     def __str__(self) -> str:
         return f"{self.dashboard} / {self.panel} / {self.ref_id}"
@@ -90,11 +88,8 @@ def panels(model: Mapping) -> Iterator[dict]:
 def panel_queries(name: str) -> list[PanelQuery]:
     found = []
     for panel in panels(load_dashboard(name)):
-        may_be_empty = MAY_BE_EMPTY in panel.get("description", "")
         for target in panel.get("targets", []):
-            found.append(
-                PanelQuery(name, panel["title"], target["refId"], target["expr"], may_be_empty)
-            )
+            found.append(PanelQuery(name, panel["title"], target["refId"], target["expr"]))
     return found
 
 
