@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
+from websockets.frames import Close, Opcode
+from websockets.protocol import Protocol, Side
 
 from server.hub import RoomHub
 from server.keys import hubs_key, state_key
+from server.protocol import CloseReason
 from server.room import Join, Room
 from server.stockapi import create_app as create_stockapi
 from server.views import LISTED_ROOMS
 from tests.chat import (
     HUB_MODES,
     UPGRADE_HEADERS,
+    WAIT,
     Client,
     raw_client_that_never_reads,
     sample,
@@ -175,14 +180,16 @@ async def test_resume_into_a_restarted_room_gets_full_history_and_reset(
 
 
 async def test_events_waiting_together_arrive_batched_in_one_frame(make_server: Any) -> None:
-    server = await make_server(rate_burst=100)
+    server = await make_server(rate_burst=100, fanout_interval=1.0)
     ann = await joined(server, "r1", "ann")
     bob = await joined(server, "r1", "bob")
+    await ann.say("warm-up")  # a fan-out now: the next one is a full interval away
+    await bob.next_of("message")
     frames_before = bob.frames
     await asyncio.gather(*(ann.say(f"m{i}") for i in range(50)))
     texts = [(await bob.next_of("message"))["text"] for _ in range(50)]
     assert texts == [f"m{i}" for i in range(50)]
-    assert bob.frames - frames_before < 50
+    assert bob.frames - frames_before == 1
 
 
 @pytest.mark.parametrize(
@@ -347,20 +354,38 @@ async def test_slow_consumer_is_closed_with_1013_while_others_keep_receiving(
         await wait_until(lambda: len(state.connections) == 2)
         big = "x" * 1900
         sent = 0
-        while sample("chat_connections_closed_total", reason="slow_consumer") == before:
+        while not any(c.close_reason is CloseReason.SLOW_CONSUMER for c in state.connections):
             assert sent < 5000, "the silent client was never closed as a slow consumer"
             await ann.say(big, id=str(sent))
             sent += 1
             if sent % 20 == 0:
                 await asyncio.sleep(0.01)
+        # The silent client reads at last: what was written, then 1013, then the FIN.
+        close = await asyncio.to_thread(read_until_eof, slow)
+        assert (close.code, close.reason) == (1013, "slow consumer")
         await ann.say("last", id="last")
         ids = set()
         while "last" not in ids:
             ids.add((await ann.next_of("message"))["id"])
         assert len(ids) == sent + 1
         await wait_until(lambda: len(state.connections) == 1)
+        assert sample("chat_connections_closed_total", reason="slow_consumer") == before + 1
     finally:
         slow.close()
+
+
+def read_until_eof(sock: socket.socket) -> Close:
+    """Read an upgraded raw socket until the server ends TCP; return the close frame it sent.
+
+    Raises ``ConnectionResetError`` if the server reset the connection instead."""
+    sock.settimeout(WAIT)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    client = Protocol(Side.CLIENT, max_size=None)
+    client.receive_data(data.split(b"\r\n\r\n", 1)[1])
+    (close,) = [f for f in client.events_received() if f.opcode is Opcode.CLOSE]
+    return Close.parse(close.data)
 
 
 async def test_bot_reply_is_broadcast_to_the_room_and_command_is_not_stored(

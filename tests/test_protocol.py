@@ -68,6 +68,7 @@ def test_parse_frame_accepts_only_valid_messages_and_raises_only_protocol_error(
         return
     obj = orjson.loads(data)
     assert obj["type"] == "message"
+    assert (msg.text, msg.id, msg.sent) == (obj["text"], obj.get("id"), obj.get("sent"))
     assert 0 < len(msg.text) <= MAX_TEXT and msg.text.strip()
     assert msg.id is None or (isinstance(msg.id, str) and len(msg.id) <= 64)
     assert msg.sent is None or (
