@@ -120,6 +120,26 @@ async def loop_monitor_context(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(task, return_exceptions=True)
 
 
+async def heartbeat_context(app: web.Application) -> AsyncIterator[None]:
+    """One task for every connection: each half ``heartbeat`` seconds, a sweep calls
+    :meth:`Connection.heartbeat` on each (none when ``heartbeat`` is 0)."""
+    settings, state = app[settings_key], app[state_key]
+    if not settings.heartbeat:
+        yield
+        return
+
+    async def sweep() -> None:
+        while True:
+            await asyncio.sleep(settings.heartbeat / 2)
+            for conn in list(state.connections):
+                conn.heartbeat()
+
+    task = asyncio.create_task(sweep(), name="heartbeat")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 async def shutdown_connections(app: web.Application) -> None:
     """Turn ``/readyz`` to 503 and refuse new upgrades, flush outboxes for half of
     ``shutdown_timeout``, then start closing every connection with 1001 (aiohttp then waits
@@ -171,7 +191,9 @@ def create_app(settings: Settings) -> web.Application:
     metrics.BUILD_INFO.labels(VERSION, settings.hub_mode).set(1)
     aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("server", "templates"), autoescape=True)
     setup_routes(app)
-    app.cleanup_ctx.extend([http_client_context, bot_context, hubs_context, loop_monitor_context])
+    app.cleanup_ctx.extend(
+        [http_client_context, bot_context, hubs_context, loop_monitor_context, heartbeat_context]
+    )
     app.on_shutdown.append(shutdown_connections)
     app.on_response_prepare.append(add_security_headers)
     return app

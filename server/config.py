@@ -63,7 +63,9 @@ class Settings:
         "comma-separated addresses or networks of the reverse proxies in front of the server; "
         "requests must then come through one and its X-Forwarded-* headers are used; empty: off",
     )
-    heartbeat: float = _setting(25.0, "seconds between server pings (0: off)")
+    heartbeat: float = _setting(
+        25.0, "seconds of silence from a client before it is pinged; no pong in half: 1011 (0: off)"
+    )
     room_grace: float = _setting(30.0, "seconds an empty room keeps its hub and history")
     max_msg_size: int = _setting(
         32 * 1024, "bytes; a bigger client message closes with 1009 (every valid message fits)"

@@ -24,9 +24,12 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from . import metrics
-from .protocol import CloseReason, batch, close_frame, frame_header, take_batch
+from .protocol import PING_FRAME, CloseReason, batch, close_frame, frame_header, take_batch
 
 log = logging.getLogger("roomhub.connection")
+
+PING_AFTER_SWEEPS = 2
+"""Heartbeat sweeps without a frame from the client before it is pinged; one more closes it."""
 
 
 def backed_up(transport: asyncio.Transport) -> bool:
@@ -70,6 +73,7 @@ class Connection:
         "max_frame_size",
         "outbox",
         "outbox_limit",
+        "quiet_sweeps",
         "rate",
         "room",
         "user",
@@ -104,6 +108,7 @@ class Connection:
         self._ws_writer = writer
         self._writer: asyncio.Task[None] | None = None
         self._close_sent = False
+        self.quiet_sweeps = 0
         self._tokens = float(burst)
         self._updated = time.monotonic()
         self._strikes = 0
@@ -176,6 +181,19 @@ class Connection:
         writer = self._writer
         if writer is not None:
             await asyncio.wait([writer], timeout=budget)
+
+    def heartbeat(self) -> None:
+        """One heartbeat sweep (every half ``ROOMHUB_HEARTBEAT``). ``quiet_sweeps`` counts the
+        sweeps since the client's last frame: after 2 the client is pinged, after 3 it is
+        closed with ``HEARTBEAT_TIMEOUT``. The ping follows what is already queued."""
+        if self.closing:
+            return
+        self.quiet_sweeps += 1
+        if self.quiet_sweeps == PING_AFTER_SWEEPS:
+            if not self._transport.is_closing():
+                self._transport.write(PING_FRAME)
+        elif self.quiet_sweeps > PING_AFTER_SWEEPS:
+            self.close(CloseReason.HEARTBEAT_TIMEOUT)
 
     # -- closing --------------------------------------------------------------------------
 

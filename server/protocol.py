@@ -26,8 +26,9 @@ class CloseReason(Enum):
     Codes: RFC 6455 section 7.4.1; 1013 "Try Again Later" from the IANA WebSocket Close Code
     Number registry; 4001 is roomhub's own (4000-4999 are for private use). 1006 is never
     sent on the wire: it stands for a connection that ended without a close frame
-    (``CLIENT_GONE``, and ``HEARTBEAT_TIMEOUT``, which drops the TCP connection). ``NORMAL``
-    is the client's own close, answered with 1000.
+    (``CLIENT_GONE``). ``NORMAL`` is the client's own close, answered with 1000.
+    ``HEARTBEAT_TIMEOUT`` uses 1011 as Python ``websockets`` does for its own keepalive
+    timeout.
     """
 
     NORMAL = ("normal", 1000, "")
@@ -36,7 +37,7 @@ class CloseReason(Enum):
     RATE_LIMITED = ("rate_limited", 1008, "rate limit exceeded")
     PROTOCOL_ERROR = ("protocol_error", 1002, "")
     TOO_BIG = ("too_big", 1009, "message too big")
-    HEARTBEAT_TIMEOUT = ("heartbeat_timeout", 1006, "")
+    HEARTBEAT_TIMEOUT = ("heartbeat_timeout", 1011, "heartbeat timeout")
     SHUTDOWN = ("shutdown", 1001, "server shutdown")
     ERROR = ("error", 1011, "internal error")
     TOKEN_EXPIRED = ("token_expired", 4001, "token expired")
@@ -268,6 +269,10 @@ def take_batch(events: deque[bytes], max_size: int) -> list[bytes]:
         size += 1 + len(events[0])
         taken.append(events.popleft())
     return taken
+
+
+PING_FRAME = bytes((0x89, 0))
+"""RFC 6455 section 5.5.2: an unmasked ping with no payload."""
 
 
 def close_frame(code: int, text: str) -> bytes:

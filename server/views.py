@@ -92,8 +92,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         # roomhub checks max_msg_size itself and closes with the handshake; aiohttp's own
         # limit only guards memory, and cuts the connection at once.
         max_msg_size=READ_LIMIT_FACTOR * settings.max_msg_size,
-        heartbeat=settings.heartbeat or None,
+        # Pings and closes are roomhub's own: the heartbeat sweep and Connection.close.
         autoclose=False,
+        autoping=False,
     )
     hs = Handshake(request, ws)
     refused = refusal(hs)
@@ -171,10 +172,12 @@ def _close_at_expiry(conn: Connection, identity: Identity | None) -> asyncio.Tim
 async def _serve(request: web.Request, conn: Connection, max_msg_size: int) -> CloseReason:
     """Read frames until the client's close frame or the end of the connection; return what
     ended it (``NORMAL``: the close frame). Frames that arrive once the server has started
-    closing are read and discarded, so that the client's close frame can arrive."""
+    closing are read and discarded, so that the client's close frame can arrive. Any frame
+    counts as a sign of life for the heartbeat; pings are answered here."""
     ws = conn.ws
     while True:
         msg = await ws.receive()
+        conn.quiet_sweeps = 0
         if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
             if conn.closing:
                 continue
@@ -188,17 +191,18 @@ async def _serve(request: web.Request, conn: Connection, max_msg_size: int) -> C
                     "frame_failed", extra={"fields": {"room": conn.room, "user": conn.user}}
                 )
                 conn.close(CloseReason.ERROR)
+        elif msg.type == WSMsgType.PING:
+            if not conn.closing:
+                await ws.pong(msg.data)
+        elif msg.type == WSMsgType.PONG:
+            pass
         elif msg.type == WSMsgType.CLOSE:
             return CloseReason.NORMAL
         elif msg.type == WSMsgType.ERROR:
             if getattr(msg.data, "code", None) == CloseReason.TOO_BIG.code:
                 return CloseReason.TOO_BIG
-            if isinstance(msg.data, asyncio.TimeoutError):
-                return CloseReason.HEARTBEAT_TIMEOUT
             return CloseReason.PROTOCOL_ERROR
         else:  # CLOSING / CLOSED
-            if isinstance(ws.exception(), asyncio.TimeoutError):
-                return CloseReason.HEARTBEAT_TIMEOUT
             return CloseReason.CLIENT_GONE
 
 

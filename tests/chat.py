@@ -129,17 +129,21 @@ class Peer:
         self.frame_sizes: list[int] = []
         self.code: int | None = None
         self.reason = ""
+        self.pings = 0
         self.reading = asyncio.Event()
         self._ws: Any = None
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def open(self, url: str, *, read: bool = True) -> Peer:
-        """Connect; start reading now, or only once :meth:`start_reading` is called."""
+    async def open(self, url: str, *, read: bool = True, autoping: bool = True) -> Peer:
+        """Connect; start reading now, or only once :meth:`start_reading` is called.
+
+        ``autoping=False`` (aiohttp only): pings are counted in ``pings`` and never answered.
+        """
         if self.kind == "aiohttp":
             connector = aiohttp.TCPConnector(socket_factory=lambda info: small_rcvbuf_socket())
             self._session = aiohttp.ClientSession(connector=connector)
-            self._ws = await self._session.ws_connect(url)
+            self._ws = await self._session.ws_connect(url, autoping=autoping)
         else:
             sock = small_rcvbuf_socket()
             host, port = url.split("/")[2].split(":")
@@ -154,6 +158,12 @@ class Peer:
     def start_reading(self) -> None:
         self.reading.set()
 
+    def stall(self, stalled: bool = True) -> None:
+        """Stop (or resume) reading from the socket at all, pongs included (websockets only):
+        a client whose process hangs."""
+        transport = self._ws.transport
+        transport.pause_reading() if stalled else transport.resume_reading()
+
     async def _read(self) -> None:
         await self.reading.wait()
         if self.kind == "aiohttp":
@@ -161,6 +171,9 @@ class Peer:
                 msg = await self._ws.receive()
                 if msg.type is aiohttp.WSMsgType.TEXT:
                     self._add(msg.data)
+                    continue
+                if msg.type is aiohttp.WSMsgType.PING:
+                    self.pings += 1
                     continue
                 if msg.type is aiohttp.WSMsgType.CLOSE:
                     self.reason = msg.extra or ""

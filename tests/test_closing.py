@@ -173,3 +173,43 @@ async def test_a_client_that_fell_behind_catches_up_in_frames_within_the_cap(
     assert ids == [f"{k}-{i}" for k in range(rounds) for i in range(10)]
     assert max(slow.frame_sizes) <= cap
     assert slow.code is None
+
+
+async def test_heartbeat_closes_a_client_that_never_answers_pings_with_1011(
+    make_server: Any, peers: Any
+) -> None:
+    test_server = await make_server(heartbeat=0.2)
+    peer = await peers("aiohttp", test_server, "r", "mute", autoping=False)
+    await echoed(peer, "before")
+    assert await peer.closed() == (1011, "heartbeat timeout")
+    assert peer.pings == 1
+    assert [e["id"] for e in peer.of("message")] == ["before"]
+
+
+async def test_heartbeat_close_1011_reaches_a_stalled_client_once_it_reads_again(
+    make_server: Any, peers: Any
+) -> None:
+    test_server = await make_server(heartbeat=0.2)
+    state = test_server.app[state_key]
+    peer = await peers("websockets", test_server, "r", "stalled")
+    await echoed(peer, "before")
+    peer.stall()
+    await wait_until(
+        lambda: any(c.close_reason is CloseReason.HEARTBEAT_TIMEOUT for c in state.connections)
+    )
+    peer.stall(False)
+    assert await peer.closed() == (1011, "heartbeat timeout")
+    assert [e["id"] for e in peer.of("message")] == ["before"]
+
+
+async def test_heartbeat_keeps_an_idle_client_that_answers_pings(
+    make_server: Any, peers: Any
+) -> None:
+    test_server = await make_server(heartbeat=0.2)
+    idle = await peers("aiohttp", test_server, "r", "idle")
+    other = await peers("aiohttp", test_server, "r", "other")
+    await echoed(idle, "before")
+    await asyncio.sleep(1.0)  # five heartbeat periods of silence from the idle client
+    await echoed(other, "after")
+    await idle.wait_for(lambda e: e.get("id") == "after")
+    assert idle.code is None
