@@ -646,3 +646,18 @@ def test_text_refused_for_another_reason_goes_back_into_the_box(open_room: OpenR
     expect(page.locator("#log li.error .badge")).to_have_text(["bad command"])
     expect(page.get_by_label("Message", exact=True)).to_have_value(command)
     expect(page.get_by_role("button", name="Send")).to_be_enabled()
+
+
+def test_lobby_takes_a_token_instead_of_a_name_and_the_room_uses_it(
+    token_server: Process, contexts: Callable[[], BrowserContext]
+) -> None:
+    page = contexts().new_page()
+    page.goto(token_server.url)
+
+    page.get_by_label("Access token", exact=True).fill(token_for("erin"))
+    page.get_by_label("Room", exact=True).fill("vip")
+    page.get_by_role("button", name="Enter room").click()
+
+    expect(page).to_have_url(f"{token_server.url}/rooms/vip")
+    expect(page.locator("#status")).to_have_attribute("data-state", "online")
+    expect(page.locator("#me")).to_have_text("as erin")

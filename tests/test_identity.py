@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from server.room import ONLINE_LIMIT
 from tests.chat import HUB_MODES, Client
+from tests.support.promql import ROOT
 
 
 async def welcomed(server: TestClient, room: str, user: str) -> tuple[Client, dict[str, Any]]:
@@ -101,3 +103,9 @@ async def test_bot_reply_names_the_asker_and_says_a_sim_price_is_simulated(
     reply = await asker.next_of("bot")
     assert (reply["asker"], reply["reply_to"], reply["ok"]) == ("alice-2", "q1", True)
     assert reply["text"].endswith(" per share (simulated price, not a market quote)")
+
+
+def test_docs_state_the_online_limit_the_server_uses() -> None:
+    assert ONLINE_LIMIT == 100
+    assert f"at most the first {ONLINE_LIMIT} " in (ROOT / "docs" / "protocol.md").read_text()
+    assert f"(the first {ONLINE_LIMIT} names" in (ROOT / "README.md").read_text()
