@@ -46,8 +46,9 @@ const state = {
   sent: 0,
   pending: new Map(), // command id -> its <li>, until the bot answers
   mine: new Set(), // ids of the messages this page sent: what "own" means, never the name
-  unconfirmed: new Map(), // id -> text sent and neither echoed nor refused yet
-  waiting: [], // {text, item} refused as rate_limited, resent in order when allowed
+  typed: 0, // texts the user sent: each one's place in the order they were typed
+  unconfirmed: new Map(), // id -> {text, order} sent and neither echoed nor refused yet
+  waiting: [], // {text, order, item} refused as rate_limited, resent in typing order
   resendTimer: 0,
   members: 0,
   online: new Set(), // names shown in the online list
@@ -173,9 +174,10 @@ function showBot(ev) {
 // text waits in the log and is sent again when allowed; any other refusal puts the text back
 // into an empty box (the error line says why).
 function refused(ev) {
-  const text = state.unconfirmed.get(ev.reply_to);
-  if (text === undefined) return false;
+  const sent = state.unconfirmed.get(ev.reply_to);
+  if (sent === undefined) return false;
   state.unconfirmed.delete(ev.reply_to);
+  const { text, order } = sent;
   const command = state.pending.get(ev.reply_to);
   if (command) {
     state.pending.delete(ev.reply_to);
@@ -188,17 +190,24 @@ function refused(ev) {
     }
     return false;
   }
-  wait(text);
+  wait(text, order);
   scheduleResend(RESEND_MS);
   return true;
 }
 
-// Shows `text` as waiting in the log and queues it for scheduleResend.
-function wait(text) {
+// Shows `text` as waiting in the log and queues it for scheduleResend, in typing order: a
+// resend that is refused again goes back before the text typed after it.
+function wait(text, order) {
   const item = el("li", "msg own waiting");
   item.append(meta(state.user, Date.now(), "waiting: sending slower"), el("div", "text", text));
-  append(item);
-  state.waiting.push({ text, item });
+  const at = state.waiting.findIndex((entry) => entry.order > order);
+  if (at === -1) {
+    append(item);
+    state.waiting.push({ text, order, item });
+  } else {
+    log.insertBefore(item, state.waiting[at].item);
+    state.waiting.splice(at, 0, { text, order, item });
+  }
 }
 
 function scheduleResend(delay) {
@@ -206,9 +215,9 @@ function scheduleResend(delay) {
   state.resendTimer = setTimeout(() => {
     state.resendTimer = 0;
     if (!online() || !state.waiting.length) return;
-    const { text, item } = state.waiting.shift();
+    const { text, order, item } = state.waiting.shift();
     item.remove();
-    transmit(text);
+    transmit(text, order);
     scheduleResend(RESEND_MS);
   }, delay);
 }
@@ -379,12 +388,12 @@ function start(name) {
   connect();
 }
 
-function transmit(text) {
+function transmit(text, order) {
   state.sent += 1;
   const id = `${pageId}-${state.sent}`;
   state.socket.send(JSON.stringify({ type: "message", text, id, sent: Date.now() }));
   state.mine.add(id);
-  state.unconfirmed.set(id, text);
+  state.unconfirmed.set(id, { text, order });
   if (COMMAND.test(text)) showCommand(id, text);
 }
 
@@ -393,8 +402,9 @@ composer.addEventListener("submit", (event) => {
   const text = textInput.value.trim();
   const socket = state.socket;
   if (!text || !socket || socket.readyState !== WebSocket.OPEN) return;
-  if (state.waiting.length) wait(text); // keeps the order behind text already refused
-  else transmit(text);
+  state.typed += 1;
+  if (state.waiting.length) wait(text, state.typed); // behind text already refused
+  else transmit(text, state.typed);
   textInput.value = "";
   updateSend();
 });
