@@ -571,3 +571,23 @@ async def test_http_endpoints_answer_as_documented(server: TestClient) -> None:
     }
     assert (await server.get("/rooms/a%20b")).status == 400
     assert "400 for a bad room name" in answers["GET /rooms/{room}"]
+
+
+async def test_global_hub_closes_a_join_it_failed_with_1011_and_serves_on(
+    make_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await make_server(hub_mode="global")
+    join = Room.join
+
+    def failing_join(self: Room, item: Join) -> tuple[bytes, bytes]:
+        if item.conn.user == "boom":
+            raise RuntimeError("injected fault")
+        return join(self, item)
+
+    monkeypatch.setattr(Room, "join", failing_join)
+    ann = await joined(server, "r1", "ann")
+    boom = await connect(server, "r1", "boom")
+    assert await boom.closed() == 1011
+    assert boom.events.empty()
+    await ann.say("still here")
+    assert (await ann.next_of("message"))["text"] == "still here"
