@@ -591,3 +591,13 @@ async def test_global_hub_closes_a_join_it_failed_with_1011_and_serves_on(
     assert boom.events.empty()
     await ann.say("still here")
     assert (await ann.next_of("message"))["text"] == "still here"
+
+
+async def test_refused_upgrade_opens_no_room(make_server: Any) -> None:
+    server = await make_server(max_connections=1)
+    hubs = server.app[hubs_key]
+    await joined(server, "r1", "ann")
+    headers = {**UPGRADE_HEADERS, "Origin": "http://evil.example"}
+    assert (await server.get("/ws", params={"room": "r2"}, headers=headers)).status == 403
+    assert (await server.get("/ws", params={"room": "r3"}, headers=UPGRADE_HEADERS)).status == 503
+    assert [name for name, _ in hubs.rooms()] == ["r1"]
