@@ -661,3 +661,31 @@ def test_lobby_takes_a_token_instead_of_a_name_and_the_room_uses_it(
     expect(page).to_have_url(f"{token_server.url}/rooms/vip")
     expect(page.locator("#status")).to_have_attribute("data-state", "online")
     expect(page.locator("#me")).to_have_text("as erin")
+
+
+def test_text_lost_when_the_connection_drops_is_sent_again_after_reconnect(
+    live_server: Process, open_room: OpenRoom, contexts: Callable[[], BrowserContext]
+) -> None:
+    bob = open_room("drop", "bob")
+    alice = contexts().new_page()
+    sockets: list[WebSocketRoute] = []
+
+    def route(socket: WebSocketRoute) -> None:
+        sockets.append(socket)
+        server = socket.connect_to_server()
+        if len(sockets) == 1:
+            # The first connection loses "in transit" on its way to the server.
+            socket.on_message(lambda m: None if "in transit" in str(m) else server.send(m))
+
+    alice.route_web_socket(re.compile(r"/ws\?"), route)
+    alice.goto(f"{live_server.url}/rooms/drop?user=alice")
+    expect(alice.locator("#status")).to_have_attribute("data-state", "online")
+    send(alice, "before")
+    expect(message_texts(bob, "before")).to_have_count(1)
+    send(alice, "in transit")
+    sockets[0].close(code=4000, reason="dropped")
+
+    expect(message_texts(bob, "in transit")).to_have_count(1)
+    expect(alice.locator("#log li.msg.own .text")).to_have_text(["before", "in transit"])
+    expect(alice.locator("#log li.waiting")).to_have_count(0)
+    expect(bob.locator("#log li.msg .text")).to_have_text(["before", "in transit"])

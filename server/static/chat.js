@@ -114,7 +114,8 @@ function setStatus(name, label = name) {
 
 function renderOnline() {
   const names = [...state.online].sort((a, b) => a.localeCompare(b));
-  onlineList.replaceChildren(...names.map((name) => el("li", name === state.user ? "me" : "", name)));
+  const items = names.map((name) => el("li", name === state.user ? "me" : "", name));
+  onlineList.replaceChildren(...items);
   const more = state.members - names.length;
   onlineMore.textContent = more > 0 ? `and ${more} more` : "";
   onlineMore.hidden = more <= 0;
@@ -245,9 +246,30 @@ function onWelcome(ev) {
   state.online = new Set((ev.online || []).slice(0, ONLINE_SHOWN));
   state.seenOwnJoin = false;
   setMembers(ev.members);
-  for (const message of ev.history || []) showMessage(message);
+  const history = ev.history || [];
+  // The replay covers everything since our last message seen (or the room started over):
+  // text sent but never echoed is in it, or never arrived.
+  const covered =
+    ev.reset || (history.length ? history[0].seq <= state.lastSeq + 1 : ev.seq <= state.lastSeq);
+  for (const message of history) showMessage(message);
+  requeueUnconfirmed(covered);
   state.attempt = 0;
   setStatus("online");
+}
+
+// After a reconnect: chat text the old connection sent that neither came back nor was refused
+// is sent again (first, in typing order) when the replay shows it never arrived; when the
+// replay cannot tell, the page says so instead of risking a double. Commands are not resent.
+function requeueUnconfirmed(covered) {
+  const lost = [...state.unconfirmed.values()].filter(({ text }) => !COMMAND.test(text));
+  state.unconfirmed.clear();
+  if (!lost.length) return;
+  if (!covered) {
+    const text = `${lost.length} message(s) sent as the connection dropped may not have arrived.`;
+    notice(text, Date.now(), "error");
+    return;
+  }
+  for (const { text, order } of lost) wait(text, order);
 }
 
 function handle(ev) {
@@ -311,7 +333,6 @@ function onClose(socket, event) {
   state.socket = null;
   if (statusEl.dataset.state === "online") notice("Connection lost.", Date.now());
   for (const id of [...state.pending.keys()]) settle(id, "lost");
-  state.unconfirmed.clear();
   if (event.code === TOKEN_EXPIRED || (tokenMode && tokenProblem(state.token))) {
     clearTimers();
     askName("", "Your token has expired: paste a new one to reconnect.");
