@@ -6,6 +6,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     ROOMHUB_HOST=0.0.0.0
+# Python objects in glibc's heap, which the server trims: the memory of closed connections
+# goes back to the OS (docs/memory.md).
+ENV PYTHONMALLOC=malloc
 
 WORKDIR /app
 COPY pyproject.toml README.md ./

@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.installed-serve
 STAMP  := $(VENV)/.installed
+# Python objects in glibc's heap, which the server trims (docs/memory.md); as in the Dockerfile.
+PYMALLOC := PYTHONMALLOC=malloc
 # docker compose v2, else the v1 docker-compose command.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
 
@@ -24,7 +26,7 @@ $(STAMP): $(SERVE_STAMP)
 install: $(STAMP)
 
 run: $(SERVE_STAMP)
-	$(BIN)/python -m server serve
+	$(PYMALLOC) $(BIN)/python -m server serve
 
 # The server for load tests (README "Load lab"): stock quotes come from the bundled stockapi
 # on 127.0.0.1:8081, never from Stooq. Ctrl-C or SIGTERM stops the server, then the stockapi.
@@ -34,7 +36,7 @@ run-lab: $(SERVE_STAMP)
 	$(BIN)/python -c 'import bench.server as s; s.wait_http_ok("http://127.0.0.1:8081/healthz")' \
 		2>/dev/null && kill -0 $$quotes 2>/dev/null \
 		|| { echo "run-lab: the stockapi did not start on 127.0.0.1:8081"; exit 1; }; \
-	ROOMHUB_QUOTE_PROVIDER=url ROOMHUB_QUOTE_URL=http://127.0.0.1:8081 \
+	$(PYMALLOC) ROOMHUB_QUOTE_PROVIDER=url ROOMHUB_QUOTE_URL=http://127.0.0.1:8081 \
 		$(BIN)/python -m server serve & chat=$$!; \
 	trap 'kill -TERM $$chat' TERM HUP; trap : INT; \
 	wait $$chat; status=$$?; \
@@ -78,7 +80,7 @@ RESULTS_DIR ?= results
 RUN_ID      := $(shell date +%Y%m%d-%H%M%S)-$(SCENARIO)
 RUN_DIR     := $(RESULTS_DIR)/$(RUN_ID)
 
-.PHONY: k6 k6-all bench k6-local k6-compose
+.PHONY: k6 k6-all bench soak k6-local k6-compose
 
 # With the compose stack up (make up), k6 runs in its container and remote-writes to the
 # stack's Prometheus (tagged testid=<date>-<time>-<scenario>); otherwise the local k6 runs.
@@ -110,6 +112,12 @@ k6-all: $(STAMP)
 # (see bench/run.py) change the profile, VU counts and modes.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+# The accelerated soak (bench/soak.py): the soak scenario with 10 s sessions for 4 minutes
+# against a fresh server, its RSS and heap sampled; writes results/soak.md. SOAK_DURATION=30m
+# SOAK_SESSION=5m is the full soak.
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -22,6 +22,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+PYTHONMALLOC = "malloc"
+"""The allocator the container image runs the server with (Dockerfile, docs/memory.md): every
+Python object in glibc's heap, which the server trims. An outer ``PYTHONMALLOC`` wins."""
 START_TIMEOUT = 20.0  # seconds a process may take to answer its health endpoint
 STOP_TIMEOUT = 15.0  # seconds between SIGTERM and SIGKILL
 
@@ -133,10 +136,11 @@ def spawn(
 def serve(log: Path, **settings: object) -> Iterator[Process]:
     """``python -m server serve`` on a free port; ``settings`` become ``ROOMHUB_*`` vars.
 
-    Output goes to ``log``; ready once ``/readyz`` answers 200.
+    Output goes to ``log``; ready once ``/readyz`` answers 200. Runs with ``PYTHONMALLOC``.
     """
     port = free_port()
     env = {f"ROOMHUB_{k.upper()}": str(v) for k, v in settings.items()}
+    env["PYTHONMALLOC"] = os.environ.get("PYTHONMALLOC") or PYTHONMALLOC
     env.setdefault("ROOMHUB_HOST", "127.0.0.1")
     env["ROOMHUB_PORT"] = str(port)
     with spawn(["-m", "server", "serve"], port, "/readyz", log, env) as process:

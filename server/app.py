@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from aiohttp_remotes import XForwardedStrict
 
-from . import metrics
+from . import heap, metrics
 from .auth import TokenVerifier
 from .bot.providers import make_provider
 from .bot.stockbot import StockBot
@@ -37,6 +37,8 @@ from .views import VERSION, setup_routes
 log = logging.getLogger("roomhub.app")
 
 LOOP_PROBE_INTERVAL = 0.25  # seconds between event-loop lag probes
+RELEASE_AFTER_CLOSES = 200  # closed connections between two heap releases (at least)
+RELEASE_INTERVAL = 30.0  # seconds after which any closed connection is enough
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -140,6 +142,32 @@ async def heartbeat_context(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(task, return_exceptions=True)
 
 
+async def heap_context(app: web.Application) -> AsyncIterator[None]:
+    """Free what closed connections leave (:func:`server.heap.release`) once
+    ``RELEASE_AFTER_CLOSES`` connections, or a quarter of those open if more, have closed since
+    the last release, or ``RELEASE_INTERVAL`` seconds after a close; checked every second."""
+    state = app[state_key]
+
+    async def upkeep() -> None:
+        loop = asyncio.get_running_loop()
+        released_at, closed = loop.time(), state.closed
+        while True:
+            await asyncio.sleep(1.0)
+            since = state.closed - closed
+            due = max(RELEASE_AFTER_CLOSES, len(state.connections) // 4)
+            if since >= due or (since and loop.time() - released_at >= RELEASE_INTERVAL):
+                started = time.perf_counter()
+                found = heap.release()
+                took = round((time.perf_counter() - started) * 1000, 1)
+                log.debug("heap_released", extra={"fields": {"garbage": found, "ms": took}})
+                released_at, closed = loop.time(), state.closed
+
+    task = asyncio.create_task(upkeep(), name="heap-upkeep")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 async def shutdown_connections(app: web.Application) -> None:
     """Turn ``/readyz`` to 503 and refuse new upgrades, flush outboxes for half of
     ``shutdown_timeout``, then start closing every connection with 1001 (aiohttp then waits
@@ -159,6 +187,10 @@ async def shutdown_connections(app: web.Application) -> None:
 
 
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Browser security headers on every HTTP answer. A WebSocket upgrade's 101 goes without:
+    they mean nothing to a socket, and its response object lives as long as the connection."""
+    if response.status == 101:
+        return
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
 
@@ -192,7 +224,14 @@ def create_app(settings: Settings) -> web.Application:
     aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("server", "templates"), autoescape=True)
     setup_routes(app)
     app.cleanup_ctx.extend(
-        [http_client_context, bot_context, hubs_context, loop_monitor_context, heartbeat_context]
+        [
+            http_client_context,
+            bot_context,
+            hubs_context,
+            loop_monitor_context,
+            heartbeat_context,
+            heap_context,
+        ]
     )
     app.on_shutdown.append(shutdown_connections)
     app.on_response_prepare.append(add_security_headers)

@@ -18,10 +18,11 @@ from .hub import ShardedHubs
 @dataclass(slots=True)
 class ServerState:
     """Mutable server-wide state: open connections, connection slots reserved (upgrades under
-    way and open connections) and whether shutdown has begun."""
+    way and open connections), connections closed so far and whether shutdown has begun."""
 
     connections: set[Connection] = field(default_factory=set)
     reserved: int = 0
+    closed: int = 0
     shutting_down: bool = False
 
 

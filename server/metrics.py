@@ -12,10 +12,12 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
+from . import heap
 from .protocol import CloseReason
 
 disable_created_metrics()
 
+HEAP_STATES = ("in_use", "kept")
 CLOSE_REASONS = tuple(reason.label for reason in CloseReason)
 REJECT_REASONS = (
     "origin",
@@ -83,8 +85,18 @@ BOT_UPSTREAM = Histogram(
     "chat_bot_upstream_seconds", "One call to the quote service.", buckets=BOT_BUCKETS
 )
 BOT_QUEUE_DEPTH = Gauge("chat_bot_queue_depth", "Bot commands waiting for a worker.")
+HEAP_BYTES = Gauge(
+    "chat_heap_bytes",
+    "C heap (glibc malloc): bytes in use, and bytes kept free but not given back.",
+    ["state"],
+)
 BUILD_INFO = Gauge("chat_build_info", "Build and mode; always 1.", ["version", "hub_mode"])
 
+if heap.AVAILABLE:
+    for _state in HEAP_STATES:
+        HEAP_BYTES.labels(_state).set_function(
+            lambda state=_state: getattr(heap.heap_stats(), state)
+        )
 for _reason in CLOSE_REASONS:
     CONNECTIONS_CLOSED.labels(_reason)
 for _reason in REJECT_REASONS:

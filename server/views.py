@@ -149,6 +149,7 @@ async def _session(hs: Handshake) -> web.StreamResponse:
             expiry.cancel()
         hubs.post(room, Leave(conn))
         state.connections.discard(conn)
+        state.closed += 1
         reason = conn.close_reason or reason
         metrics.CONNECTIONS_CLOSED.labels(reason.label).inc()
         code = reason.code if conn.close_reason else ws.close_code

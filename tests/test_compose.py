@@ -14,6 +14,7 @@ import subprocess
 import pytest
 import yaml
 
+from bench.server import PYTHONMALLOC
 from server.config import Settings, env_name
 from tests.support.processes import require_binary
 from tests.support.promql import ROOT
@@ -212,3 +213,8 @@ def test_k6_results_go_to_the_chosen_results_dir() -> None:
     k6 = resolved(RESULTS_DIR="/tmp/lab-results")["services"]["k6"]
     assert "/tmp/lab-results:/results:rw" in k6["volumes"]
     assert k6["environment"]["RESULTS_DIR"] == "/results"
+
+
+def test_the_image_runs_python_on_the_allocator_the_benchmarks_measure() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"ENV PYTHONMALLOC={PYTHONMALLOC}\n" in dockerfile

@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import create_app
-from server.metrics import BOT_RESULTS, CLOSE_REASONS, MESSAGE_KINDS
+from server.metrics import BOT_RESULTS, CLOSE_REASONS, HEAP_STATES, MESSAGE_KINDS
 from server.protocol import CloseReason
 from tests.chat import Client, settings
 from tests.support.docs import code, table
@@ -18,6 +18,7 @@ OVERVIEW = table("docs/metrics.md", "## Overview")
 LABEL_VALUES = {  # each label's values, as the code has them (close reasons: see below)
     "chat_messages_received_total{kind}": MESSAGE_KINDS,
     "chat_bot_commands_total{result}": BOT_RESULTS,
+    "chat_heap_bytes{state}": HEAP_STATES,
 }
 
 
@@ -54,7 +55,7 @@ async def test_every_documented_metric_is_exported_with_its_type(aiohttp_client:
     server = await aiohttp_client(create_app(settings()))
     exported = await families(server)
     expected = documented()
-    assert len(expected) == 19
+    assert len(expected) == 20
     assert {name: exported.get(name) for name in expected} == expected
     chat = {name for name in exported if name.startswith("chat_")}
     assert chat == expected.keys(), "a chat_ metric is exported but not documented"
@@ -166,3 +167,14 @@ def test_metrics_doc_lists_every_close_reason_with_its_close_code() -> None:
         # 1006 is never sent: it stands for a connection that ended without a close frame.
         expected = "none" if reason.code == 1006 else str(reason.code)
         assert sent.split()[0] == expected, reason
+
+
+async def test_heap_bytes_in_use_grow_with_what_the_server_holds(aiohttp_client: Any) -> None:
+    server = await aiohttp_client(create_app(settings()))
+    before = await scrape(server)
+    held = [bytes(4096) for _ in range(4096)]  # 16 MiB from malloc, whatever PYTHONMALLOC says
+    during = await scrape(server)
+    del held
+    grown = during['chat_heap_bytes{state="in_use"}'] - before['chat_heap_bytes{state="in_use"}']
+    assert grown >= 16 * 1024 * 1024
+    assert during['chat_heap_bytes{state="kept"}'] >= 0
