@@ -30,7 +30,7 @@ from .soak_report import Sample, SoakResult, render
 
 SAMPLE_EVERY = 2.0
 ROOM_GRACE = 5.0  # seconds an empty room keeps its hub in the soak server
-SETTLE_SECONDS = 25.0  # after the last room is reaped: two heap trims (server.heap)
+SETTLE_SECONDS = 40.0  # after the last room is reaped: past the server's 30 s heap release
 REAP_TIMEOUT = 120.0
 SERVER_SETTINGS = {"quote_provider": "sim", "log_level": "warning", "room_grace": ROOM_GRACE}
 
