@@ -12,7 +12,10 @@ Environment (``make bench NAME=value`` works too):
     BENCH_STORM_VUS   connection-storm VUs (default: the profile's)
     BENCH_CHAT_VUS    active-chat VUs (default: the profile's)
     BENCH_DURATION    active-chat DURATION, e.g. 30s (default: the profile's)
-    BENCH_IDLE        idle connections for the memory probe (default 1000; 0 skips it)
+    BENCH_IDLE        idle connections for the memory probe, one probe per count
+                      (default "1000 10000"; 0 skips it)
+    BENCH_SITES       idle connections in a tracemalloc-traced server, for the allocation
+                      sites per connection (default 300; 0 skips it)
     BENCH_RESULTS     output directory (default results)
 
 Other ``ROOMHUB_*`` variables in the environment reach every server started.
@@ -76,19 +79,22 @@ def context(environ: dict[str, str]) -> dict[str, str]:
 
 def bench_mode(mode: str, environ: dict[str, str], out: Path) -> ModeResult:
     out.mkdir(parents=True, exist_ok=True)
-    idle_count = int(environ.get("BENCH_IDLE", "1000"))
-    memory = None
-    if idle_count:
-        with serve(out / "idle-server.log", hub_mode=mode, **SERVER_SETTINGS) as server:
-            memory = asyncio.run(idle.measure(server, idle_count))
-        print(f"[{mode}] idle: {memory.per_connection / 1024:.1f} KiB per connection", flush=True)
+    memory = []
+    for count in (int(n) for n in environ.get("BENCH_IDLE", "1000 10000").split() if n != "0"):
+        with serve(out / f"idle-{count}-server.log", hub_mode=mode, **SERVER_SETTINGS) as server:
+            memory.append(asyncio.run(idle.measure(server, count)))
+        kib = memory[-1].per_connection / 1024
+        print(f"[{mode}] idle: {kib:.1f} KiB per connection at {count}", flush=True)
+    sites = None
+    if count := int(environ.get("BENCH_SITES", "300")):
+        sites = idle.allocation_sites(out, count, hub_mode=mode, **SERVER_SETTINGS)
     runs = []
     for scenario in environ.get("BENCH_SCENARIOS", "connection-storm active-chat").split():
         with serve(out / f"{scenario}-server.log", hub_mode=mode, **SERVER_SETTINGS) as server:
             run = run_scenario(server, scenario, scenario_env(scenario, environ), out)
         runs.append(run)
         print(f"[{mode}] {scenario}: k6 exit {run.returncode}", flush=True)
-    return ModeResult(mode, memory, runs)
+    return ModeResult(mode, memory, sites, runs)
 
 
 def main() -> int:

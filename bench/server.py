@@ -133,17 +133,19 @@ def spawn(
 
 
 @contextlib.contextmanager
-def serve(log: Path, **settings: object) -> Iterator[Process]:
-    """``python -m server serve`` on a free port; ``settings`` become ``ROOMHUB_*`` vars.
-
-    Output goes to ``log``; ready once ``/readyz`` answers 200. Runs with ``PYTHONMALLOC``.
+def serve(
+    log: Path, module: str = "server", env: dict[str, str] | None = None, **settings: object
+) -> Iterator[Process]:
+    """``python -m <module> serve`` on a free port; ``settings`` become ``ROOMHUB_*`` vars,
+    ``env`` is added to the environment. Output goes to ``log``; ready once ``/readyz``
+    answers 200. Runs with ``PYTHONMALLOC``.
     """
     port = free_port()
-    env = {f"ROOMHUB_{k.upper()}": str(v) for k, v in settings.items()}
+    env = {**(env or {}), **{f"ROOMHUB_{k.upper()}": str(v) for k, v in settings.items()}}
     env["PYTHONMALLOC"] = os.environ.get("PYTHONMALLOC") or PYTHONMALLOC
     env.setdefault("ROOMHUB_HOST", "127.0.0.1")
     env["ROOMHUB_PORT"] = str(port)
-    with spawn(["-m", "server", "serve"], port, "/readyz", log, env) as process:
+    with spawn(["-m", module, "serve"], port, "/readyz", log, env) as process:
         yield process
 
 

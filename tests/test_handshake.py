@@ -8,10 +8,10 @@ from typing import Any
 import jwt
 import pytest
 from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, make_mocked_request
 
 from server.app import create_app
-from server.handshake import CHECKS, Check
+from server.handshake import CHECKS, Check, query_param
 from server.keys import state_key
 from server.metrics import REJECT_REASONS
 from tests.chat import UPGRADE_HEADERS, Client, sample, settings
@@ -127,3 +127,22 @@ async def test_plain_get_at_the_connection_cap_is_not_websocket_and_not_counted(
     assert response.status == 400
     assert (await response.json())["error"] == "not_websocket"
     assert rejected() == before
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "room=a&user=b+c&since=3",
+        "room=a%2Fb&user=%F0%9F%98%80",
+        "room=&user",
+        "user=%ff&room=%C3",
+        "room=a&room=b",
+        "room=x;user=y",
+        "user=a%2Bb%2526&room=a%zz",
+        "&&room=%E2%80%AE",
+    ],
+)
+def test_query_parameters_decode_as_aiohttp_decodes_them(query: str) -> None:
+    request = make_mocked_request("GET", f"/ws?{query}")
+    for name in ("room", "user", "since", "missing"):
+        assert query_param(request, name) == request.query.get(name), name
