@@ -1,11 +1,10 @@
 """Memory that closed connections leave behind, and the C heap (glibc malloc) it lives in.
 
-A closed connection's objects are not all freed when it closes: aiohttp's request handler,
-request and WebSocket response hold each other in a reference cycle while the heartbeat is
-on, and on Python 3.11 each asyncio socket transport references itself (CPython gh-100348,
-fixed in 3.12). Only the cyclic garbage collector frees them, and its full collections come
-rarely when the number of objects stays flat, as it does while users come and go. So
-:func:`release` collects, then trims.
+A closed connection's objects are not all freed when it closes: on Python 3.11 each asyncio
+socket transport references itself through a bound method (CPython gh-100348, fixed in 3.12),
+and so does anything else caught in a reference cycle. Only the cyclic garbage collector
+frees them, and its full collections come rarely when the number of objects stays flat, as
+it does while users come and go. So :func:`release` collects, then trims.
 
 Run with ``PYTHONMALLOC=malloc`` (as the container image does, docs/memory.md), every Python
 object lives in glibc's heap. Freed memory stays in glibc's free lists, scattered between
