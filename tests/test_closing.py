@@ -205,11 +205,11 @@ async def test_heartbeat_close_1011_reaches_a_stalled_client_once_it_reads_again
 async def test_heartbeat_keeps_an_idle_client_that_answers_pings(
     make_server: Any, peers: Any
 ) -> None:
-    test_server = await make_server(heartbeat=0.2)
+    test_server = await make_server(heartbeat=0.4)
     idle = await peers("aiohttp", test_server, "r", "idle")
     other = await peers("aiohttp", test_server, "r", "other")
     await echoed(idle, "before")
-    await asyncio.sleep(1.0)  # five heartbeat periods of silence from the idle client
+    await asyncio.sleep(2.0)  # five heartbeat periods in which the idle client only pongs
     await echoed(other, "after")
     await idle.wait_for(lambda e: e.get("id") == "after")
     assert idle.code is None
