@@ -21,6 +21,9 @@ from itertools import islice
 from .connection import Connection
 from .protocol import MAX_USER, ChatMessage, message_event, presence_event, welcome_event
 
+SUFFIX_LIMIT = 100
+"""Highest numbered suffix tried for a taken name before a random one (see Room.free_name)."""
+
 ONLINE_LIMIT = 100
 """Most member names a ``welcome`` lists (its ``members`` count covers everyone)."""
 
@@ -85,12 +88,13 @@ class Room:
 
     def free_name(self, wanted: str) -> str:
         """``wanted``, or when a member already has it (ignoring case and Unicode
-        compatibility forms) the first free ``wanted-2``, ``wanted-3``, ... cut to fit
-        ``MAX_USER`` characters."""
+        compatibility forms) the first free of ``wanted-2`` ... ``wanted-{SUFFIX_LIMIT}``,
+        then ``wanted-`` and 6 random hex digits, cut to fit ``MAX_USER`` characters. The cap
+        keeps a join cheap however many members asked for one name."""
         name, n = wanted, 1
         while name_key(name) in self.names:
             n += 1
-            suffix = f"-{n}"
+            suffix = f"-{n}" if n <= SUFFIX_LIMIT else f"-{secrets.token_hex(3)}"
             name = wanted[: MAX_USER - len(suffix)] + suffix
         return name
 

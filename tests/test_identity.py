@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server.room import ONLINE_LIMIT
+from server.room import ONLINE_LIMIT, SUFFIX_LIMIT, Join, Room
 from tests.chat import HUB_MODES, Client
 from tests.support.promql import ROOT
+
+
+@dataclass(eq=False)
+class Member:
+    """What a room needs of a connection to name it."""
+
+    user: str
 
 
 async def welcomed(server: TestClient, room: str, user: str) -> tuple[Client, dict[str, Any]]:
@@ -109,3 +118,14 @@ def test_docs_state_the_online_limit_the_server_uses() -> None:
     assert ONLINE_LIMIT == 100
     assert f"at most the first {ONLINE_LIMIT} " in (ROOT / "docs" / "protocol.md").read_text()
     assert f"(the first {ONLINE_LIMIT} names" in (ROOT / "README.md").read_text()
+
+
+def test_past_the_suffix_limit_a_taken_name_gets_a_random_suffix() -> None:
+    full = Room("r", 1)
+    for _ in range(SUFFIX_LIMIT):
+        full.join(Join(Member("alice")))  # type: ignore[arg-type]
+    assert "alice-100" in {member.user for member in full.members}
+    late = Member("alice")
+    full.join(Join(late))  # type: ignore[arg-type]
+    assert re.fullmatch(r"alice-[0-9a-f]{6}", late.user)
+    assert f"`NAME-{SUFFIX_LIMIT}`" in (ROOT / "docs" / "protocol.md").read_text()
