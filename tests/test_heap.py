@@ -15,6 +15,7 @@ from server import app as app_module
 from server import heap
 from server.app import create_app
 from tests.chat import Client, settings
+from tests.support.docs import ROOT
 
 MIB = 1024 * 1024
 
@@ -71,3 +72,13 @@ async def test_a_closed_connection_leaves_garbage_that_the_app_releases(
     finally:
         gc.enable()
     assert released[0].fields["garbage"] > 0
+
+
+def test_the_memory_doc_states_the_release_rule_the_app_follows() -> None:
+    text = " ".join((ROOT / "docs" / "memory.md").read_text().split())
+    rule = (
+        f"once {app_module.RELEASE_AFTER_CLOSES} connections, or a quarter of those open if that"
+        f" is more, have closed since the last release (it looks every"
+        f" {app_module.RELEASE_CHECK:g} s), or {app_module.RELEASE_INTERVAL:g} s after any close"
+    )
+    assert rule in text

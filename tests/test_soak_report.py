@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from bench.soak_report import Sample, SoakResult, moments, render, slope
+from bench.soak import SETTLE_SECONDS
+from bench.soak_report import (
+    MAX_END_RATIO,
+    MAX_GONE_RATIO,
+    MAX_SLOPE,
+    WARMUP_RECONNECTS,
+    Sample,
+    SoakResult,
+    moments,
+    render,
+    slope,
+)
+from tests.support.docs import ROOT
 
 MIB = 1024 * 1024
 ENV = {"VUS": "200", "DURATION": "4m", "SESSION": "10s"}
@@ -57,3 +69,12 @@ def test_creep_after_warm_up_and_memory_kept_after_everyone_left_are_missed() ->
     report = render(soak(1024, 70 * MIB))
     assert "1.00 KiB" in report
     assert report.count("**missed**") == 2
+
+
+def test_the_memory_doc_states_the_targets_and_moments_the_report_uses() -> None:
+    text = " ".join((ROOT / "docs" / "memory.md").read_text().split())
+    assert f"at warm-up ({WARMUP_RECONNECTS:,} connections)" in text
+    assert f"rooms reaped, then {SETTLE_SECONDS:g} s" in text
+    assert f"less than {MAX_SLOPE / 1024:g} KiB per further reconnect" in text
+    assert f"within {round((MAX_GONE_RATIO - 1) * 100)}% of RSS with every user" in text
+    assert f"within {round((MAX_END_RATIO - 1) * 100)}% of its 10-minute RSS" in text
