@@ -51,9 +51,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check server tests dashboards bench
 
 # The observability stack (docker-compose.yml): chat, stockapi, Prometheus, Grafana.
+# Chat replicas sharing rooms through Redis; the global baseline runs one, on the memory broker.
+CHAT_REPLICAS ?= 2
 up:
-	$(COMPOSE) up -d --build
-	@echo "chat        http://localhost:8080   hub mode $${ROOMHUB_HUB_MODE:-sharded}"
+ifeq ($(ROOMHUB_HUB_MODE),global)
+	ROOMHUB_BROKER=memory $(COMPOSE) up -d --build --scale chat=1
+else
+	$(COMPOSE) up -d --build --scale chat=$(CHAT_REPLICAS)
+endif
+	@echo "chat        http://localhost:8080   hub mode $${ROOMHUB_HUB_MODE:-sharded}, behind nginx"
 	@echo "grafana     http://localhost:3000   dashboards: roomhub server, roomhub load (k6)"
 	@echo "prometheus  http://localhost:9090   alerts: http://localhost:9090/alerts"
 	@echo "load test   make k6 SCENARIO=mixed  (active-chat connection-storm mixed soak spike stock-bot)"

@@ -16,6 +16,9 @@ Environment (``make bench NAME=value`` works too):
                       (default "1000 10000"; 0 skips it)
     BENCH_SITES       idle connections in a tracemalloc-traced server, for the allocation
                       sites per connection (default 300; 0 skips it)
+    BENCH_BACKPLANE   backplane rows to run (default "memory redis redis-workers"; "" skips
+                      the table): full active-chat on the memory broker, on Redis, and
+                      with --workers 2 on Redis (needs Debian's redis-server)
     BENCH_RESULTS     output directory (default results)
 
 Other ``ROOMHUB_*`` variables in the environment reach every server started.
@@ -31,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import idle
+from . import backplane, idle
 from .measure import K6, ROOT, run_scenario
 from .report import ModeResult, render
 from .server import serve
@@ -105,8 +108,15 @@ def main() -> int:
         bench_mode(mode, environ, results_dir / "bench" / mode)
         for mode in environ.get("BENCH_MODES", "sharded global").split()
     ]
+    rows = []
+    for name in environ.get("BENCH_BACKPLANE", " ".join(backplane.ROWS)).split():
+        env = scenario_env("active-chat", environ)
+        rows.append(backplane.measure(name, env, results_dir / "bench" / f"backplane-{name}"))
+        print(f"[backplane] {name}: k6 exit {rows[-1].returncode}", flush=True)
     report = results_dir / "bench.md"
-    report.write_text(render(results, facts))
+    report.write_text(
+        render(results, facts) + ("\n" + "\n".join(backplane.render(rows)) if rows else "")
+    )
     print(f"wrote {report}")
     return 0
 

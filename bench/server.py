@@ -1,5 +1,6 @@
-"""Run roomhub processes (``python -m server serve``, ``python -m server.stockapi``) on free
-loopback ports, for benchmarks and for tests that drive them from outside.
+"""Run roomhub processes (``python -m server serve``, ``python -m server.stockapi``) and a
+throwaway ``redis-server`` on free loopback ports, for benchmarks and for tests that drive them
+from outside.
 
 Each process writes its output to a log file; :func:`spawn` waits (with a deadline) until
 its health endpoint answers 200 and stops it with SIGTERM (SIGKILL after a grace period).
@@ -156,3 +157,71 @@ def serve_stockapi(log: Path, *flags: str) -> Iterator[Process]:
     args = ["-m", "server.stockapi", "--host", "127.0.0.1", "--port", str(port), *flags]
     with spawn(args, port, "/healthz", log) as process:
         yield process
+
+
+REDIS_START_TIMEOUT = 10.0  # seconds redis-server may take to accept connections
+
+
+class RedisServer:
+    """A ``redis-server`` (Debian's package) on ``127.0.0.1:port`` without persistence
+    (``--save '' --appendonly no``); its log goes to ``directory/redis.log``.
+
+    :meth:`stop` and :meth:`start` take it away and bring it back, empty, on the same port.
+    """
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        """Start and wait (``REDIS_START_TIMEOUT``) until it answers PING."""
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "no", "--dir", str(self.directory)]
+        args += ["--logfile", str(self.directory / "redis.log")]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + REDIS_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock,
+            ):
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.02)
+        raise TimeoutError(f"redis-server did not answer on port {self.port}")
+
+    def stop(self) -> None:
+        """SIGTERM, SIGKILL after ``STOP_TIMEOUT`` seconds."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@contextlib.contextmanager
+def serve_redis(binary: str, directory: Path) -> Iterator[RedisServer]:
+    """A started :class:`RedisServer`, stopped on exit."""
+    server = RedisServer(binary, directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -345,6 +345,51 @@ def build() -> Dashboard:
         )
     )
 
+    board.with_row(row("Backplane"))
+    board.with_panel(
+        graph(
+            "Broker up",
+            "1 while the instance reaches its broker (always 1 with the memory broker), 0 while "
+            "Redis is unavailable: /readyz answers 503 and RoomhubBrokerDown fires after 1 m.",
+            "short",
+            query(f"max by (instance) (chat_broker_up{{{SEL}}})", "{{instance}}"),
+            width=6,
+        )
+    )
+    board.with_panel(
+        graph(
+            "Pub/sub lag p50 / p99",
+            "A message handed to Redis by any instance to its fan-out on this one, including "
+            "the room's fan-out interval. Redis broker only.",
+            "s",
+            *quantiles("chat_broker_lag_seconds", 0.5, 0.99),
+            width=6,
+        )
+    )
+    board.with_panel(
+        graph(
+            "Broker round trip p50 / p99",
+            "A pipelined batch of broker operations (messages, joins, leaves, presence "
+            "refreshes) handed to Redis to its reply. Redis broker only.",
+            "s",
+            *quantiles("chat_broker_publish_seconds", 0.5, 0.99),
+            width=6,
+        )
+    )
+    board.with_panel(
+        graph(
+            "Broker errors by operation",
+            "Broker operations refused or failed per second while Redis was unavailable, by "
+            "operation; Broker reconnects counts recoveries; subscriptions are the room "
+            "channels each instance listens to.",
+            "ops",
+            query(rate("chat_broker_errors_total", "operation"), "{{operation}}"),
+            query(rate("chat_broker_reconnects_total"), "reconnects"),
+            query(f"sum (chat_broker_subscriptions{{{SEL}}})", "subscriptions"),
+            width=6,
+        )
+    )
+
     board.with_row(row("Hub mode comparison (recorded, 1 m windows)"))
     board.with_panel(
         graph(

@@ -9,6 +9,9 @@ variable that is no setting gets one warning at start. Once listening, the serve
 On SIGTERM or SIGINT the server keeps listening while it drains: ``/readyz`` answers 503,
 new upgrades get 503, outboxes are flushed for a bounded time and clients are closed with
 1001. Then it stops listening, finishes and exits 0.
+
+With ``--workers N`` (N > 1) the process supervises N such servers sharing the port
+(``server.supervisor``).
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from .app import create_app, shutdown_connections
 from .auth import mint_token
 from .config import ConfigError, Settings, add_flags, load_settings, unknown_env_vars
 from .logs import setup_logging
+from .supervisor import supervise
 
 log = logging.getLogger("roomhub")
 
@@ -91,31 +96,55 @@ def listening_line(host: str, port: int) -> str:
     return f"roomhub listening on http://{shown}:{port}"
 
 
-async def serve(settings: Settings) -> None:
+async def _listen(runner: web.AppRunner, host: str, port: int, names: str, reuse: bool) -> None:
+    """Start a site; raises :class:`ConfigError` naming ``names`` when it cannot listen."""
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=reuse or None).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(
+            f"{names}={host}:{port}: cannot listen there ({exc.strerror or exc})"
+        ) from None
+
+
+async def serve(settings: Settings, worker: int = 0) -> None:
     """Serve until SIGTERM or SIGINT, then drain and stop (see the module docstring).
 
-    Raises :class:`ConfigError` when it cannot listen on ``host:port``.
+    ``worker``: this process's index among ``settings.workers`` (its metrics port is
+    ``metrics_port + worker``). Raises :class:`ConfigError` when it cannot listen.
     """
     app = create_app(settings)
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout
     )
     await runner.setup()
-    try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ConfigError(
-            f"ROOMHUB_HOST/ROOMHUB_PORT={settings.host}:{settings.port}: "
-            f"cannot listen there ({exc.strerror or exc})"
-        ) from None
+    reuse = settings.workers > 1
+    await _listen(runner, settings.host, settings.port, "ROOMHUB_HOST/ROOMHUB_PORT", reuse)
     # Everything made so far lives as long as the process: keep it out of the garbage
     # collector's full collections, which then cost in proportion to the connections only.
     gc.collect()
     gc.freeze()
     host, port = runner.addresses[0][:2]
-    log.info("listening", extra={"fields": {"host": host, "port": port}})
+    metrics_runner = None
+    if settings.metrics_port:
+        metrics_app = web.Application()
+        metrics_app.router.add_get("/metrics", make_aiohttp_handler())
+        metrics_runner = web.AppRunner(metrics_app, handle_signals=False, access_log=None)
+        await metrics_runner.setup()
+        metrics_port = settings.metrics_port + worker
+        await _listen(metrics_runner, settings.host, metrics_port, "ROOMHUB_METRICS_PORT", False)
     print(listening_line(host, port), flush=True)
+    log.info(
+        "listening",
+        extra={
+            "fields": {
+                "host": host,
+                "port": port,
+                "worker": worker,
+                "metrics_port": settings.metrics_port and settings.metrics_port + worker,
+            }
+        },
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -123,7 +152,20 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     await shutdown_connections(app)
     await runner.cleanup()
-    log.info("stopped")
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
+    log.info("stopped", extra={"fields": {"worker": worker}})
+
+
+def run_worker(settings: Settings, worker: int) -> None:
+    """A worker process of ``--workers N``: serve, exit 2 on a setting it cannot use."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        asyncio.run(serve(settings, worker))
+    except ConfigError as exc:
+        sys.stderr.write(f"roomhub: invalid setting {exc}\n")
+        sys.exit(2)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -155,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 }
             },
         )
+        if settings.workers > 1:
+            sys.exit(supervise(settings, run_worker))
         asyncio.run(serve(settings))
     except ConfigError as exc:
         parser.exit(2, f"roomhub: invalid setting {exc}\n")

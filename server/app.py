@@ -18,6 +18,8 @@ from . import heap, metrics
 from .auth import TokenVerifier
 from .bot.providers import make_provider
 from .bot.stockbot import StockBot
+from .broker.memory import MemoryBroker
+from .broker.redis import RedisBroker
 from .config import Settings
 from .errorpages import error_pages
 from .globalhub import GlobalHub
@@ -25,6 +27,7 @@ from .hub import ShardedHubs
 from .keys import (
     ServerState,
     bot_key,
+    broker_key,
     http_client_key,
     hubs_key,
     settings_key,
@@ -79,14 +82,28 @@ async def bot_context(app: web.Application) -> AsyncIterator[None]:
     await bot.stop()
 
 
+async def broker_context(app: web.Application) -> AsyncIterator[None]:
+    """The instance's broker: in-process, or Redis (connecting in the background)."""
+    settings = app[settings_key]
+    broker = (
+        RedisBroker(settings.broker, settings.history_size, settings.presence_ttl)
+        if settings.redis
+        else MemoryBroker(settings.history_size)
+    )
+    await broker.start()
+    app[broker_key] = broker
+    yield
+    await broker.close()
+
+
 async def hubs_context(app: web.Application) -> AsyncIterator[None]:
-    settings, state = app[settings_key], app[state_key]
+    settings, state, broker = app[settings_key], app[state_key], app[broker_key]
     hubs: ShardedHubs | GlobalHub
     if settings.hub_mode == "global":
         hubs = GlobalHub(settings.history_size, settings.max_rooms)
     else:
         hubs = ShardedHubs(
-            settings.history_size,
+            broker,
             settings.room_grace,
             settings.fanout_interval,
             settings.max_rooms,
@@ -102,6 +119,9 @@ async def hubs_context(app: web.Application) -> AsyncIterator[None]:
         client_queue_depth=lambda: sum(len(c.outbox or ()) for c in state.connections),
         bot_queue_depth=bot.queue_depth,
         asyncio_tasks=lambda: len(asyncio.all_tasks(loop)),
+        broker_subscriptions=(
+            broker.subscriptions if isinstance(broker, RedisBroker) else hubs.room_count
+        ),
     )
     yield
     await hubs.stop()
@@ -229,6 +249,7 @@ def create_app(settings: Settings) -> web.Application:
         [
             http_client_context,
             bot_context,
+            broker_context,
             hubs_context,
             loop_monitor_context,
             heartbeat_context,

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from yarl import URL
+
 from .origin import parse_origin
 
 HUB_MODES = ("sharded", "global")
@@ -93,6 +95,21 @@ class Settings:
     token_public_key: str = _setting(
         "", "PEM file with the RSA (RS256) or P-256 (ES256) public key for auth=token"
     )
+    broker: str = _setting(
+        "memory", "rooms live in this process (memory) or in Redis (a redis:// or rediss:// URL)"
+    )
+    presence_ttl: float = _setting(
+        15.0, "seconds a crashed instance's members keep being counted (Redis broker)"
+    )
+    workers: int = _setting(1, "server processes sharing the port (more than 1 needs Redis)")
+    metrics_port: int = _setting(
+        0, "worker i serves /metrics on this port + i (0: /metrics on the serving port only)"
+    )
+
+    @property
+    def redis(self) -> bool:
+        """Whether rooms live in Redis (``broker`` is a URL) rather than in this process."""
+        return self.broker != "memory"
 
 
 INT_RE = re.compile(r"[0-9]+")
@@ -179,6 +196,15 @@ def _url(raw: str) -> str:
     return value
 
 
+def _broker(raw: str) -> str:
+    value = raw.strip()
+    if value.lower() == "memory":
+        return "memory"
+    if not value.startswith(("redis://", "rediss://")):
+        raise ValueError("must be memory or a redis:// or rediss:// URL")
+    return value
+
+
 def _text(raw: str) -> str:
     return raw.strip()
 
@@ -212,6 +238,10 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "auth": _choice(AUTH_MODES),
     "token_secret": _text,
     "token_public_key": _text,
+    "broker": _broker,
+    "presence_ttl": _positive_float,
+    "workers": _positive_int,
+    "metrics_port": _port,
 }
 
 
@@ -270,5 +300,41 @@ def load_settings(
         try:
             values[name] = parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"{source}={raw!r}: {exc}") from None
-    return Settings(**values)
+            shown = redacted(raw) if name == "broker" else raw
+            raise ConfigError(f"{source}={shown!r}: {exc}") from None
+    settings = Settings(**values)
+    _check_together(settings)
+    return settings
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``, for messages and logs."""
+    try:
+        parsed = URL(url)
+    except ValueError:
+        return "***"
+    return str(parsed.with_password("***")) if parsed.password else url
+
+
+def _check_together(settings: Settings) -> None:
+    """Settings that are valid alone but not together; raises :class:`ConfigError`."""
+    if settings.redis and settings.hub_mode == "global":
+        raise ConfigError(
+            f"ROOMHUB_HUB_MODE=global with ROOMHUB_BROKER={redacted(settings.broker)!r}: global "
+            "mode is the single-process baseline; use hub mode sharded or broker memory"
+        )
+    if settings.workers > 1 and not settings.redis:
+        raise ConfigError(
+            f"ROOMHUB_WORKERS={settings.workers} with ROOMHUB_BROKER=memory: workers share "
+            "rooms only through Redis; set ROOMHUB_BROKER to a redis:// URL"
+        )
+    if settings.workers > 1 and (settings.port == 0 or settings.metrics_port == 0):
+        raise ConfigError(
+            f"ROOMHUB_WORKERS={settings.workers} needs a fixed ROOMHUB_PORT and "
+            "ROOMHUB_METRICS_PORT (each worker serves /metrics on its own port)"
+        )
+    if settings.metrics_port and settings.metrics_port + settings.workers > 65536:
+        raise ConfigError(
+            f"ROOMHUB_METRICS_PORT={settings.metrics_port}: the workers' metrics ports "
+            "would pass 65535"
+        )

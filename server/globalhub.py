@@ -98,8 +98,10 @@ class GlobalHub:
         metrics.EVENTS_DELIVERED.inc(sent)
         metrics.FRAMES_SENT.inc(sent)
 
-    def rooms(self) -> list[tuple[str, int]]:
-        return [(name, len(room.members)) for name, room in self._rooms.items()]
+    async def rooms(self, limit: int) -> list[tuple[str, int]]:
+        """Up to ``limit`` ``(room, members)`` with members, busiest first, then by name."""
+        rooms = sorted((-len(r.members), name) for name, r in self._rooms.items() if r.members)
+        return [(name, -members) for members, name in rooms[:limit]]
 
     def room_count(self) -> int:
         return len(self._rooms)

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from . import metrics
 from .auth import Identity, TokenError, TokenVerifier
-from .keys import hubs_key, settings_key, state_key, verifier_key
+from .keys import broker_key, hubs_key, settings_key, state_key, verifier_key
 from .origin import origin_allowed, request_origin
 from .protocol import (
     ProtocolError,
@@ -148,6 +148,11 @@ def _below_capacity(hs: Handshake) -> None:
         raise ProtocolError("capacity", "server is at its connection limit")
 
 
+def _broker_ready(hs: Handshake) -> None:
+    if not hs.request.app[broker_key].ready:
+        raise ProtocolError("broker_unavailable", "the broker is unavailable")
+
+
 def _room_limit(hs: Handshake) -> None:
     # Admitting a new room starts its hub: this check comes last.
     if not hs.request.app[hubs_key].admit(hs.room):
@@ -167,6 +172,7 @@ CHECKS: tuple[Check, ...] = (
     Check("bad_origin", 403, "origin", _origin),
     Check("shutting_down", 503, None, _not_draining),
     Check("capacity", 503, "capacity", _below_capacity),
+    Check("broker_unavailable", 503, None, _broker_ready),
     Check("capacity", 503, "capacity", _room_limit),
 )
 

@@ -1,12 +1,15 @@
 """Sharded hubs: one :class:`RoomHub` task per room, the design roomhub serves with.
 
-Each hub task owns one :class:`~server.room.Room`. Each wake-up drains every waiting inbox
-item, encodes the resulting events once and hands each member the whole batch as one frame,
-never awaiting a client. Fan-outs of one room are at least ``fanout_interval`` seconds apart:
+A room's epoch, order, history and member count belong to the instance's broker
+(:mod:`server.broker`: in this process, or Redis shared by every instance). The hub asks it to
+join, leave, say or publish, and fans out only what the broker hands back, in the broker's
+order, so each member on any instance gets each event once. Each wake-up drains every waiting
+inbox item and hands each member the whole batch of events as one frame, never awaiting a
+client. Fan-outs of one room are at least ``fanout_interval`` seconds apart:
 under load, events that arrive in between leave together; a quiet room fans out at once.
 Joins and leaves alone may wait longer in a big room (a join storm would otherwise cost a
 frame per join per member), and leave with the next message at the latest. A room empty for
-``room_grace`` seconds is reaped.
+``room_grace`` seconds is reaped, and its broker subscription dropped.
 
 Connections post :data:`~server.room.HubItem` values with ``post(room, item)``. A hub that
 raises closes every member and every connection whose join was still queued with 1011;
@@ -18,14 +21,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
 
 from . import metrics
+from .broker import (
+    Broker,
+    BrokerUnavailable,
+    Delivery,
+    Event,
+    Refused,
+    Welcome,
+    encoded_history_seq,
+)
 from .connection import Connection
-from .protocol import CloseReason, batch, take_batch
-from .room import BotEvent, HubItem, Join, Room, Say
+from .protocol import CloseReason, batch, error_event, take_batch, welcome_event
+from .room import BotEvent, HubItem, Join, Leave, Say
 
 log = logging.getLogger("roomhub.hub")
 
@@ -44,9 +57,10 @@ def presence_interval(base: float, members: int) -> float:
     return min(max(base, members / FRAME_BUDGET), MAX_PRESENCE_INTERVAL)
 
 
-def fan_out(room: Room, events: list[bytes], max_frame_size: int) -> None:
-    """Hand ``events`` to every member of ``room`` without awaiting anyone: as one frame, or
-    as several when one would exceed ``max_frame_size`` bytes (each encoded once for all)."""
+def fan_out(members: dict[Connection, None], events: list[bytes], max_frame_size: int) -> None:
+    """Hand ``events`` to every connection in ``members`` without awaiting anyone: as one
+    frame, or as several when one would exceed ``max_frame_size`` bytes (each encoded once
+    for all)."""
     if not events:
         return
     started = time.perf_counter()
@@ -55,61 +69,98 @@ def fan_out(room: Room, events: list[bytes], max_frame_size: int) -> None:
     while waiting:
         chunk = take_batch(waiting, max_frame_size)
         frame = batch(chunk)
-        for conn in room.members:
+        for conn in members:
             frames += conn.deliver(frame, chunk)
     metrics.BROADCAST_FANOUT.observe(time.perf_counter() - started)
-    metrics.BROADCAST_RECIPIENTS.observe(len(room.members))
-    metrics.EVENTS_DELIVERED.inc(len(events) * len(room.members))
+    metrics.BROADCAST_RECIPIENTS.observe(len(members))
+    metrics.EVENTS_DELIVERED.inc(len(events) * len(members))
     if frames:
         metrics.FRAMES_SENT.inc(frames)
 
 
 class RoomHub:
-    """The task that owns one :class:`Room` in sharded mode.
+    """The task that serves one room in sharded mode, on top of the instance's broker.
 
+    ``members`` are the connections that got their welcome; ``joining`` maps the token of a
+    join the broker has not answered yet to its connection, ``tokens`` every local
+    connection to its token. ``epoch`` and ``seq`` are the room's epoch and the last message
+    seq handed to members (older ones coming back after a reconnect are dropped).
     ``pending`` holds encoded events not yet fanned out; ``urgent`` says whether one of them
-    is a message or bot reply (due within the base interval) rather than presence only.
+    is a message or bot reply (due within the base interval) rather than presence only;
+    ``published`` holds the broker publish times of the pending ones that came over Redis.
     """
 
-    __slots__ = ("_wake", "inbox", "max_frame_size", "pending", "room", "task", "urgent")
+    __slots__ = (
+        "_wake",
+        "broker",
+        "epoch",
+        "inbox",
+        "joining",
+        "max_frame_size",
+        "members",
+        "name",
+        "pending",
+        "published",
+        "seq",
+        "task",
+        "tokens",
+        "urgent",
+    )
 
-    def __init__(self, room: Room, max_frame_size: int) -> None:
-        self.room = room
+    _next_token = itertools.count(1)
+
+    def __init__(self, name: str, broker: Broker, max_frame_size: int) -> None:
+        self.name = name
+        self.broker = broker
         self.max_frame_size = max_frame_size
-        self.inbox: deque[HubItem] = deque()
+        self.members: dict[Connection, None] = {}
+        self.joining: dict[int, Connection] = {}
+        self.tokens: dict[Connection, int] = {}
+        self.epoch = ""
+        self.seq = 0
+        self.inbox: deque[HubItem | Delivery] = deque()
         self.pending: list[bytes] = []
+        self.published: list[float] = []
         self.urgent = False
         self._wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
-    def post(self, item: HubItem) -> None:
+    def post(self, item: HubItem | Delivery) -> None:
+        """Queue ``item`` (from a connection or the bot, or a delivery from the broker)."""
         self.inbox.append(item)
         self._wake.set()
 
     async def run(self, grace: float, interval: float) -> None:
-        """Serve the inbox until the room has been empty and idle for ``grace`` seconds.
+        """Subscribe, then serve the inbox until the room has had no connection for ``grace``
+        seconds. Raises :class:`BrokerUnavailable` when the subscription cannot be made.
 
         Messages and bot replies fan out at least ``interval`` seconds after the previous
         fan-out; presence-only batches wait :func:`presence_interval` (longer in big rooms),
         or leave earlier with the next message.
         """
+        await self.broker.subscribe(self.name, self.post)
+        try:
+            await self._serve(grace, interval)
+        finally:
+            self.broker.unsubscribe(self.name, self.post)
+
+    async def _serve(self, grace: float, interval: float) -> None:
         loop = asyncio.get_running_loop()
-        room = self.room
         last = -MAX_PRESENCE_INTERVAL
         while True:
             if not self.inbox:
                 if self.pending:
-                    due = last + presence_interval(interval, len(room.members))
+                    due = last + presence_interval(interval, len(self.members))
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout_at(due):
                             await self._wake.wait()
-                elif room.members:
+                elif self.tokens:
                     await self._wake.wait()
                 else:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(grace):
                             await self._wake.wait()
-                    if not self.inbox and not room.members:
+                    if not self.inbox and not self.tokens:
                         return
             if self.inbox:
                 wait = last + interval - loop.time()
@@ -117,48 +168,140 @@ class RoomHub:
                     await asyncio.sleep(wait)
                 self._wake.clear()
                 self._collect()
+                if not self.inbox:
+                    # What the in-process broker handed back was collected too.
+                    self._wake.clear()
             now = loop.time()
             if self.pending and (
-                self.urgent or now >= last + presence_interval(interval, len(room.members))
+                self.urgent or now >= last + presence_interval(interval, len(self.members))
             ):
-                fan_out(room, self.pending, self.max_frame_size)
-                self.pending, self.urgent = [], False
+                self._flush()
                 last = now
 
+    def _flush(self) -> None:
+        fan_out(self.members, self.pending, self.max_frame_size)
+        if self.published:
+            now = time.time()
+            for published in self.published:
+                metrics.BROKER_LAG.observe(max(now - published, 0.0))
+            self.published = []
+        self.pending, self.urgent = [], False
+
     def _collect(self) -> None:
-        """Apply every inbox item to the room, adding the events it causes to ``pending``.
+        """Apply every inbox item, adding the events it causes to ``pending``.
 
         An item leaves the inbox only once applied: if applying it raises, it is still there
         for :meth:`ShardedHubs._run` to answer.
         """
-        room, inbox = self.room, self.inbox
+        inbox, broker, name = self.inbox, self.broker, self.name
         while inbox:
             item = inbox[0]
             # isinstance, not match: class patterns cost about 0.5 µs more per item here.
-            if isinstance(item, Say):
-                if item.conn in room.members:
-                    self.pending.append(room.say(item.conn, item.msg))
-                    self.urgent = True
+            if isinstance(item, Event):
+                self._on_event(item)
+            elif isinstance(item, Say):
+                if item.conn in self.members:
+                    broker.say(name, item.conn.user, item.msg, self.tokens[item.conn])
             elif isinstance(item, BotEvent):
-                self.pending.append(item.event)
-                self.urgent = True
+                broker.publish(name, item.event)
             elif isinstance(item, Join):
-                if self.urgent:
-                    # Members get earlier messages live; the joiner gets them as history.
-                    fan_out(room, self.pending, self.max_frame_size)
-                    self.pending, self.urgent = [], False
-                welcome, joined = room.join(item)
-                item.conn.send_event(welcome)
-                self.pending.append(joined)
+                token = next(self._next_token)
+                self.joining[token] = item.conn
+                self.tokens[item.conn] = token
+                broker.join(name, item.conn.user, item.since, item.epoch, token)
+            elif isinstance(item, Leave):
+                token = self.tokens.pop(item.conn, None)
+                if token is not None:
+                    self.joining.pop(token, None)
+                    self.members.pop(item.conn, None)
+                    broker.leave(name, token)
+            elif isinstance(item, Welcome):
+                self._on_welcome(item)
             else:
-                left = room.leave(item.conn)
-                if left is not None:
-                    self.pending.append(left)
+                self._on_refused(item)
             inbox.popleft()
+
+    def _on_event(self, event: Event) -> None:
+        if event.seq:
+            if event.seq <= self.seq:
+                return  # already handed out (a catch-up after a reconnect overlaps)
+            self.seq = event.seq
+        self.pending.append(event.data)
+        if event.urgent:
+            self.urgent = True
+            if event.published is not None:
+                self.published.append(event.published)
+
+    def _on_welcome(self, welcome: Welcome) -> None:
+        if welcome.token == 0:
+            self._catch_up(welcome)
+            return
+        conn = self.joining.pop(welcome.token, None)
+        if conn is None or conn.closing:
+            return
+        if self.urgent:
+            # Members get earlier messages live; the joiner gets them as history.
+            self._flush()
+        if welcome.epoch != self.epoch:
+            self.epoch, self.seq = welcome.epoch, welcome.seq
+        self.seq = max(self.seq, welcome.seq)
+        conn.user = welcome.user
+        event = welcome_event(
+            self.name,
+            conn.user,
+            welcome.epoch,
+            welcome.seq,
+            welcome.members,
+            welcome.online,
+            welcome.reset,
+            welcome.history,
+        )
+        conn.send_event(event)
+        self.members[conn] = None
+
+    def _catch_up(self, welcome: Welcome) -> None:
+        """After a broker reconnect: hand out the history members missed meanwhile. If the
+        broker lost the room (a new epoch), close the members so they resume in it."""
+        if self.epoch and welcome.epoch != self.epoch:
+            log.warning(
+                "room_reset",
+                extra={"fields": {"room": self.name, "epoch": self.epoch, "now": welcome.epoch}},
+            )
+            for conn in self.members:
+                conn.close(CloseReason.ROOM_RESET)
+            self.epoch, self.seq = welcome.epoch, welcome.seq
+            return
+        for data in welcome.history:
+            self._on_event(Event(data, encoded_history_seq(data), urgent=True))
+
+    def _on_refused(self, refused: Refused) -> None:
+        if refused.token is not None:
+            conn = self.joining.pop(refused.token, None)
+            if conn is not None:
+                conn.close(CloseReason.BROKER_UNAVAILABLE)
+            return
+        for conn, token in self.tokens.items():
+            if token == refused.sender:
+                detail = "not delivered: the broker is unavailable"
+                conn.send_event(error_event("unavailable", detail, refused.reply_to))
+                return
+
+    def waiting(self) -> list[Connection]:
+        """Every local connection: members, joins the broker has not answered, joins queued."""
+        conns = dict.fromkeys(self.tokens)
+        conns.update((item.conn, None) for item in self.inbox if isinstance(item, Join))
+        return list(conns)
+
+    def release(self) -> None:
+        """Tell the broker every local connection is gone (the hub stops)."""
+        for token in self.tokens.values():
+            self.broker.leave(self.name, token)
+        self.tokens.clear()
 
 
 class ShardedHubs:
-    """Registry of per-room hubs: a hub starts on a room's first join and is reaped when idle.
+    """Registry of per-room hubs over one broker: a hub starts on a room's first join and is
+    reaped when idle.
 
     At most ``max_rooms`` hubs run at once: :meth:`admit` refuses a join that would start one
     more.
@@ -166,13 +309,13 @@ class ShardedHubs:
 
     def __init__(
         self,
-        history_size: int,
+        broker: Broker,
         room_grace: float,
         fanout_interval: float,
         max_rooms: int,
         max_frame_size: int,
     ) -> None:
-        self.history_size = history_size
+        self.broker = broker
         self.room_grace = room_grace
         self.fanout_interval = fanout_interval
         self.max_rooms = max_rooms
@@ -201,7 +344,7 @@ class ShardedHubs:
         return True
 
     def _start(self, room: str) -> RoomHub:
-        hub = self._hubs[room] = RoomHub(Room(room, self.history_size), self.max_frame_size)
+        hub = self._hubs[room] = RoomHub(room, self.broker, self.max_frame_size)
         hub.task = asyncio.create_task(self._run(hub), name=f"hub:{room}")
         return hub
 
@@ -210,18 +353,25 @@ class ShardedHubs:
             await hub.run(self.room_grace, self.fanout_interval)
         except asyncio.CancelledError:
             raise
+        except BrokerUnavailable:
+            for conn in hub.waiting():
+                conn.close(CloseReason.BROKER_UNAVAILABLE)
+            hub.inbox.clear()
         except Exception:
-            log.exception("hub_failed", extra={"fields": {"room": hub.room.name}})
-            for conn in _waiting(hub):
+            log.exception("hub_failed", extra={"fields": {"room": hub.name}})
+            for conn in hub.waiting():
                 conn.close(CloseReason.ERROR)
             hub.inbox.clear()
         finally:
-            if self._hubs.get(hub.room.name) is hub:
-                del self._hubs[hub.room.name]
+            hub.release()
+            if self._hubs.get(hub.name) is hub:
+                del self._hubs[hub.name]
 
-    def rooms(self) -> list[tuple[str, int]]:
-        """``(room, members)`` for every running hub."""
-        return [(name, len(hub.room.members)) for name, hub in self._hubs.items()]
+    async def rooms(self, limit: int) -> list[tuple[str, int]]:
+        """Up to ``limit`` ``(room, members)`` over every instance, busiest first.
+
+        Raises :class:`BrokerUnavailable` when the broker cannot answer."""
+        return await self.broker.rooms(limit)
 
     def room_count(self) -> int:
         return len(self._hubs)
@@ -234,10 +384,3 @@ class ShardedHubs:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _waiting(hub: RoomHub) -> list[Connection]:
-    """The room's members and every connection whose join is still in the inbox."""
-    conns = dict.fromkeys(hub.room.members)
-    conns.update((item.conn, None) for item in hub.inbox if isinstance(item, Join))
-    return list(conns)

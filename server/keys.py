@@ -9,6 +9,7 @@ from aiohttp import web
 
 from .auth import TokenVerifier
 from .bot.stockbot import StockBot
+from .broker import Broker
 from .config import Settings
 from .connection import Connection
 from .globalhub import GlobalHub
@@ -31,5 +32,6 @@ state_key = web.AppKey("state_key", ServerState)
 hubs_key = web.AppKey("hubs_key", ShardedHubs | GlobalHub)
 http_client_key = web.AppKey("http_client_key", httpx.AsyncClient)
 bot_key = web.AppKey("bot_key", StockBot)
+broker_key = web.AppKey("broker_key", Broker)
 verifier_key = web.AppKey("verifier_key", TokenVerifier)
 """Only with ``ROOMHUB_AUTH=token``."""

@@ -31,6 +31,7 @@ REJECT_REASONS = (
 )
 MESSAGE_KINDS = ("message", "command", "invalid")
 BOT_RESULTS = ("ok", "unknown_symbol", "upstream_error", "timeout", "rejected", "dropped")
+BROKER_OPERATIONS = ("message", "presence", "bot", "sync", "subscribe", "query")
 
 # Fan-out and loop lag: 50 µs .. 1 s (seconds).
 FAST_BUCKETS = (
@@ -90,6 +91,26 @@ HEAP_BYTES = Gauge(
     "C heap (glibc malloc): bytes in use, and bytes kept free but not given back.",
     ["state"],
 )
+BROKER_UP = Gauge("chat_broker_up", "1 while the broker can carry operations, else 0.")
+BROKER_PUBLISH = Histogram(
+    "chat_broker_publish_seconds",
+    "Broker operation handed to Redis to its reply (one pipelined batch, per operation).",
+    buckets=FAST_BUCKETS,
+)
+BROKER_LAG = Histogram(
+    "chat_broker_lag_seconds",
+    "Message or bot reply handed to the broker (any instance) to its fan-out on this one.",
+    buckets=FAST_BUCKETS,
+)
+BROKER_ERRORS = Counter(
+    "chat_broker_errors",
+    "Broker operations that failed or were refused, by operation.",
+    ["operation"],
+)
+BROKER_RECONNECTS = Counter("chat_broker_reconnects", "Reconnections to the broker after a loss.")
+BROKER_SUBSCRIPTIONS = Gauge(
+    "chat_broker_subscriptions", "Room channels this instance is subscribed to."
+)
 BUILD_INFO = Gauge("chat_build_info", "Build and mode; always 1.", ["version", "hub_mode"])
 
 if heap.AVAILABLE:
@@ -105,6 +126,8 @@ for _kind in MESSAGE_KINDS:
     MESSAGES_RECEIVED.labels(_kind)
 for _result in BOT_RESULTS:
     BOT_COMMANDS.labels(_result)
+for _operation in BROKER_OPERATIONS:
+    BROKER_ERRORS.labels(_operation)
 
 
 def set_scrape_sources(
@@ -115,6 +138,7 @@ def set_scrape_sources(
     client_queue_depth: Callable[[], float],
     bot_queue_depth: Callable[[], float],
     asyncio_tasks: Callable[[], float],
+    broker_subscriptions: Callable[[], float],
 ) -> None:
     """Point the state gauges at callbacks evaluated on each scrape."""
     CONNECTIONS.set_function(connections)
@@ -123,3 +147,4 @@ def set_scrape_sources(
     CLIENT_QUEUE_DEPTH.set_function(client_queue_depth)
     BOT_QUEUE_DEPTH.set_function(bot_queue_depth)
     ASYNCIO_TASKS.set_function(asyncio_tasks)
+    BROKER_SUBSCRIPTIONS.set_function(broker_subscriptions)

@@ -41,6 +41,8 @@ class CloseReason(Enum):
     SHUTDOWN = ("shutdown", 1001, "server shutdown")
     ERROR = ("error", 1011, "internal error")
     TOKEN_EXPIRED = ("token_expired", 4001, "token expired")
+    BROKER_UNAVAILABLE = ("broker_unavailable", 1013, "broker unavailable")
+    ROOM_RESET = ("room_reset", 1012, "room restarted")
 
     def __init__(self, label: str, code: int, text: str) -> None:
         self.label = label

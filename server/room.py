@@ -15,6 +15,7 @@ from __future__ import annotations
 import secrets
 import unicodedata
 from collections import deque
+from collections.abc import Container
 from dataclasses import dataclass
 from itertools import islice
 
@@ -22,7 +23,7 @@ from .connection import Connection
 from .protocol import MAX_USER, ChatMessage, message_event, presence_event, welcome_event
 
 SUFFIX_LIMIT = 100
-"""Highest numbered suffix tried for a taken name before a random one (see Room.free_name)."""
+"""Highest numbered suffix tried for a taken name before a random one (see free_name)."""
 
 ONLINE_LIMIT = 100
 """Most member names a ``welcome`` lists (its ``members`` count covers everyone)."""
@@ -72,6 +73,25 @@ def name_key(name: str) -> str:
     return unicodedata.normalize("NFKC", name).casefold()
 
 
+def suffixed(wanted: str, n: int) -> str:
+    """``wanted-n`` for 2 <= n <= ``SUFFIX_LIMIT``, past it ``wanted-`` and 6 random hex
+    digits; ``wanted`` cut so the whole fits ``MAX_USER`` characters."""
+    suffix = f"-{n}" if n <= SUFFIX_LIMIT else f"-{secrets.token_hex(3)}"
+    return wanted[: MAX_USER - len(suffix)] + suffix
+
+
+def free_name(wanted: str, taken: Container[str]) -> str:
+    """``wanted``, or when ``taken`` holds its :func:`name_key` (a member already has it,
+    ignoring case and Unicode compatibility forms) the first free of ``wanted-2`` ...
+    ``wanted-{SUFFIX_LIMIT}``, then a random one (see :func:`suffixed`). The cap keeps a join
+    cheap however many members asked for one name."""
+    name, n = wanted, 1
+    while name_key(name) in taken:
+        n += 1
+        name = suffixed(wanted, n)
+    return name
+
+
 class Room:
     """One room's state: epoch, members (each under a name no other member has, see
     :meth:`join`), the last ``seq`` and up to ``history_size`` messages."""
@@ -86,28 +106,16 @@ class Room:
         self.history: deque[tuple[int, bytes]] = deque(maxlen=history_size)
         self.seq = 0
 
-    def free_name(self, wanted: str) -> str:
-        """``wanted``, or when a member already has it (ignoring case and Unicode
-        compatibility forms) the first free of ``wanted-2`` ... ``wanted-{SUFFIX_LIMIT}``,
-        then ``wanted-`` and 6 random hex digits, cut to fit ``MAX_USER`` characters. The cap
-        keeps a join cheap however many members asked for one name."""
-        name, n = wanted, 1
-        while name_key(name) in self.names:
-            n += 1
-            suffix = f"-{n}" if n <= SUFFIX_LIMIT else f"-{secrets.token_hex(3)}"
-            name = wanted[: MAX_USER - len(suffix)] + suffix
-        return name
-
     def join(self, item: Join) -> tuple[bytes, bytes]:
         """Add ``item.conn`` under a free name (``conn.user`` becomes it, see
-        :meth:`free_name`); return its ``welcome`` and the ``join`` event for everyone.
+        :func:`free_name`); return its ``welcome`` and the ``join`` event for everyone.
 
         The welcome lists the first ``ONLINE_LIMIT`` member names in join order, and holds the
         history newer than ``item.since``, or all of it with ``reset: true`` when
         ``item.epoch`` names another epoch than this room's.
         """
         conn = item.conn
-        conn.user = self.free_name(conn.user)
+        conn.user = free_name(conn.user, self.names)
         self.members[conn] = None
         self.names[name_key(conn.user)] = conn
         reset = item.epoch is not None and item.epoch != self.epoch

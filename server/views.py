@@ -16,9 +16,10 @@ from . import metrics
 from .auth import Identity
 from .bot.commands import CommandError, parse_stock_command
 from .bot.stockbot import BotReply
+from .broker import BrokerUnavailable
 from .connection import Connection
 from .handshake import Handshake, refusal
-from .keys import bot_key, hubs_key, settings_key, state_key
+from .keys import bot_key, broker_key, hubs_key, settings_key, state_key
 from .protocol import (
     CloseReason,
     ProtocolError,
@@ -46,16 +47,20 @@ LISTED_ROOMS = 100
 """Most rooms the lobby and ``/api/rooms`` list: the busiest ones."""
 
 
-def _rooms(request: web.Request) -> list[dict[str, object]]:
-    """Rooms with members, busiest first (then by name), at most ``LISTED_ROOMS``."""
-    rooms = [(-members, name) for name, members in request.app[hubs_key].rooms() if members]
-    rooms.sort()
-    return [{"name": name, "members": -members} for members, name in rooms[:LISTED_ROOMS]]
+async def _rooms(request: web.Request) -> list[dict[str, object]]:
+    """Rooms with members over every instance, busiest first (then by name), at most
+    ``LISTED_ROOMS``. Raises :class:`BrokerUnavailable` when the broker cannot answer."""
+    rooms = await request.app[hubs_key].rooms(LISTED_ROOMS)
+    return [{"name": name, "members": members} for name, members in rooms]
 
 
 @aiohttp_jinja2.template("lobby.html")
 async def lobby(request: web.Request) -> dict[str, object]:
-    return {"rooms": _rooms(request), "version": VERSION, "auth": request.app[settings_key].auth}
+    try:
+        rooms = await _rooms(request)
+    except BrokerUnavailable:
+        rooms = []
+    return {"rooms": rooms, "version": VERSION, "auth": request.app[settings_key].auth}
 
 
 async def room_page(request: web.Request) -> web.Response:
@@ -68,8 +73,14 @@ async def room_page(request: web.Request) -> web.Response:
 
 
 async def api_rooms(request: web.Request) -> web.Response:
-    """``{"rooms": [{"name": str, "members": int}, ...]}``: rooms with members, busiest first."""
-    return web.json_response({"rooms": _rooms(request)})
+    """``{"rooms": [{"name": str, "members": int}, ...]}``: rooms with members, busiest first;
+    503 ``broker_unavailable`` while the broker cannot answer."""
+    try:
+        return web.json_response({"rooms": await _rooms(request)})
+    except BrokerUnavailable:
+        return web.json_response(
+            {"error": "broker_unavailable", "detail": "the broker is unavailable"}, status=503
+        )
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -77,9 +88,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 while accepting connections, 503 once shutdown has begun."""
+    """200 while accepting connections; 503 once shutdown has begun (``shutting_down``) or
+    while the broker is unavailable (``broker_unavailable``)."""
     if request.app[state_key].shutting_down:
         return web.json_response({"status": "shutting_down"}, status=503)
+    if not request.app[broker_key].ready:
+        return web.json_response({"status": "broker_unavailable"}, status=503)
     return web.json_response({"status": "ready"})
 
 
@@ -258,6 +272,20 @@ def _on_frame(request: web.Request, conn: Connection, frame: WSMessage) -> None:
         conn.send_event(error_event("busy", "the stock bot is busy, try again", msg.id))
 
 
+async def per_worker_metrics(request: web.Request) -> web.Response:
+    """With several workers the shared port reaches any one of them, so ``/metrics`` there
+    would mix processes (counters would seem to go back): 404 naming the workers' ports."""
+    settings = request.app[settings_key]
+    first, last = settings.metrics_port, settings.metrics_port + settings.workers - 1
+    return web.json_response(
+        {
+            "error": "per_worker_metrics",
+            "detail": f"each worker serves /metrics on its own port: {first}..{last}",
+        },
+        status=404,
+    )
+
+
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/", lobby, name="lobby")
     app.router.add_get("/rooms/{room}", room_page, name="room")
@@ -265,5 +293,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/ws", websocket)
-    app.router.add_get("/metrics", make_aiohttp_handler())
+    settings = app[settings_key]
+    if settings.workers > 1:
+        app.router.add_get("/metrics", per_worker_metrics)
+    else:
+        app.router.add_get("/metrics", make_aiohttp_handler())
     app.router.add_static("/static/", Path(__file__).parent / "static", name="static")

@@ -28,9 +28,13 @@ FIXED = {
     "ROOMHUB_PORT": "8080",
     "ROOMHUB_QUOTE_PROVIDER": "url",
     "ROOMHUB_QUOTE_URL": "http://stockapi:8081",
+    "ROOMHUB_METRICS_PORT": "9100",
 }
 # Settings compose defaults itself (to the server's default) rather than leaving unset.
 DEFAULTED = {"ROOMHUB_HUB_MODE", "ROOMHUB_LOG_LEVEL"}
+# Settings compose defaults to a value of the stack's own: replicas share rooms through Redis.
+STACK_DEFAULTS = {"ROOMHUB_BROKER": "redis://redis:6379/0"}
+NGINX_CONF = ROOT / "nginx" / "nginx.conf"
 
 
 def shell_env(**env: str) -> dict[str, str]:
@@ -131,11 +135,51 @@ def test_the_image_listens_on_every_interface_while_the_server_default_is_loopba
 def test_settings_unset_in_the_shell_are_left_to_the_server_defaults() -> None:
     chat = resolved()["services"]["chat"]["environment"]
     expected = {
-        name: str(default) if name in DEFAULTED else None
+        name: str(default) if name in DEFAULTED else STACK_DEFAULTS.get(name)
         for name, default in SETTINGS.items()
         if name not in FIXED
     }
     assert {name: chat[name] for name in expected} == expected
+
+
+def test_redis_runs_without_persistence_and_chat_waits_until_it_is_healthy() -> None:
+    redis, chat = services()["redis"], services()["chat"]
+    assert redis["command"] == ["redis-server", "--save", "", "--appendonly", "no"]
+    assert "ping" in redis["healthcheck"]["test"]
+    assert chat["depends_on"]["redis"] == {"condition": "service_healthy"}
+
+
+def test_the_load_balancer_alone_publishes_8080_with_its_config_from_the_repo() -> None:
+    lb = services()["lb"]
+    assert lb["ports"] == ["8080:8080"]
+    assert lb["volumes"] == ["./nginx/nginx.conf:/etc/nginx/nginx.conf:ro"]
+    assert "ports" not in services()["chat"]
+
+
+def test_nginx_accepts_the_load_balancer_config(tmp_path) -> None:
+    result = subprocess.run(
+        [require_binary("nginx"), "-t", "-c", str(NGINX_CONF), "-p", str(tmp_path), "-e", "stderr"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_load_balancer_upgrades_websockets_and_outwaits_the_heartbeat() -> None:
+    conf = NGINX_CONF.read_text()
+    assert "proxy_set_header Upgrade $http_upgrade;" in conf
+    assert "proxy_set_header Connection $connection_upgrade;" in conf
+    assert "proxy_http_version 1.1;" in conf
+    assert "proxy_set_header Host $http_host;" in conf  # the origin check compares hosts
+    (read_timeout,) = re.findall(r"proxy_read_timeout (\d+)s;", conf)
+    assert int(read_timeout) > 2 * Settings().heartbeat
+
+
+def test_make_up_starts_the_chosen_number_of_replicas() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert "CHAT_REPLICAS ?= 2" in makefile
+    assert "--scale chat=$(CHAT_REPLICAS)" in makefile
 
 
 def test_chat_has_a_raised_fd_limit_and_a_readiness_healthcheck() -> None:
@@ -174,7 +218,7 @@ def test_grafana_is_anonymous_read_only_with_the_server_dashboard_home() -> None
         ("K6_PROMETHEUS_RW_SERVER_URL", "http://prometheus:9090/api/v1/write"),
         ("K6_PROMETHEUS_RW_TREND_AS_NATIVE_HISTOGRAM", "true"),
         ("K6_PROMETHEUS_RW_STALE_MARKERS", "true"),
-        ("WS_URL", "ws://chat:8080/ws"),
+        ("WS_URL", "ws://lb:8080/ws"),
     ],
 )
 def test_k6_remote_writes_to_prometheus(name: str, value: str) -> None:

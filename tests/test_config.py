@@ -67,11 +67,52 @@ def test_flag_wins_over_env_var() -> None:
         ({"ROOMHUB_OUTBOX_LIMIT": "1_000"}, "ROOMHUB_OUTBOX_LIMIT"),
         ({"ROOMHUB_FANOUT_INTERVAL": "1e9"}, "ROOMHUB_FANOUT_INTERVAL"),
         ({"ROOMHUB_FANOUT_INTERVAL": "2"}, "ROOMHUB_FANOUT_INTERVAL"),
+        ({"ROOMHUB_BROKER": "postgres://db"}, "ROOMHUB_BROKER"),
+        ({"ROOMHUB_PRESENCE_TTL": "0"}, "ROOMHUB_PRESENCE_TTL"),
     ],
 )
 def test_bad_value_raises_config_error_naming_the_setting(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         load_settings(env)
+
+
+def test_broker_is_memory_by_default_or_a_redis_url() -> None:
+    assert load_settings({}).broker == "memory"
+    assert not load_settings({}).redis
+    for url in ("redis://127.0.0.1:6379/0", "rediss://cache.example:6380/1"):
+        settings = load_settings({"ROOMHUB_BROKER": url})
+        assert settings.redis
+        assert settings.broker == url
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        (
+            {"ROOMHUB_HUB_MODE": "global", "ROOMHUB_BROKER": "redis://127.0.0.1:6379/0"},
+            ("ROOMHUB_HUB_MODE", "ROOMHUB_BROKER"),
+        ),
+    ],
+)
+def test_settings_refused_together_stop_start_up_naming_both(
+    env: dict[str, str], named: tuple[str, str]
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "serve"],
+        env={**env, "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert all(name in result.stderr for name in named)
+
+
+def test_broker_password_is_never_shown() -> None:
+    env = {"ROOMHUB_HUB_MODE": "global", "ROOMHUB_BROKER": "redis://:s3cret@db:6379/0"}
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env)
+    assert "s3cret" not in str(raised.value)
 
 
 def test_bad_env_var_stops_start_up_with_exit_code_2() -> None:

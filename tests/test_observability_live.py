@@ -29,6 +29,7 @@ from tests.support.processes import (
     free_port,
     require_binary,
     run_server,
+    serve_redis,
     wait_http_ok,
 )
 from tests.support.promql import (
@@ -191,7 +192,13 @@ def observed(
 ) -> Iterator[Observed]:
     tmp = tmp_path_factory.mktemp("observability")
     testid = f"live-{int(time.time())}"
-    with run_server(tmp, quote_provider="url", quote_url=stockapi.url, room_grace=1) as server:
+    # On the Redis broker, so the backplane panels and rules have data too.
+    with (
+        serve_redis(require_binary("redis-server"), tmp) as redis,
+        run_server(
+            tmp, quote_provider="url", quote_url=stockapi.url, room_grace=1, broker=redis.url
+        ) as server,
+    ):
         port = free_port()
         with run_prometheus(tmp, live_config(port, server, stockapi), port) as url:
             start = time.time()

@@ -65,6 +65,7 @@ def test_the_required_alerts_exist() -> None:
         "RoomhubBotTimeouts",
         "RoomhubConnectionChurn",
         "RoomhubTargetDown",
+        "RoomhubBrokerDown",
     }
 
 
@@ -93,7 +94,7 @@ def test_recording_rules_cover_rates_and_quantiles() -> None:
 def test_chat_replicas_are_discovered_by_dns() -> None:
     (chat,) = [job for job in config()["scrape_configs"] if job["job_name"] == "chat"]
     assert chat["dns_sd_configs"] == [
-        {"names": ["chat"], "type": "A", "port": 8080, "refresh_interval": "5s"}
+        {"names": ["chat"], "type": "A", "port": 9100, "refresh_interval": "5s"}
     ]
 
 

@@ -10,7 +10,7 @@
 import { sleep } from 'k6';
 import exec from 'k6/execution';
 import { WebSocket } from 'k6/experimental/websockets';
-import { WS_URL } from './config.js';
+import { WS_URLS } from './config.js';
 import * as m from './metrics.js';
 
 const LAG_SAMPLE_MS = 1000;
@@ -26,10 +26,11 @@ const OPEN = 1;
 
 let sessions = 0; // per VU: module state lives in the VU's own JS runtime
 
-// The chat endpoint for `room` and `user`.
+// The chat endpoint for `room` and `user`, on this VU's instance (WS_URL may list several).
 export function chatUrl(room, user) {
-  const join = WS_URL.includes('?') ? '&' : '?';
-  return `${WS_URL}${join}room=${encodeURIComponent(room)}&user=${encodeURIComponent(user)}`;
+  const base = WS_URLS[exec.vu.idInTest % WS_URLS.length];
+  const join = base.includes('?') ? '&' : '?';
+  return `${base}${join}room=${encodeURIComponent(room)}&user=${encodeURIComponent(user)}`;
 }
 
 // Epoch ms at which the running scenario ends when it lasts `durationMs`.

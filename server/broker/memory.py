@@ -1,0 +1,103 @@
+"""The in-process broker (``ROOMHUB_BROKER=memory``): one instance, no I/O.
+
+Each subscribed room keeps its epoch, seq, history ring and member count here; every
+operation hands its result to the room's sink at once. A room's state is forgotten when its
+hub unsubscribes (the room was empty for the grace period): the next join starts a new epoch.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from itertools import islice
+
+from .. import metrics
+from .. import room as room_state
+from ..protocol import ChatMessage, message_event, presence_event
+from ..room import free_name, name_key, new_epoch
+from . import Event, Sink, Welcome
+
+
+class _RoomState:
+    """``names``: name_key -> name of each member, in join order; ``tokens``: join token ->
+    name_key."""
+
+    __slots__ = ("epoch", "history", "names", "seq", "sink", "tokens")
+
+    def __init__(self, sink: Sink, history_size: int) -> None:
+        self.sink = sink
+        self.epoch = new_epoch()
+        self.seq = 0
+        self.names: dict[str, str] = {}
+        self.tokens: dict[int, str] = {}
+        self.history: deque[tuple[int, bytes]] = deque(maxlen=history_size)
+
+
+class MemoryBroker:
+    """Sequences, stores and counts each room in this process (a
+    :class:`~server.broker.Broker`)."""
+
+    ready = True
+
+    def __init__(self, history_size: int) -> None:
+        self.history_size = history_size
+        self._rooms: dict[str, _RoomState] = {}
+
+    async def start(self) -> None:
+        metrics.BROKER_UP.set(1)
+
+    async def close(self) -> None:
+        self._rooms.clear()
+
+    async def subscribe(self, room: str, sink: Sink) -> None:
+        state = self._rooms.get(room)
+        if state is None:
+            self._rooms[room] = _RoomState(sink, self.history_size)
+        else:
+            state.sink = sink
+
+    def unsubscribe(self, room: str, sink: Sink) -> None:
+        state = self._rooms.get(room)
+        if state is not None and state.sink == sink:
+            del self._rooms[room]
+
+    def join(self, room: str, user: str, since: int | None, epoch: str | None, token: int) -> None:
+        state = self._rooms.get(room)
+        if state is None:
+            return
+        name = free_name(user, state.names)
+        state.names[name_key(name)] = name
+        state.tokens[token] = name_key(name)
+        members = len(state.names)
+        reset = epoch is not None and epoch != state.epoch
+        if reset:
+            since = None
+        history = [event for seq, event in state.history if since is None or seq > since]
+        online = list(islice(state.names.values(), room_state.ONLINE_LIMIT))
+        welcome = Welcome(token, name, state.epoch, state.seq, members, online, reset, history)
+        state.sink(welcome)
+        state.sink(Event(presence_event("join", name, members)))
+
+    def leave(self, room: str, token: int) -> None:
+        state = self._rooms.get(room)
+        if state is None or token not in state.tokens:
+            return
+        name = state.names.pop(state.tokens.pop(token))
+        state.sink(Event(presence_event("leave", name, len(state.names))))
+
+    def say(self, room: str, user: str, msg: ChatMessage, sender: int) -> None:
+        state = self._rooms.get(room)
+        if state is None:
+            return
+        state.seq += 1
+        event = message_event(state.seq, room, user, msg)
+        state.history.append((state.seq, event))
+        state.sink(Event(event, state.seq, urgent=True))
+
+    def publish(self, room: str, event: bytes) -> None:
+        state = self._rooms.get(room)
+        if state is not None:
+            state.sink(Event(event, urgent=True))
+
+    async def rooms(self, limit: int) -> list[tuple[str, int]]:
+        rooms = sorted((-len(s.names), name) for name, s in self._rooms.items() if s.names)
+        return [(name, -members) for members, name in rooms[:limit]]
