@@ -69,6 +69,8 @@ def test_flag_wins_over_env_var() -> None:
         ({"ROOMHUB_FANOUT_INTERVAL": "2"}, "ROOMHUB_FANOUT_INTERVAL"),
         ({"ROOMHUB_BROKER": "postgres://db"}, "ROOMHUB_BROKER"),
         ({"ROOMHUB_PRESENCE_TTL": "0"}, "ROOMHUB_PRESENCE_TTL"),
+        ({"ROOMHUB_WORKERS": "0"}, "ROOMHUB_WORKERS"),
+        ({"ROOMHUB_METRICS_PORT": "70000"}, "ROOMHUB_METRICS_PORT"),
     ],
 )
 def test_bad_value_raises_config_error_naming_the_setting(env: dict[str, str], named: str) -> None:
@@ -91,6 +93,11 @@ def test_broker_is_memory_by_default_or_a_redis_url() -> None:
         (
             {"ROOMHUB_HUB_MODE": "global", "ROOMHUB_BROKER": "redis://127.0.0.1:6379/0"},
             ("ROOMHUB_HUB_MODE", "ROOMHUB_BROKER"),
+        ),
+        ({"ROOMHUB_WORKERS": "2"}, ("ROOMHUB_WORKERS", "ROOMHUB_BROKER")),
+        (
+            {"ROOMHUB_WORKERS": "2", "ROOMHUB_BROKER": "redis://127.0.0.1:6379/0"},
+            ("ROOMHUB_WORKERS", "ROOMHUB_METRICS_PORT"),
         ),
     ],
 )
