@@ -9,7 +9,13 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import create_app
-from server.metrics import BOT_RESULTS, CLOSE_REASONS, HEAP_STATES, MESSAGE_KINDS
+from server.metrics import (
+    BOT_RESULTS,
+    BROKER_OPERATIONS,
+    CLOSE_REASONS,
+    HEAP_STATES,
+    MESSAGE_KINDS,
+)
 from server.protocol import CloseReason
 from tests.chat import Client, settings
 from tests.support.docs import code, table
@@ -19,6 +25,7 @@ LABEL_VALUES = {  # each label's values, as the code has them (close reasons: se
     "chat_messages_received_total{kind}": MESSAGE_KINDS,
     "chat_bot_commands_total{result}": BOT_RESULTS,
     "chat_heap_bytes{state}": HEAP_STATES,
+    "chat_broker_errors_total{operation}": BROKER_OPERATIONS,
 }
 
 
@@ -55,7 +62,7 @@ async def test_every_documented_metric_is_exported_with_its_type(aiohttp_client:
     server = await aiohttp_client(create_app(settings()))
     exported = await families(server)
     expected = documented()
-    assert len(expected) == 20
+    assert len(expected) == 26
     assert {name: exported.get(name) for name in expected} == expected
     chat = {name for name in exported if name.startswith("chat_")}
     assert chat == expected.keys(), "a chat_ metric is exported but not documented"
