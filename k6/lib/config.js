@@ -8,7 +8,8 @@
 //   RESULTS_DIR  where handleSummary writes <scenario>-summary.json/.txt/.html (default
 //                "results"; `make k6` passes a new results/<date>-<time>-<scenario> per run)
 
-export const WS_URLS = (__ENV.WS_URL || 'ws://localhost:8080/ws').split(',').map((u) => u.trim());
+export const WS_URL = __ENV.WS_URL || 'ws://localhost:8080/ws';
+export const WS_URLS = WS_URL.split(',').map((u) => u.trim());
 export const ROOM_PREFIX = __ENV.ROOM || 'load';
 export const RESULTS_DIR = (__ENV.RESULTS_DIR || 'results').replace(/\/+$/, '');
 
