@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .config import ConfigError, Settings
+from .protocol import ProtocolError, validate_room, validate_user
 
 MIN_SECRET_BYTES = 32
 """Shortest HS256 secret accepted (RFC 7518 section 3.2: a key of at least the hash size)."""
@@ -149,8 +150,19 @@ def mint_token(
     """A token for ``sub`` that expires ``ttl`` seconds from ``now`` (default: the clock).
 
     Signed HS256 with ``secret``, or RS256/ES256 with the PEM ``private_key`` (by its type).
-    Raises ``ValueError`` when neither or an unusable key is given.
+    Raises ``ValueError`` naming the problem for what a server would refuse: no key, a secret
+    under ``MIN_SECRET_BYTES``, an encrypted or unusable private key, a blank ``sub``, a name
+    that breaks the name rule or a room name that is not one.
     """
+    shown = (name or "").strip() or sub.strip()
+    if not shown:
+        raise ValueError("--sub must not be blank")
+    try:
+        validate_user(shown)
+        for room in rooms or ():
+            validate_room(room)
+    except ProtocolError as exc:
+        raise ValueError(exc.detail) from None
     now = time.time() if now is None else now
     claims: dict[str, Any] = {"sub": sub, "iat": int(now), "exp": int(now + ttl)}
     if name is not None:
@@ -158,9 +170,14 @@ def mint_token(
     if rooms is not None:
         claims["rooms"] = rooms
     if private_key is not None:
-        key = serialization.load_pem_private_key(private_key, password=None)
+        try:
+            key = serialization.load_pem_private_key(private_key, password=None)
+        except TypeError as exc:  # an encrypted key
+            raise ValueError(str(exc)) from None
         alg = _public_key_algorithm(key.public_key())
         return jwt.encode(claims, key, algorithm=alg)  # type: ignore[arg-type]
     if secret:
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"ROOMHUB_TOKEN_SECRET: must be at least {MIN_SECRET_BYTES} bytes")
         return jwt.encode(claims, secret, algorithm="HS256")
     raise ValueError("needs ROOMHUB_TOKEN_SECRET or --private-key")

@@ -233,3 +233,42 @@ def test_token_command_without_a_key_exits_2() -> None:
     )
     assert result.returncode == 2
     assert "ROOMHUB_TOKEN_SECRET" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("claims", "secret", "named"),
+    [
+        ({"sub": " "}, SECRET, "--sub must not be blank"),
+        ({"sub": "alice", "name": "x" * 33}, SECRET, "user must be 1-32 characters"),
+        ({"sub": "alice", "rooms": ["a b"]}, SECRET, "room must be 1-64 characters"),
+        ({"sub": "alice"}, "short", "ROOMHUB_TOKEN_SECRET: must be at least 32 bytes"),
+    ],
+    ids=["blank-sub", "long-name", "bad-room", "short-secret"],
+)
+def test_mint_token_refuses_what_the_server_would_refuse(
+    claims: dict[str, Any], secret: str, named: str
+) -> None:
+    with pytest.raises(ValueError, match=named):
+        mint_token(ttl=60, secret=secret, **claims)
+
+
+def test_token_command_with_an_encrypted_key_exits_2(tmp_path: Path) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "key.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pass"),
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "token", "--sub", "alice", "--private-key", str(pem)],
+        env={"PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("roomhub token: ") and "encrypted" in result.stderr
+    assert "Traceback" not in result.stderr
