@@ -624,6 +624,10 @@ def test_a_64_character_room_name_wraps_on_a_phone(
 ) -> None:
     page = contexts().new_page()
     page.set_viewport_size(PHONE)
+    page.goto(f"{live_server.url}/rooms/{LONG_ROOM}")  # no name yet: the form joins the room
+    expect(page.get_by_role("button", name=f"Join #{LONG_ROOM}")).to_be_visible()
+    assert horizontal_overflow(page) == 0
+
     page.goto(f"{live_server.url}/rooms/{LONG_ROOM}?user=alice")
     expect(page.locator("#status")).to_have_attribute("data-state", "online")
     send(page, "hello from a phone")
