@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -349,3 +350,10 @@ async def test_names_are_unique_over_every_instance(make_instance: Any) -> None:
     assert (await again.next_of("welcome"))["user"] == "alice"
     await second.close()
     await again.close()
+
+
+def test_readme_states_the_reconnect_backoff_the_broker_uses() -> None:
+    from server.broker.redis import MAX_BACKOFF, MIN_BACKOFF
+
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert f"backoff from {MIN_BACKOFF:g} s doubling up to {MAX_BACKOFF:g} s" in readme
