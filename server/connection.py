@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from . import metrics
-from .protocol import PING_FRAME, CloseReason, batch, close_frame, frame_header, take_batch
+from .protocol import PING_FRAME, CloseReason, batch, close_frame, take_batch, text_frame
 
 log = logging.getLogger("roomhub.connection")
 
@@ -121,8 +121,10 @@ class Connection:
 
     # -- outbound -------------------------------------------------------------------------
 
-    def deliver(self, frame: bytes, events: list[bytes]) -> int:
-        """Hand ``events`` (already joined into ``frame``) to this client without waiting.
+    def deliver(self, wire: bytes, events: list[bytes]) -> int:
+        """Hand ``events`` to this client without waiting; ``wire`` is them as one text frame
+        (header and payload, :func:`~server.protocol.text_frame`), written as is when nothing
+        waits, so a fan-out builds it once for all recipients.
 
         Returns the number of frames written now (0 or 1); queued events are written later
         by the writer task.
@@ -130,7 +132,7 @@ class Connection:
         if self.closing:
             return 0
         if not self.outbox and self._writer is None and not backed_up(self._transport):
-            return self._write(frame)
+            return self._write(wire)
         if self.outbox is None:
             self.outbox = deque()
         self.outbox.extend(events)
@@ -144,14 +146,14 @@ class Connection:
     def send_event(self, event: bytes) -> None:
         """Send one encoded event to this client only (welcome, error), in order with the rest."""
         metrics.EVENTS_DELIVERED.inc()
-        if self.deliver(event, [event]):
+        if self.deliver(text_frame(event), [event]):
             metrics.FRAMES_SENT.inc()
 
-    def _write(self, frame: bytes) -> int:
+    def _write(self, wire: bytes) -> int:
         transport = self._transport
         if transport.is_closing():
             return 0
-        transport.write(frame_header(len(frame)) + frame)
+        transport.write(wire)
         return 1
 
     async def _drain(self) -> None:
@@ -166,7 +168,7 @@ class Connection:
                 if backed_up(self._transport):
                     await wait_writable(self._transport, self._ws_writer)
                     continue
-                if not self._write(batch(take_batch(self.outbox, self.max_frame_size))):
+                if not self._write(text_frame(batch(take_batch(self.outbox, self.max_frame_size)))):
                     break
                 metrics.FRAMES_SENT.inc()
         except ConnectionError:

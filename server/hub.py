@@ -37,7 +37,7 @@ from .broker import (
     encoded_history_seq,
 )
 from .connection import Connection
-from .protocol import CloseReason, batch, error_event, take_batch, welcome_event
+from .protocol import CloseReason, batch, error_event, take_batch, text_frame, welcome_event
 from .room import BotEvent, HubItem, Join, Leave, Say
 
 log = logging.getLogger("roomhub.hub")
@@ -59,8 +59,8 @@ def presence_interval(base: float, members: int) -> float:
 
 def fan_out(members: dict[Connection, None], events: list[bytes], max_frame_size: int) -> None:
     """Hand ``events`` to every connection in ``members`` without awaiting anyone: as one
-    frame, or as several when one would exceed ``max_frame_size`` bytes (each encoded once
-    for all)."""
+    frame, or as several when one would exceed ``max_frame_size`` bytes (each frame's wire
+    bytes, header included, built once for all)."""
     if not events:
         return
     started = time.perf_counter()
@@ -68,9 +68,9 @@ def fan_out(members: dict[Connection, None], events: list[bytes], max_frame_size
     waiting = deque(events)
     while waiting:
         chunk = take_batch(waiting, max_frame_size)
-        frame = batch(chunk)
+        wire = text_frame(batch(chunk))
         for conn in members:
-            frames += conn.deliver(frame, chunk)
+            frames += conn.deliver(wire, chunk)
     metrics.BROADCAST_FANOUT.observe(time.perf_counter() - started)
     metrics.BROADCAST_RECIPIENTS.observe(len(members))
     metrics.EVENTS_DELIVERED.inc(len(events) * len(members))

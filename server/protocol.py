@@ -290,3 +290,9 @@ def frame_header(length: int) -> bytes:
     if length < 65536:
         return bytes((0x81, 126)) + length.to_bytes(2, "big")
     return bytes((0x81, 127)) + length.to_bytes(8, "big")
+
+
+def text_frame(payload: bytes) -> bytes:
+    """The wire bytes of an unmasked final text frame: :func:`frame_header` then ``payload``.
+    Built once per fan-out and written as is to every recipient."""
+    return frame_header(len(payload)) + payload

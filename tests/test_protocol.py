@@ -23,6 +23,7 @@ from server.protocol import (
     batch,
     frame_header,
     parse_frame,
+    text_frame,
     validate_room,
     validate_since,
     validate_user,
@@ -271,3 +272,8 @@ def test_every_valid_message_fits_the_default_inbound_limit_whatever_the_encoder
         message.get("id"),
         message.get("sent"),
     )
+
+
+def test_text_frame_is_the_header_then_the_payload() -> None:
+    payload = b"x" * 300
+    assert text_frame(payload) == frame_header(300) + payload
