@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import capacity
 from .idle import IdleMemory, Site
 from .measure import Run
 
 KIB, MIB = 1024, 1024 * 1024
 SLOW_CONSUMER = 'chat_connections_closed_total{reason="slow_consumer"}'
 MAX_IDLE_KIB = 12
+CAPACITY_USERS = 400
+MAX_CPU_MS_PER_1000 = 1.0
 MESSAGES_IN = 'chat_messages_received_total{kind="message"}'
 
 
@@ -20,6 +23,7 @@ class ModeResult:
     idle: list[IdleMemory]
     sites: tuple[float, list[Site]] | None  # traced bytes per idle connection, top lines
     runs: list[Run]
+    capacity_steps: tuple[capacity.Step, ...] = ()
 
     def run(self, scenario: str) -> Run | None:
         return next((r for r in self.runs if r.scenario == scenario), None)
@@ -112,6 +116,7 @@ def _mode_section(result: ModeResult) -> list[str]:
             f"**{_num(idle.per_connection / KIB)} KiB per idle connection**.",
             "",
         ]
+    lines += capacity.section(list(result.capacity_steps))
     if result.sites:
         total, sites = result.sites
         rows = [
@@ -134,6 +139,27 @@ def _check(ok: bool | None) -> str:
     return "—" if ok is None else ("met" if ok else "**missed**")
 
 
+def _capacity_targets(steps: tuple[capacity.Step, ...]) -> list[list[str]]:
+    """The capacity targets: 400 users sustained, <= 1.0 ms server CPU per 1000 events there."""
+    if not steps:
+        return []
+    best = capacity.largest(list(steps))
+    at_target = next((s for s in steps if s.users == CAPACITY_USERS), None)
+    cpu = at_target.cpu_ms_per_1000 if at_target else None
+    return [
+        [
+            f"capacity: {CAPACITY_USERS} users x 2 msg/s in one room sustained",
+            f"largest sustained: {best.users if best else 'none'}",
+            _check(best is not None and best.users >= CAPACITY_USERS),
+        ],
+        [
+            f"server CPU <= {MAX_CPU_MS_PER_1000} ms per 1000 events at {CAPACITY_USERS} users",
+            _num(cpu, 2),
+            _check(None if cpu is None else cpu <= MAX_CPU_MS_PER_1000),
+        ],
+    ]
+
+
 def _targets(results: list[ModeResult], profile: str) -> list[str]:
     sharded = next((r for r in results if r.mode == "sharded"), None)
     if sharded is None:
@@ -154,6 +180,7 @@ def _targets(results: list[ModeResult], profile: str) -> list[str]:
         rows.append(["storm: every VU connects", f"{_num(connected, 0)} of {vus}", _check(all_in)])
         p99 = storm.k6("chat_rtt").get("p(99)")
         rows.append(["storm: probe chat_rtt p99 < 100 ms", _num(p99), _check(p99 and p99 < 100)])
+    rows += _capacity_targets(sharded.capacity_steps)
     for idle in sharded.idle:
         kib = idle.per_connection / KIB
         target = f"RSS per idle connection <= {MAX_IDLE_KIB} KiB at {idle.connections:,}"

@@ -19,6 +19,10 @@ Environment (``make bench NAME=value`` works too):
     BENCH_BACKPLANE   backplane rows to run (default "memory redis redis-workers"; "" skips
                       the table): full active-chat on the memory broker, on Redis, and
                       with --workers 2 on Redis (needs Debian's redis-server)
+    BENCH_CAPACITY    users per capacity step, all in one room sending 2 messages/s each
+                      (default "200 300 400 600"; 0 skips the steps)
+    BENCH_CAPACITY_MODES  hub modes that run the capacity steps (default "sharded")
+    BENCH_CAPACITY_DURATION  active-chat DURATION of each step (default 30s)
     BENCH_RESULTS     output directory (default results)
 
 Other ``ROOMHUB_*`` variables in the environment reach every server started.
@@ -34,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import backplane, idle
+from . import backplane, capacity, idle
 from .measure import K6, ROOT, run_scenario
 from .report import ModeResult, render
 from .server import serve
@@ -97,7 +101,34 @@ def bench_mode(mode: str, environ: dict[str, str], out: Path) -> ModeResult:
             run = run_scenario(server, scenario, scenario_env(scenario, environ), out)
         runs.append(run)
         print(f"[{mode}] {scenario}: k6 exit {run.returncode}", flush=True)
-    return ModeResult(mode, memory, sites, runs)
+    steps = []
+    if mode in environ.get("BENCH_CAPACITY_MODES", "sharded").split():
+        steps = capacity_steps(mode, environ, out)
+    return ModeResult(mode, memory, sites, runs, tuple(steps))
+
+
+def capacity_steps(mode: str, environ: dict[str, str], out: Path) -> list[capacity.Step]:
+    """Run active-chat once per BENCH_CAPACITY user count, each against a fresh server."""
+    results = []
+    for users in capacity.steps(environ.get("BENCH_CAPACITY", capacity.STEPS)):
+        env = capacity.scenario_env(
+            users,
+            environ.get("BENCH_PROFILE", "full"),
+            environ.get("BENCH_CAPACITY_DURATION", capacity.DURATION),
+        )
+        step_out = out / f"capacity-{users}"
+        step_out.mkdir(parents=True, exist_ok=True)
+        with serve(step_out / "server.log", hub_mode=mode, **SERVER_SETTINGS) as server:
+            run = run_scenario(server, "active-chat", env, step_out)
+        results.append(capacity.Step(users, run, os.cpu_count() or 1))
+        step = results[-1]
+        print(
+            f"[{mode}] capacity {users} users: sent {step.sent_share:.1%}, delivered "
+            f"{step.delivered_share:.1%}, p99 {step.p99} ms, "
+            f"sustained {step.sustained}",
+            flush=True,
+        )
+    return results
 
 
 def main() -> int:

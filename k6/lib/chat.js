@@ -182,6 +182,9 @@ export class ChatSession {
       return;
     }
     if (now >= this.endAt - this.drainMs) {
+      if (!this.draining) {
+        this.countUnsent(this.endAt - this.drainMs);
+      }
       this.draining = true;
       this.closeIfDrained();
     } else if (now >= this.nextSendAt) {
@@ -194,6 +197,18 @@ export class ChatSession {
     }
     if (now - this.lastFlush >= FLUSH_MS) {
       this.flush();
+    }
+  }
+
+  // Chat messages due before `until` on this session's schedule that were never sent (whole
+  // intervals only: a tick that comes a little late is not counted).
+  countUnsent(until) {
+    if (this.sendEveryMs && !this.commands && this.nextSendAt !== Infinity) {
+      const unsent = Math.floor((until - this.nextSendAt) / this.sendEveryMs);
+      if (unsent > 0) {
+        m.messagesUnsent.add(unsent);
+      }
+      this.nextSendAt = Infinity;
     }
   }
 
@@ -307,6 +322,7 @@ export class ChatSession {
   handleClose() {
     clearTimeout(this.startTimer);
     clearInterval(this.tickTimer);
+    this.countUnsent(Math.min(Date.now(), this.endAt - this.drainMs));
     this.flush();
     if (!this.closing) {
       setTimeout(() => {}, RETRY_PAUSE_MS); // keeps the iteration (and the VU) waiting

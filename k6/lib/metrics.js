@@ -21,6 +21,10 @@ export const unexpectedCloses = new Counter('chat_unexpected_closes');
 export const upgrades = new Rate('chat_ws_upgrade_ok');
 
 export const messagesSent = new Counter('chat_messages_sent');
+// Chat messages that fell due on the session's schedule (one every sendEveryMs from the welcome
+// until the drain) but were never sent: k6 fell a whole interval or more behind its own
+// timers. chat_messages_sent / (sent + unsent) is the share of the planned load k6 produced.
+export const messagesUnsent = new Counter('chat_messages_unsent');
 // `message` events received live (after the welcome; history not included), counted by the
 // client: every member's own receipts.
 export const messagesReceived = new Counter('chat_messages_received');
