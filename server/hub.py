@@ -5,7 +5,8 @@ A room's epoch, order, history and member count belong to the instance's broker
 join, leave, say or publish, and fans out only what the broker hands back, in the broker's
 order, so each member on any instance gets each event once. Each wake-up drains every waiting
 inbox item and hands each member the whole batch of events as one frame, never awaiting a
-client. Fan-outs of one room are at least ``fanout_interval`` seconds apart:
+client. Fan-outs of one room are at least ``fanout_interval`` seconds apart, longer in a big
+room (:func:`message_interval`: a fan-out costs a write per member, whatever it carries):
 under load, events that arrive in between leave together; a quiet room fans out at once.
 Joins and leaves alone may wait longer in a big room (a join storm would otherwise cost a
 frame per join per member), and leave with the next message at the latest. A room empty for
@@ -42,19 +43,34 @@ from .room import BotEvent, HubItem, Join, Leave, Say
 
 log = logging.getLogger("roomhub.hub")
 
-FRAME_BUDGET = 10_000
+MESSAGE_FRAME_BUDGET = 20_000
+"""Frames per second one busy room may spend on fan-outs, summed over members: each fan-out
+costs a socket write per member, whatever it carries."""
+MAX_MESSAGE_INTERVAL = 0.05
+"""Longest time (seconds) a message waits for its fan-out, however big the room."""
+PRESENCE_FRAME_BUDGET = 4_000
 """Frames per second one room may spend on presence (join/leave) events, summed over members."""
 MAX_PRESENCE_INTERVAL = 0.25
 """Longest time (seconds) a join or leave waits for its fan-out, however big the room."""
 
 
-def presence_interval(base: float, members: int) -> float:
-    """Seconds between two presence-only fan-outs of a room with ``members``: ``base``, or
-    longer when ``members / base`` frames per second would exceed ``FRAME_BUDGET`` (at most
-    ``MAX_PRESENCE_INTERVAL``). ``base`` 0 turns coalescing off."""
+def spacing(base: float, members: int, budget: int, longest: float) -> float:
+    """Seconds between two fan-outs of a room with ``members``: ``base``, or longer when
+    ``members / base`` frames per second would exceed ``budget`` (at most ``longest``).
+    ``base`` 0 turns coalescing off."""
     if base <= 0:
         return 0.0
-    return min(max(base, members / FRAME_BUDGET), MAX_PRESENCE_INTERVAL)
+    return min(max(base, members / budget), longest)
+
+
+def message_interval(base: float, members: int) -> float:
+    """Seconds between two fan-outs carrying messages or bot replies (see :func:`spacing`)."""
+    return spacing(base, members, MESSAGE_FRAME_BUDGET, MAX_MESSAGE_INTERVAL)
+
+
+def presence_interval(base: float, members: int) -> float:
+    """Seconds between two presence-only fan-outs (see :func:`spacing`)."""
+    return spacing(base, members, PRESENCE_FRAME_BUDGET, MAX_PRESENCE_INTERVAL)
 
 
 def fan_out(members: dict[Connection, None], events: list[bytes], max_frame_size: int) -> None:
@@ -134,9 +150,9 @@ class RoomHub:
         """Subscribe, then serve the inbox until the room has had no connection for ``grace``
         seconds. Raises :class:`BrokerUnavailable` when the subscription cannot be made.
 
-        Messages and bot replies fan out at least ``interval`` seconds after the previous
-        fan-out; presence-only batches wait :func:`presence_interval` (longer in big rooms),
-        or leave earlier with the next message.
+        Messages and bot replies fan out :func:`message_interval` (at least ``interval``)
+        seconds after the previous fan-out; presence-only batches wait
+        :func:`presence_interval`, or leave earlier with the next message.
         """
         await self.broker.subscribe(self.name, self.post)
         try:
@@ -163,7 +179,7 @@ class RoomHub:
                     if not self.inbox and not self.tokens:
                         return
             if self.inbox:
-                wait = last + interval - loop.time()
+                wait = last + message_interval(interval, len(self.members)) - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
                 self._wake.clear()

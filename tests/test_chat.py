@@ -14,7 +14,7 @@ from websockets.frames import Close, Opcode
 from websockets.protocol import Protocol, Side
 
 from server.broker.memory import MemoryBroker
-from server.hub import RoomHub
+from server.hub import RoomHub, message_interval, presence_interval
 from server.keys import hubs_key, state_key
 from server.protocol import CloseReason
 from server.room import Join, Room
@@ -191,6 +191,20 @@ async def test_events_waiting_together_arrive_batched_in_one_frame(make_server: 
     texts = [(await bob.next_of("message"))["text"] for _ in range(50)]
     assert texts == [f"m{i}" for i in range(50)]
     assert bob.frames - frames_before == 1
+
+
+@pytest.mark.parametrize(
+    ("members", "messages", "presence"),
+    [(10, 0.01, 0.01), (400, 0.02, 0.1), (600, 0.03, 0.15), (5000, 0.05, 0.25)],
+)
+def test_big_rooms_fan_out_within_the_documented_frame_budgets(
+    members: int, messages: float, presence: float
+) -> None:
+    # docs/protocol.md "Frames and batching": 20,000 frames/s for messages (at most 50 ms
+    # apart), 4,000 for joins and leaves alone (at most 250 ms), from the 10 ms default up.
+    assert message_interval(0.01, members) == pytest.approx(messages)
+    assert presence_interval(0.01, members) == pytest.approx(presence)
+    assert message_interval(0, members) == presence_interval(0, members) == 0
 
 
 @pytest.mark.parametrize(
