@@ -86,7 +86,9 @@ async def broker_context(app: web.Application) -> AsyncIterator[None]:
     """The instance's broker: in-process, or Redis (connecting in the background)."""
     settings = app[settings_key]
     broker = (
-        RedisBroker(settings.broker, settings.history_size, settings.presence_ttl)
+        RedisBroker(
+            settings.broker, settings.history_size, settings.presence_ttl, settings.room_grace
+        )
         if settings.redis
         else MemoryBroker(settings.history_size)
     )

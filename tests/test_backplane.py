@@ -16,6 +16,8 @@ import redis
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
+from server.broker.redis import RedisBroker
+from server.config import Settings
 from tests.chat import UPGRADE_HEADERS, Client, sample, settings, wait_until
 from tests.support.k6 import SCENARIOS, run_k6
 from tests.support.processes import Process, RedisServer, free_port, run_server
@@ -165,6 +167,34 @@ async def test_redis_restarted_empty_mid_chat_unavailable_then_a_new_epoch(
         assert (got["text"], got["id"], got["seq"]) == ("after", "m2", 1)
     await ann.close()
     await bob.close()
+
+
+async def test_an_abandoned_rooms_keys_expire_and_it_restarts_in_a_new_epoch(
+    make_instance: Any, redis_server: RedisServer
+) -> None:
+    # Keys live max(room_grace, presence_ttl) = 3 s past the last use; refreshed every 1 s.
+    a = await make_instance(room_grace=1.0, presence_ttl=3.0)
+    store = redis.Redis.from_url(redis_server.url)
+    keys = [f"roomhub:{{lobby}}:{name}" for name in ("epoch", "seq", "history", "instances")]
+    ann = await connect(a, "lobby", "ann")
+    old = await ann.next_of("welcome")
+    await ann.say("hello")
+    assert (await ann.next_of("message"))["seq"] == 1
+    assert store.exists(*keys) == 4
+    assert all(0 < store.ttl(key) <= 3 for key in keys)
+
+    await asyncio.sleep(4.5)  # in use past the retention: the presence refresh keeps the keys
+    assert store.exists(*keys) == 4
+    await ann.close()
+    await wait_until(lambda: not store.keys("roomhub:{lobby}:*"), timeout=15)
+    assert store.zscore("roomhub:rooms", "lobby") is None
+
+    ann = await connect(a, "lobby", "ann", since=1, epoch=old["epoch"])
+    new = await ann.next_of("welcome")
+    assert (new["reset"], new["seq"], new["history"]) == (True, 0, [])
+    assert new["epoch"] != old["epoch"]
+    await ann.close()
+    store.close()
 
 
 async def test_a_lost_subscription_is_restored_without_touching_the_room(
@@ -357,3 +387,15 @@ def test_readme_states_the_reconnect_backoff_the_broker_uses() -> None:
 
     readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
     assert f"backoff from {MIN_BACKOFF:g} s doubling up to {MAX_BACKOFF:g} s" in readme
+
+
+def test_a_rooms_keys_are_kept_for_the_room_grace_or_the_presence_ttl_if_longer() -> None:
+    # README settings table and docs/scaling.md: max of both, 30 s by default.
+    defaults = Settings()
+    assert broker_retention(defaults.presence_ttl, defaults.room_grace) == 30
+    assert broker_retention(15, 0.2) == 15
+    assert broker_retention(2, 0) == 2
+
+
+def broker_retention(presence_ttl: float, room_grace: float) -> int:
+    return RedisBroker("redis://127.0.0.1:1/0", 50, presence_ttl, room_grace).retention

@@ -11,6 +11,10 @@ Keys of room ``R`` (the ``{R}`` hash tag keeps a room's keys together):
   expiring after ``presence_ttl`` seconds unless the live instance refreshes them;
   ``roomhub:{R}:instances`` lists the instances that may hold entries; ``roomhub:rooms``
   ranks rooms by members;
+* the epoch, seq, history and instances keys expire ``retention`` seconds after the room was
+  last used: every script that touches the room (a message, join, leave, catch-up, and the
+  presence refresh while an instance has members there) sets them to expire again, so an
+  abandoned room's keys vanish and its next join makes a new epoch;
 * channel ``roomhub:{R}`` carries R's events; ``roomhub:instance:<instance>`` carries the
   welcomes meant for one instance.
 
@@ -42,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections import deque
@@ -87,6 +92,12 @@ end
 local function rank(rooms, room, n)
   if n > 0 then redis.call('ZADD', rooms, n, room) else redis.call('ZREM', rooms, room) end
 end
+-- Sets the room's keys to expire ``ttl`` seconds from now.
+local function keep(prefix, ttl)
+  for _, name in ipairs({'epoch', 'seq', 'history', 'instances'}) do
+    redis.call('EXPIRE', prefix .. name, ttl)
+  end
+end
 -- Publishes the welcome of join ``token`` (0: a catch-up) to ``channel``; ``seen`` is the
 -- epoch the joiner saw ('' if none), ``name`` the JSON name it got.
 local function welcome(keys, token, room, members, since, seen, fresh, name, channel, limit)
@@ -117,26 +128,28 @@ local function welcome(keys, token, room, members, since, seen, fresh, name, cha
 end
 """
 
-# KEYS: seq, history. ARGV: event tail (after the seq), history size, channel, published.
+# KEYS: seq, history, epoch. ARGV: event tail (after the seq), history size, channel,
+# published, retention.
 SAY = """
 local seq = redis.call('INCR', KEYS[1])
 local ev = '{"type":"message","seq":' .. seq .. ARGV[1]
 redis.call('RPUSH', KEYS[2], ev)
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
 redis.call('PUBLISH', ARGV[3], 'm ' .. seq .. ' ' .. ARGV[4] .. ' ' .. ev)
 return seq
 """
 
 # KEYS: seq, history, instances, users, tokens, rooms, epoch.
 # ARGV: prefix, room, instance, token, ttl, event tail (after members), published, channel,
-#       since, epoch the joiner saw, a fresh epoch, instance channel, online limit, then
-#       candidate name key, JSON name pairs in order of preference.
+#       since, epoch the joiner saw, a fresh epoch, instance channel, online limit,
+#       retention, then candidate name key, JSON name pairs in order of preference.
 JOIN = (
     _COMMON
     + """
 local ids = redis.call('SMEMBERS', KEYS[3])
 local chosen = #ARGV - 1
-for i = 14, #ARGV, 2 do
+for i = 15, #ARGV, 2 do
   local taken = redis.call('HEXISTS', KEYS[4], ARGV[i]) == 1
   for _, id in ipairs(ids) do
     if not taken and redis.call('HEXISTS', ARGV[1] .. 'users:' .. id, ARGV[i]) == 1 then
@@ -160,6 +173,7 @@ local keys = {prefix = ARGV[1], seq = KEYS[1], history = KEYS[2], epoch = KEYS[7
               instances = KEYS[3]}
 welcome(keys, ARGV[4], ARGV[2], n, tonumber(ARGV[9]), ARGV[10], ARGV[11], name, ARGV[12],
         tonumber(ARGV[13]))
+keep(ARGV[1], ARGV[14])
 redis.call('PUBLISH', ARGV[8],
   'p 0 ' .. ARGV[7] .. ' {"type":"join","user":' .. name .. ',"members":' .. n .. ARGV[6])
 return n
@@ -167,7 +181,7 @@ return n
 )
 
 # KEYS: instances, users, tokens, rooms. ARGV: prefix, room, token, ttl, event tail (after
-# members), published, channel.
+# members), published, channel, retention.
 LEAVE = (
     _COMMON
     + """
@@ -178,6 +192,7 @@ redis.call('HDEL', KEYS[3], ARGV[3])
 redis.call('HDEL', KEYS[2], key)
 local n = total(ARGV[1], KEYS[1])
 rank(KEYS[4], ARGV[2], n)
+keep(ARGV[1], ARGV[8])
 if name then
   redis.call('PUBLISH', ARGV[7],
     'p 0 ' .. ARGV[6] .. ' {"type":"leave","user":' .. name .. ',"members":' .. n .. ARGV[5])
@@ -187,7 +202,7 @@ return n
 )
 
 # KEYS: seq, history, instances, rooms, epoch. ARGV: prefix, room, instance channel, a fresh
-# epoch, online limit. Publishes a catch-up welcome (token 0) with the whole history.
+# epoch, online limit, retention. Publishes a catch-up welcome (token 0) with the whole history.
 SYNC = (
     _COMMON
     + """
@@ -196,24 +211,27 @@ rank(KEYS[4], ARGV[2], n)
 local keys = {prefix = ARGV[1], seq = KEYS[1], history = KEYS[2], epoch = KEYS[5],
               instances = KEYS[3]}
 welcome(keys, '0', ARGV[2], n, -1, '', ARGV[4], '""', ARGV[3], tonumber(ARGV[5]))
+keep(ARGV[1], ARGV[6])
 return n
 """
 )
 
 # KEYS: instances, users, tokens, rooms. ARGV: prefix, room, instance, ttl, whole (1: replace
-# what is there, 0: add), then token, name key, JSON name triples of this instance's members.
+# what is there, 0: add), retention, then token, name key, JSON name triples of this
+# instance's members.
 REFRESH = (
     _COMMON
     + """
 if ARGV[5] == '1' then redis.call('DEL', KEYS[2], KEYS[3]) end
-for i = 6, #ARGV, 3 do
+for i = 7, #ARGV, 3 do
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
   redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
 end
-if #ARGV > 5 then
+if #ARGV > 6 then
   redis.call('EXPIRE', KEYS[2], ARGV[4])
   redis.call('EXPIRE', KEYS[3], ARGV[4])
   redis.call('SADD', KEYS[1], ARGV[3])
+  keep(ARGV[1], ARGV[6])
 end
 rank(KEYS[4], ARGV[2], total(ARGV[1], KEYS[1]))
 """
@@ -270,13 +288,15 @@ class RedisBroker:
 
     ``url``: ``redis://`` or ``rediss://`` (redis-py's URL syntax); ``history_size``: messages
     kept per room; ``presence_ttl``: seconds an instance's presence outlives its last refresh
-    (refreshed every third of it).
+    (refreshed every third of it); ``retention``: seconds a room's keys outlive its last use,
+    at least ``presence_ttl`` so the refresh keeps a room in use alive.
     """
 
-    def __init__(self, url: str, history_size: int, presence_ttl: float) -> None:
+    def __init__(self, url: str, history_size: int, presence_ttl: float, retention: float) -> None:
         self.url = url
         self.history_size = history_size
         self.presence_ttl = max(1, round(presence_ttl))
+        self.retention = max(self.presence_ttl, math.ceil(retention))
         self.instance = secrets.token_hex(6)
         self._instance_channel = f"roomhub:instance:{self.instance}"
         self._client = aioredis.Redis.from_url(
@@ -504,7 +524,14 @@ class RedisBroker:
                         ROOMS_KEY,
                         prefix(room) + "epoch",
                     ],
-                    [prefix(room), room, self._instance_channel, new_epoch(), _online_limit()],
+                    [
+                        prefix(room),
+                        room,
+                        self._instance_channel,
+                        new_epoch(),
+                        _online_limit(),
+                        self.retention,
+                    ],
                 )
             )
 
@@ -548,6 +575,7 @@ class RedisBroker:
                     new_epoch(),
                     self._instance_channel,
                     _online_limit(),
+                    self.retention,
                     *candidates,
                 ],
                 failed,
@@ -579,6 +607,7 @@ class RedisBroker:
                     tail,
                     repr(time.time()),
                     channel(room),
+                    self.retention,
                 ],
             )
         )
@@ -595,8 +624,8 @@ class RedisBroker:
             _Op(
                 "message",
                 self._scripts["say"],
-                _room_keys(room, "seq", "history"),
-                [tail, self.history_size, channel(room), repr(time.time())],
+                _room_keys(room, "seq", "history", "epoch"),
+                [tail, self.history_size, channel(room), repr(time.time()), self.retention],
                 failed,
             )
         )
@@ -620,7 +649,15 @@ class RedisBroker:
                     f"{prefix(room)}tokens:{self.instance}",
                     ROOMS_KEY,
                 ],
-                [prefix(room), room, self.instance, self.presence_ttl, int(whole), *triples],
+                [
+                    prefix(room),
+                    room,
+                    self.instance,
+                    self.presence_ttl,
+                    int(whole),
+                    self.retention,
+                    *triples,
+                ],
             )
         )
 
