@@ -66,7 +66,9 @@ class Settings:
         "requests must then come through one and its X-Forwarded-* headers are used; empty: off",
     )
     heartbeat: float = _setting(
-        25.0, "seconds of silence from a client before it is pinged; no pong in half: 1011 (0: off)"
+        25.0,
+        "seconds of silence from a client before it is pinged; no pong in half: 1011 "
+        "(0: off; else at least 1)",
     )
     room_grace: float = _setting(30.0, "seconds an empty room keeps its hub and history")
     max_msg_size: int = _setting(
@@ -112,6 +114,9 @@ class Settings:
         return self.broker != "memory"
 
 
+MIN_HEARTBEAT = 1.0
+"""Shortest ``heartbeat`` in seconds other than 0 (off); its sweep runs every half of it."""
+
 INT_RE = re.compile(r"[0-9]+")
 FLOAT_RE = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 
@@ -122,9 +127,9 @@ def _int(raw: str) -> int:
     return int(raw)
 
 
-def _float(raw: str) -> float:
+def _float(raw: str, accepted: str = "a plain decimal number >= 0, like 2 or 0.5") -> float:
     if not FLOAT_RE.fullmatch(raw.strip()):
-        raise ValueError("must be a number like 2 or 0.5")
+        raise ValueError(f"must be {accepted}")
     return float(raw)
 
 
@@ -136,9 +141,18 @@ def _positive_int(raw: str) -> int:
 
 
 def _positive_float(raw: str) -> float:
-    value = _float(raw)
+    accepted = "a plain decimal number > 0, like 2 or 0.5"
+    value = _float(raw, accepted)
     if value == 0:
-        raise ValueError("must be > 0")
+        raise ValueError(f"must be {accepted}")
+    return value
+
+
+def _heartbeat(raw: str) -> float:
+    accepted = f"0 (off) or a plain decimal number >= {MIN_HEARTBEAT:g}, like 25"
+    value = _float(raw, accepted)
+    if 0 < value < MIN_HEARTBEAT:
+        raise ValueError(f"must be {accepted}")
     return value
 
 
@@ -191,8 +205,15 @@ def _addresses(raw: str) -> tuple[str, ...]:
 
 def _url(raw: str) -> str:
     value = raw.strip().rstrip("/")
-    if not value.startswith(("http://", "https://")):
-        raise ValueError("must be an http:// or https:// URL")
+    accepted = "must be an http:// or https:// URL with a host and no spaces"
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(accepted)
+    try:
+        url = URL(value)
+    except ValueError as exc:
+        raise ValueError(f"{accepted} ({exc})") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(accepted)
     return value
 
 
@@ -222,7 +243,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "max_rooms": _positive_int,
     "allowed_origins": _origins,
     "trusted_proxies": _addresses,
-    "heartbeat": _float,
+    "heartbeat": _heartbeat,
     "room_grace": _float,
     "max_msg_size": _positive_int,
     "max_frame_size": _positive_int,

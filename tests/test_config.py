@@ -134,6 +134,48 @@ def test_bad_env_var_stops_start_up_with_exit_code_2() -> None:
     assert "ROOMHUB_OUTBOX_LIMIT" in result.stderr
 
 
+URL_RULE = "an http:// or https:// URL with a host and no spaces"
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "says"),
+    [
+        ("ROOMHUB_HEARTBEAT", "0.001", "0 (off) or a plain decimal number >= 1"),
+        ("ROOMHUB_QUOTE_URL", "http://x/ y", URL_RULE),
+        ("ROOMHUB_QUOTE_URL", "http://", URL_RULE),
+        ("ROOMHUB_CLOSE_TIMEOUT", "1e-9", "a plain decimal number > 0, like 2 or 0.5"),
+        ("ROOMHUB_RATE_LIMIT", "0", "a plain decimal number > 0, like 2 or 0.5"),
+    ],
+)
+def test_bad_value_stops_start_up_stating_what_is_accepted(name: str, raw: str, says: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "serve"],
+        env={name: raw, "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert f"{name}={raw!r}: must be {says}" in result.stderr
+
+
+def test_readme_example_of_a_bad_value_is_the_message_start_up_prints() -> None:
+    with open("README.md", encoding="utf-8") as readme:
+        text = readme.read()
+    example = re.search(r"`roomhub: invalid setting (ROOMHUB_\w+)='(.*?)': (.*?)`", text)
+    assert example is not None
+    with pytest.raises(ConfigError) as raised:
+        load_settings({example[1]: example[2]})
+    assert str(raised.value) == f"{example[1]}={example[2]!r}: {example[3]}"
+
+
+def test_heartbeat_is_off_at_0_and_otherwise_at_least_1_second() -> None:
+    assert load_settings({"ROOMHUB_HEARTBEAT": "0"}).heartbeat == 0
+    assert load_settings({"ROOMHUB_HEARTBEAT": "1"}).heartbeat == 1
+    with pytest.raises(ConfigError, match="ROOMHUB_HEARTBEAT"):
+        load_settings({"ROOMHUB_HEARTBEAT": "0.99"})
+
+
 def test_bad_flag_stops_start_up_with_exit_code_2() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "server", "serve", "--heartbeat", "soon"],
