@@ -28,8 +28,10 @@ from .protocol import PING_FRAME, CloseReason, batch, close_frame, take_batch, t
 
 log = logging.getLogger("roomhub.connection")
 
-PING_AFTER_SWEEPS = 2
-"""Heartbeat sweeps without a frame from the client before it is pinged; one more closes it."""
+PING_AFTER_SWEEPS = 3
+"""Heartbeat sweeps without a frame from the client before it is pinged; one more closes it.
+Sweeps come every half ``ROOMHUB_HEARTBEAT`` and a frame may arrive just before one, so the
+third is the first to prove ``ROOMHUB_HEARTBEAT`` seconds of silence (at most 1.5 times that)."""
 
 
 def backed_up(transport: asyncio.Transport) -> bool:
@@ -190,8 +192,10 @@ class Connection:
 
     def heartbeat(self) -> None:
         """One heartbeat sweep (every half ``ROOMHUB_HEARTBEAT``). ``quiet_sweeps`` counts the
-        sweeps since the client's last frame: after 2 the client is pinged, after 3 it is
-        closed with ``HEARTBEAT_TIMEOUT``. The ping follows what is already queued."""
+        sweeps since the client's last frame: after ``PING_AFTER_SWEEPS`` the client is
+        pinged, after one more it is closed with ``HEARTBEAT_TIMEOUT``. The ping is written to
+        the transport at once: after the frames already written, ahead of events still waiting
+        in the outbox (RFC 6455 5.5 lets control frames come between data frames)."""
         if self.closing:
             return
         self.quiet_sweeps += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -129,7 +130,7 @@ class Peer:
         self.frame_sizes: list[int] = []
         self.code: int | None = None
         self.reason = ""
-        self.pings = 0
+        self.pinged_at: list[float] = []
         self.reading = asyncio.Event()
         self._ws: Any = None
         self._session: aiohttp.ClientSession | None = None
@@ -138,7 +139,8 @@ class Peer:
     async def open(self, url: str, *, read: bool = True, autoping: bool = True) -> Peer:
         """Connect; start reading now, or only once :meth:`start_reading` is called.
 
-        ``autoping=False`` (aiohttp only): pings are counted in ``pings`` and never answered.
+        ``autoping=False`` (aiohttp only): pings are never answered; ``pinged_at`` holds the
+        ``time.monotonic()`` of each one's arrival.
         """
         if self.kind == "aiohttp":
             connector = aiohttp.TCPConnector(socket_factory=lambda info: small_rcvbuf_socket())
@@ -173,7 +175,7 @@ class Peer:
                     self._add(msg.data)
                     continue
                 if msg.type is aiohttp.WSMsgType.PING:
-                    self.pings += 1
+                    self.pinged_at.append(time.monotonic())
                     continue
                 if msg.type is aiohttp.WSMsgType.CLOSE:
                     self.reason = msg.extra or ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import Any
 
@@ -183,8 +184,29 @@ async def test_heartbeat_closes_a_client_that_never_answers_pings_with_1011(
     peer = await peers("aiohttp", test_server, "r", "mute", autoping=False)
     await echoed(peer, "before")
     assert await peer.closed() == (1011, "heartbeat timeout")
-    assert peer.pings == 1
+    assert len(peer.pinged_at) == 1
     assert [e["id"] for e in peer.of("message")] == ["before"]
+
+
+async def test_heartbeat_pings_only_after_a_full_heartbeat_of_silence_then_closes_with_1011(
+    make_server: Any, peers: Any
+) -> None:
+    """README and docs/protocol.md: a ping after at least ``ROOMHUB_HEARTBEAT`` seconds without
+    a frame, and 1011 when no pong follows within half that. Ten clients fall silent at
+    different points between two sweeps."""
+    heartbeat = 1.0
+    test_server = await make_server(heartbeat=heartbeat)
+    mutes = [await peers("aiohttp", test_server, "r", f"m{i}", autoping=False) for i in range(10)]
+    sent_at = []
+    for i, mute in enumerate(mutes):
+        sent_at.append(time.monotonic())
+        await echoed(mute, f"last-{i}")
+        await asyncio.sleep(heartbeat / 20)
+    for mute in mutes:
+        assert await mute.closed() == (1011, "heartbeat timeout")
+    silences = [mute.pinged_at[0] - sent for mute, sent in zip(mutes, sent_at, strict=True)]
+    assert min(silences) >= heartbeat, silences
+    assert all(len(mute.pinged_at) == 1 for mute in mutes)
 
 
 async def test_heartbeat_close_1011_reaches_a_stalled_client_once_it_reads_again(
