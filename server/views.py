@@ -188,7 +188,8 @@ async def _serve(request: web.Request, conn: Connection, max_msg_size: int) -> C
     """Read frames until the client's close frame or the end of the connection; return what
     ended it (``NORMAL``: the close frame). Frames that arrive once the server has started
     closing are read and discarded, so that the client's close frame can arrive. Any frame
-    counts as a sign of life for the heartbeat; pings are answered here."""
+    counts as a sign of life for the heartbeat; pings take a rate-limit token like data frames
+    and are answered here when they get one."""
     ws = conn.ws
     while True:
         msg = await ws.receive()
@@ -207,7 +208,7 @@ async def _serve(request: web.Request, conn: Connection, max_msg_size: int) -> C
                 )
                 conn.close(CloseReason.ERROR)
         elif msg.type == WSMsgType.PING:
-            if not conn.closing:
+            if not conn.closing and not _refused(conn, None):
                 await ws.pong(msg.data)
         elif msg.type == WSMsgType.PONG:
             pass
@@ -234,13 +235,22 @@ def _on_invalid(conn: Connection, code: str, detail: str, reply_to: str | None =
     conn.send_event(error_event(code, detail, reply_to))
 
 
+def _refused(conn: Connection, text: str | None) -> bool:
+    """Take a token for one frame from the client (data or ping); when the bucket is empty,
+    answer ``rate_limited`` (``reply_to`` from ``text``) and close after ``ABUSE_STRIKES``
+    refusals in a row. Returns whether the frame was refused."""
+    if conn.allow():
+        return False
+    _on_invalid(conn, "rate_limited", "slow down", text and client_id_of(text))
+    if conn.strikes >= ABUSE_STRIKES:
+        conn.close(CloseReason.RATE_LIMITED)
+    return True
+
+
 def _on_frame(request: web.Request, conn: Connection, frame: WSMessage) -> None:
     """One data frame: rate limit, validate, then hand to the room's hub or the bot."""
     text = frame.data if frame.type == WSMsgType.TEXT else None
-    if not conn.allow():
-        _on_invalid(conn, "rate_limited", "slow down", text and client_id_of(text))
-        if conn.strikes >= ABUSE_STRIKES:
-            conn.close(CloseReason.RATE_LIMITED)
+    if _refused(conn, text):
         return
     if text is None:
         _on_invalid(conn, "bad_message", "binary frames are not supported")

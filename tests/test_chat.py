@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 from websockets.frames import Close, Opcode
 from websockets.protocol import Protocol, Side
@@ -250,6 +251,28 @@ async def test_binary_flood_is_rate_limited_and_closed_with_1008(make_server: An
     codes = {(await ann.next_of("error"))["code"] for _ in range(4)}
     assert "rate_limited" in codes
     assert await ann.closed() == 1008
+
+
+async def test_ping_flood_gets_pongs_only_within_the_rate_limit_then_1008(
+    make_server: Any,
+) -> None:
+    """docs/protocol.md, rate limit: every ping costs a token; one refused gets no pong but a
+    ``rate_limited`` error, and 20 refusals in a row close with 1008."""
+    server = await make_server(rate_limit=0.01, rate_burst=10)  # no refill during the test
+    ws = await server.ws_connect("/ws", params={"room": "r", "user": "pinger"}, autoping=False)
+    for _ in range(2000):
+        await ws.ping(b"p" * 125)
+    pongs, refusals = 0, 0
+    async with asyncio.timeout(WAIT):
+        while (msg := await ws.receive()).type in (WSMsgType.PONG, WSMsgType.TEXT):
+            if msg.type is WSMsgType.PONG:
+                pongs += 1
+            else:
+                data = orjson.loads(msg.data)
+                events = data if isinstance(data, list) else [data]
+                refusals += sum(e.get("code") == "rate_limited" for e in events)
+    assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1008)
+    assert (pongs, refusals) == (10, 20)
 
 
 async def test_plain_get_on_ws_gets_400_json(server: TestClient) -> None:
