@@ -174,7 +174,12 @@ def mint_token(
             key = serialization.load_pem_private_key(private_key, password=None)
         except TypeError as exc:  # an encrypted key
             raise ValueError(str(exc)) from None
-        alg = _public_key_algorithm(key.public_key())
+        try:
+            alg = _public_key_algorithm(key.public_key())
+        except ValueError:
+            raise ValueError(
+                "--private-key must be an RSA or a P-256 (ES256) private key"
+            ) from None
         return jwt.encode(claims, key, algorithm=alg)  # type: ignore[arg-type]
     if secret:
         if len(secret.encode()) < MIN_SECRET_BYTES:

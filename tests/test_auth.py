@@ -16,7 +16,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from server.auth import mint_token
 from server.config import ConfigError
@@ -272,3 +272,21 @@ def test_token_command_with_an_encrypted_key_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("roomhub token: ") and "encrypted" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_token_command_with_an_ed25519_key_names_the_private_key_kinds_it_takes(
+    tmp_path: Path,
+) -> None:
+    pem = tmp_path / "ed25519.pem"
+    pem.write_bytes(pem_private(ed25519.Ed25519PrivateKey.generate()))
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "token", "--sub", "alice", "--private-key", str(pem)],
+        env={"PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "roomhub token: --private-key must be an RSA or a P-256 (ES256) private key\n"
+    )
