@@ -34,7 +34,7 @@ from .app import create_app, shutdown_connections
 from .auth import mint_token
 from .config import ConfigError, Settings, add_flags, load_settings, unknown_env_vars
 from .logs import setup_logging
-from .supervisor import supervise
+from .supervisor import Announce, print_line, supervise
 
 log = logging.getLogger("roomhub")
 
@@ -107,11 +107,13 @@ async def _listen(runner: web.AppRunner, host: str, port: int, names: str, reuse
         ) from None
 
 
-async def serve(settings: Settings, worker: int = 0) -> None:
+async def serve(settings: Settings, worker: int = 0, announce: Announce = print_line) -> None:
     """Serve until SIGTERM or SIGINT, then drain and stop (see the module docstring).
 
     ``worker``: this process's index among ``settings.workers`` (its metrics port is
-    ``metrics_port + worker``). Raises :class:`ConfigError` when it cannot listen.
+    ``metrics_port + worker``). ``announce`` gets the :func:`listening_line` once listening
+    (the supervisor prints the first one of its workers). Raises :class:`ConfigError` when it
+    cannot listen.
     """
     app = create_app(settings)
     runner = web.AppRunner(
@@ -133,7 +135,7 @@ async def serve(settings: Settings, worker: int = 0) -> None:
         await metrics_runner.setup()
         metrics_port = settings.metrics_port + worker
         await _listen(metrics_runner, settings.host, metrics_port, "ROOMHUB_METRICS_PORT", False)
-    print(listening_line(host, port), flush=True)
+    announce(listening_line(host, port))
     log.info(
         "listening",
         extra={
@@ -157,12 +159,12 @@ async def serve(settings: Settings, worker: int = 0) -> None:
     log.info("stopped", extra={"fields": {"worker": worker}})
 
 
-def run_worker(settings: Settings, worker: int) -> None:
+def run_worker(settings: Settings, worker: int, announce: Announce) -> None:
     """A worker process of ``--workers N``: serve, exit 2 on a setting it cannot use."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
-        asyncio.run(serve(settings, worker))
+        asyncio.run(serve(settings, worker, announce))
     except ConfigError as exc:
         sys.stderr.write(f"roomhub: invalid setting {exc}\n")
         sys.exit(2)

@@ -5,7 +5,8 @@ Each worker is a forked child that runs the whole server with ``SO_REUSEPORT`` o
 on ``metrics_port + index`` (docs/metrics.md says why). Rooms span the workers through the
 Redis broker, which ``N > 1`` requires (checked in ``config``).
 
-The parent only supervises: a worker that dies is started again after ``RESTART_DELAY``
+The parent prints ``roomhub listening on …`` once, when the first worker listens, and
+otherwise only supervises: a worker that dies is started again after ``RESTART_DELAY``
 seconds; SIGTERM or SIGINT is forwarded to every worker, each drains as a single server does
 (1001 to its clients), and the parent exits 0 once all have exited. A worker that exits with
 code 2 (a setting it cannot use, e.g. the port taken by a process without ``SO_REUSEPORT``)
@@ -29,13 +30,24 @@ log = logging.getLogger("roomhub.supervisor")
 RESTART_DELAY = 1.0
 """Seconds between a worker's death and its replacement (no crash loop at full speed)."""
 
-Worker = Callable[[Settings, int], None]
+Announce = Callable[[str], None]
+"""Where a worker sends its ``roomhub listening on …`` line once it listens."""
+
+Worker = Callable[[Settings, int, Announce], None]
+
+
+def print_line(line: str) -> None:
+    """Print ``line`` on stdout at once (stdout may be a file or a pipe)."""
+    print(line, flush=True)
 
 
 def supervise(settings: Settings, worker: Worker) -> int:
-    """Run ``worker(settings, index)`` in ``settings.workers`` forked processes until SIGTERM
-    or SIGINT; return the exit code (0 after a clean drain, 2 if a worker refused to start)."""
+    """Run ``worker(settings, index, announce)`` in ``settings.workers`` forked processes until
+    SIGTERM or SIGINT; return the exit code (0 after a clean drain, 2 if a worker refused to
+    start). The first line a worker announces is printed, once: the rest say the same."""
     context = multiprocessing.get_context("fork")
+    lines, announce = context.Pipe(duplex=False)
+    announced = False
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -46,7 +58,9 @@ def supervise(settings: Settings, worker: Worker) -> int:
     signal.signal(signal.SIGINT, stop)
 
     def start(index: int) -> BaseProcess:
-        process = context.Process(target=worker, args=(settings, index), name=f"worker-{index}")
+        process = context.Process(
+            target=worker, args=(settings, index, announce.send), name=f"worker-{index}"
+        )
         process.start()
         log.info("worker_started", extra={"fields": {"worker": index, "pid": process.pid}})
         return process
@@ -55,9 +69,15 @@ def supervise(settings: Settings, worker: Worker) -> int:
     code = 0
     while not stopping:
         sentinels = {process.sentinel: index for index, process in workers.items()}
-        ready = multiprocessing.connection.wait(list(sentinels), timeout=0.5)
-        for sentinel in ready:
-            index = sentinels[sentinel]
+        ready = multiprocessing.connection.wait([*sentinels, lines], timeout=0.5)
+        for handle in ready:
+            if handle is lines:
+                line = lines.recv()
+                if not announced:
+                    print_line(line)
+                    announced = True
+                continue
+            index = sentinels[handle]
             process = workers[index]
             process.join()
             log.warning(

@@ -34,6 +34,11 @@ class Workers:
     def targets(self) -> list[str]:
         return [f"http://127.0.0.1:{self.metrics_port + i}/metrics" for i in range(WORKERS)]
 
+    def listening_lines(self) -> list[str]:
+        """The plain ``roomhub listening on …`` lines printed (once, by the parent)."""
+        lines = self.log.read_text().splitlines()
+        return [line for line in lines if line.startswith("roomhub listening on")]
+
     def started(self) -> list[dict[str, object]]:
         """The parent's ``worker_started`` log lines, oldest first."""
         lines = self.log.read_text().splitlines()
@@ -124,6 +129,9 @@ async def test_two_workers_share_the_port_and_the_rooms_and_drain_on_sigterm(
             codes = await asyncio.gather(*(c.closed() for c in clients))
             assert set(codes) == {1001}
         assert await asyncio.to_thread(running.proc.wait, 30) == 0
+        assert running.listening_lines() == [
+            f"roomhub listening on http://127.0.0.1:{running.port}"
+        ]
 
 
 async def test_a_worker_that_dies_is_started_again(
@@ -139,3 +147,4 @@ async def test_a_worker_that_dies_is_started_again(
         await asyncio.to_thread(wait_http_ok, running.targets()[1], 20.0, running.proc)
         running.proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(running.proc.wait, 30) == 0
+        assert len(running.listening_lines()) == 1
