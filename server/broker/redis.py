@@ -593,12 +593,7 @@ class RedisBroker:
             _Op(
                 "presence",
                 self._scripts["leave"],
-                [
-                    f"{prefix(room)}instances",
-                    f"{prefix(room)}users:{self.instance}",
-                    f"{prefix(room)}tokens:{self.instance}",
-                    ROOMS_KEY,
-                ],
+                self._presence_keys(room),
                 [
                     prefix(room),
                     room,
@@ -634,6 +629,17 @@ class RedisBroker:
         payload = b"b 0 " + repr(time.time()).encode() + b" " + event
         self._enqueue(_Op("bot", None, [], [], command=("PUBLISH", channel(room), payload)))
 
+    def _presence_keys(self, room: str) -> list[str]:
+        """KEYS of the leave and refresh scripts: instances, this instance's users and
+        tokens, and the room list."""
+        here = prefix(room)
+        return [
+            f"{here}instances",
+            f"{here}users:{self.instance}",
+            f"{here}tokens:{self.instance}",
+            ROOMS_KEY,
+        ]
+
     def _refresh(self, room: str, whole: bool = False) -> None:
         """Keep this instance's members of ``room`` present; ``whole`` replaces what Redis
         holds for this instance (after a reconnect), else entries are only added."""
@@ -643,12 +649,7 @@ class RedisBroker:
             _Op(
                 "presence",
                 self._scripts["refresh"],
-                [
-                    f"{prefix(room)}instances",
-                    f"{prefix(room)}users:{self.instance}",
-                    f"{prefix(room)}tokens:{self.instance}",
-                    ROOMS_KEY,
-                ],
+                self._presence_keys(room),
                 [
                     prefix(room),
                     room,
