@@ -41,6 +41,11 @@ class Handshake:
     since: int | None = None
     epoch: str | None = None
     identity: Identity | None = None  # with ROOMHUB_AUTH=token: who the token names
+    query: dict[str, str] | None = None  # the query's parameters while the checks run
+
+    def param(self, name: str) -> str | None:
+        """Query parameter ``name`` (its first value), or None."""
+        return self.query.get(name) if self.query else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,14 +62,14 @@ class Check:
     run: Callable[[Handshake], None]
 
 
-def query_param(request: web.Request, name: str) -> str | None:
-    """The first value of query parameter ``name``, decoded as ``request.query`` decodes it,
-    or None. Parsed afresh on each call: ``request.query`` keeps its parse on the request's
-    URL, which lives as long as the connection (0.5 KB per connection, docs/memory.md)."""
+def query_params(request: web.Request) -> dict[str, str]:
+    """Each query parameter's first value, decoded as ``request.query`` decodes it. Parsed
+    afresh, once per handshake: ``request.query`` keeps its parse on the request's URL, which
+    lives as long as the connection (0.5 KB per connection, docs/memory.md)."""
+    params: dict[str, str] = {}
     for key, value in parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True):
-        if key == name:
-            return value
-    return None
+        params.setdefault(key, value)
+    return params
 
 
 def _upgrade(hs: Handshake) -> None:
@@ -74,7 +79,7 @@ def _upgrade(hs: Handshake) -> None:
 
 
 def _room(hs: Handshake) -> None:
-    hs.room = validate_room(query_param(hs.request, "room"))
+    hs.room = validate_room(hs.param("room"))
 
 
 def _verifier(hs: Handshake) -> TokenVerifier | None:
@@ -82,7 +87,7 @@ def _verifier(hs: Handshake) -> TokenVerifier | None:
 
 
 def _token_present(hs: Handshake) -> None:
-    if _verifier(hs) is not None and not query_param(hs.request, "token"):
+    if _verifier(hs) is not None and not hs.param("token"):
         raise ProtocolError("token_missing", "this server needs a token: pass ?token=")
 
 
@@ -91,7 +96,7 @@ def _token_valid(hs: Handshake) -> None:
     if verifier is None:
         return
     try:
-        hs.identity = verifier.verify(query_param(hs.request, "token") or "")
+        hs.identity = verifier.verify(hs.param("token") or "")
     except TokenError as exc:
         log.info("token_refused", extra={"fields": {"why": exc.detail}})
         detail = "token is not valid (format, algorithm, signature or claims)"
@@ -116,16 +121,16 @@ def _token_room(hs: Handshake) -> None:
 
 def _user(hs: Handshake) -> None:
     # With tokens on, the name comes from the token and the query's user is ignored.
-    wanted = hs.identity.name if hs.identity else query_param(hs.request, "user")
+    wanted = hs.identity.name if hs.identity else hs.param("user")
     hs.user = validate_user(wanted)
 
 
 def _since(hs: Handshake) -> None:
-    hs.since = validate_since(query_param(hs.request, "since"))
+    hs.since = validate_since(hs.param("since"))
 
 
 def _epoch(hs: Handshake) -> None:
-    hs.epoch = validate_epoch(query_param(hs.request, "epoch"))
+    hs.epoch = validate_epoch(hs.param("epoch"))
 
 
 def _origin(hs: Handshake) -> None:
@@ -178,14 +183,19 @@ CHECKS: tuple[Check, ...] = (
 
 
 def refusal(hs: Handshake) -> web.Response | None:
-    """Run :data:`CHECKS` in order; the first failure's JSON answer, or None if all pass."""
-    for check in CHECKS:
-        try:
-            check.run(hs)
-        except ProtocolError as exc:
-            if check.counted is not None:
-                metrics.HANDSHAKES_REJECTED.labels(check.counted).inc()
-            return web.json_response(
-                {"error": check.error, "detail": exc.detail}, status=check.status
-            )
-    return None
+    """Run :data:`CHECKS` in order; the first failure's JSON answer, or None if all pass.
+    The query is parsed once for all of them, and dropped after (the session keeps ``hs``)."""
+    hs.query = query_params(hs.request)
+    try:
+        for check in CHECKS:
+            try:
+                check.run(hs)
+            except ProtocolError as exc:
+                if check.counted is not None:
+                    metrics.HANDSHAKES_REJECTED.labels(check.counted).inc()
+                return web.json_response(
+                    {"error": check.error, "detail": exc.detail}, status=check.status
+                )
+        return None
+    finally:
+        hs.query = None
