@@ -208,15 +208,21 @@ async def test_token_mode_without_a_usable_key_stops_start_up(
         await make_server(auth="token", **overrides)
 
 
-def test_token_command_mints_a_token_the_server_accepts(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "server", "token", "--sub", "alice", "--ttl", "1h", "--rooms", "a"],
-        env={"ROOMHUB_TOKEN_SECRET": SECRET, "PATH": ""},
+def token_command(*args: str, secret: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m server token --sub alice ARGS`` with no ``ROOMHUB_*`` but ``secret``."""
+    env = {"PATH": ""} | ({"ROOMHUB_TOKEN_SECRET": secret} if secret is not None else {})
+    return subprocess.run(
+        [sys.executable, "-m", "server", "token", "--sub", "alice", *args],
+        env=env,
         capture_output=True,
         text=True,
         timeout=30,
-        check=True,
     )
+
+
+def test_token_command_mints_a_token_the_server_accepts(tmp_path: Path) -> None:
+    result = token_command("--ttl", "1h", "--rooms", "a", secret=SECRET)
+    assert result.returncode == 0, result.stderr
     claims = jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])
     assert claims["sub"] == "alice"
     assert claims["rooms"] == ["a"]
@@ -224,13 +230,7 @@ def test_token_command_mints_a_token_the_server_accepts(tmp_path: Path) -> None:
 
 
 def test_token_command_without_a_key_exits_2() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "server", "token", "--sub", "alice"],
-        env={"PATH": ""},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = token_command()
     assert result.returncode == 2
     assert "ROOMHUB_TOKEN_SECRET" in result.stderr
 
@@ -262,13 +262,7 @@ def test_token_command_with_an_encrypted_key_exits_2(tmp_path: Path) -> None:
             serialization.BestAvailableEncryption(b"pass"),
         )
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "server", "token", "--sub", "alice", "--private-key", str(pem)],
-        env={"PATH": ""},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = token_command("--private-key", str(pem))
     assert result.returncode == 2
     assert result.stderr.startswith("roomhub token: ") and "encrypted" in result.stderr
     assert "Traceback" not in result.stderr
@@ -279,13 +273,7 @@ def test_token_command_with_an_ed25519_key_names_the_private_key_kinds_it_takes(
 ) -> None:
     pem = tmp_path / "ed25519.pem"
     pem.write_bytes(pem_private(ed25519.Ed25519PrivateKey.generate()))
-    result = subprocess.run(
-        [sys.executable, "-m", "server", "token", "--sub", "alice", "--private-key", str(pem)],
-        env={"PATH": ""},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = token_command("--private-key", str(pem))
     assert result.returncode == 2
     assert result.stderr == (
         "roomhub token: --private-key must be an RSA or a P-256 (ES256) private key\n"
