@@ -194,8 +194,8 @@ async def heap_context(app: web.Application) -> AsyncIterator[None]:
 
 async def shutdown_connections(app: web.Application) -> None:
     """Turn ``/readyz`` to 503 and refuse new upgrades, flush outboxes for half of
-    ``shutdown_timeout``, then start closing every connection with 1001 (aiohttp then waits
-    up to ``shutdown_timeout`` for the handlers to finish the handshakes). Idempotent."""
+    ``shutdown_timeout``, then close every connection with 1001 and wait the other half for
+    the closing handshakes; reset the connections still open after that. Idempotent."""
     settings, state = app[settings_key], app[state_key]
     conns = list(state.connections)
     if state.shutting_down and not conns:
@@ -206,8 +206,15 @@ async def shutdown_connections(app: web.Application) -> None:
         return
     budget = max(settings.shutdown_timeout / 2, 0.1)
     await asyncio.gather(*(c.flush(budget) for c in conns))
+    state.drained = asyncio.Event()
     for conn in conns:
         conn.close(CloseReason.SHUTDOWN)
+    if state.connections:
+        try:
+            await asyncio.wait_for(state.drained.wait(), budget)
+        except TimeoutError:
+            for conn in list(state.connections):
+                conn.abort()
 
 
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:

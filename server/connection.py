@@ -1,16 +1,24 @@
-"""One client connection: its outbox, its writer, the closing handshake, the rate limiter.
+"""One client connection after the upgrade: its socket, frames in, events out, the closing
+handshake and the rate limiter.
+
+A :class:`Connection` is the asyncio protocol of its socket (:func:`server.upgrade.take_over`
+hands it over from aiohttp), so an idle connection costs no task. Frames are read with the
+Sans-I/O ``Protocol`` of the ``websockets`` library (RFC 6455 framing, masking, fragments,
+control frames, the closing handshake; its guide:
+https://websockets.readthedocs.io/en/stable/howto/sansio.html): it answers pings and a
+client's close frame itself. Each whole message goes to the app's :class:`Chat` as it arrives.
 
 Hubs hand events to :meth:`Connection.deliver`, which never awaits. When nothing is queued
-and the transport is not backed up, the frame is written at once (the fast path). Otherwise
-the encoded events wait in the outbox and a writer task, started on demand, sends what waits
-as frames of at most ``max_frame_size`` bytes each time the transport drains. An outbox that
-grows past its limit marks a slow consumer, which is closed with 1013.
+and the socket is not backed up, the frame is written at once (the fast path). Otherwise the
+encoded events wait in the outbox and a writer task, started on demand, sends what waits as
+frames of at most ``max_frame_size`` bytes each time the socket drains. An outbox that grows
+past its limit marks a slow consumer, which is closed with 1013.
 
 A close the server starts (:meth:`Connection.close`) sends the close frame after every event
-already queued (1013 drops the outbox first). The handler keeps reading and discarding the
-client's frames until its close frame arrives, then :meth:`Connection.finish` ends TCP with a
-FIN. A client that does not answer within ``close_timeout`` seconds is half-closed then, or
-reset if it has stopped reading altogether.
+already queued (1013 drops the outbox first). Frames that arrive after it are read and
+discarded until the client's close frame, then TCP ends with a FIN. A client that does not
+answer within ``close_timeout`` seconds is half-closed then, or reset if it has stopped
+reading altogether.
 """
 
 from __future__ import annotations
@@ -19,107 +27,215 @@ import asyncio
 import logging
 import time
 from collections import deque
+from typing import Protocol
 
-from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
+from websockets.exceptions import PayloadTooBig
+from websockets.frames import Frame, Opcode
+from websockets.protocol import OPEN, Side
+from websockets.protocol import Protocol as Frames
 
 from . import metrics
-from .protocol import PING_FRAME, CloseReason, batch, close_frame, take_batch, text_frame
+from .config import Settings
+from .protocol import PING_FRAME, CloseReason, batch, take_batch, text_frame
 
 log = logging.getLogger("roomhub.connection")
+
+FRAMES_LOG = logging.getLogger("roomhub.frames")
+"""The ``websockets`` protocol's own log lines (one per closed connection at info)."""
 
 PING_AFTER_SWEEPS = 3
 """Heartbeat sweeps without a frame from the client before it is pinged; one more closes it.
 Sweeps come every half ``ROOMHUB_HEARTBEAT`` and a frame may arrive just before one, so the
 third is the first to prove ``ROOMHUB_HEARTBEAT`` seconds of silence (at most 1.5 times that)."""
 
-
-def backed_up(transport: asyncio.Transport) -> bool:
-    """True while ``transport`` holds more unsent bytes than its high-water mark (asyncio's
-    flow control pauses the protocol then)."""
-    return transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
-
-
-async def wait_writable(transport: asyncio.Transport, writer: AbstractStreamWriter) -> None:
-    """Wait until ``transport`` takes writes again (aiohttp's ``writer.drain()`` waits for
-    asyncio's resume below the low-water mark).
-
-    Raises ``ConnectionError`` when the connection is lost while waiting, and
-    ``ConnectionResetError`` when the transport is closing before or after the wait:
-    ``drain()`` returns at once on a lost connection, so its return alone proves nothing.
-    """
-    if not transport.is_closing():
-        await writer.drain()
-    if transport.is_closing():
-        raise ConnectionResetError("transport is closing")
+READ_LIMIT_FACTOR = 4
+"""The frame reader's own message limit, as a multiple of ``max_msg_size``: a message between
+the two is read whole and refused with a proper close handshake; one beyond is cut off at
+once with 1009."""
 
 
-class Connection:
+class Chat(Protocol):
+    """What the app does with a connection's messages and its end (``server.views.Chat``)."""
+
+    settings: Settings
+
+    def on_message(self, conn: Connection, text: str | None) -> None:
+        """A whole data message: its text, or None for a binary one."""
+
+    def on_ping(self, conn: Connection) -> None:
+        """A ping (already answered with a pong)."""
+
+    def on_end(self, conn: Connection, reason: CloseReason, code: int | None) -> None:
+        """The socket is closed: why, and the close code sent or received (None: none)."""
+
+
+class Connection(asyncio.Protocol):
     """A joined WebSocket client.
 
     ``outbox`` holds encoded events (bytes) waiting to be written; its length is in events.
     It is None while nothing waits: an empty deque costs 0.7 KB per idle connection, and one
     that grew in a burst keeps its blocks (docs/memory.md).
-    ``close_reason`` is set by whoever decides to close; the first reason wins.
+    ``close_reason`` is set when the server decides to close; the first reason wins.
+    ``closing`` is True from then on, and once the client has closed or the socket is gone.
     """
 
     __slots__ = (
-        "_close_sent",
+        "_close_timer",
+        "_drained",
+        "_fragments",
+        "_frames",
+        "_lost",
+        "_paused",
         "_strikes",
         "_tokens",
         "_transport",
         "_updated",
         "_writer",
-        "_ws_writer",
-        "burst",
+        "chat",
         "close_reason",
-        "close_timeout",
-        "max_frame_size",
+        "closing",
+        "expiry",
         "outbox",
-        "outbox_limit",
         "quiet_sweeps",
-        "rate",
         "room",
         "user",
-        "ws",
     )
 
-    def __init__(
-        self,
-        ws: web.WebSocketResponse,
-        request: web.Request,
-        writer: AbstractStreamWriter,
-        *,
-        room: str,
-        user: str,
-        outbox_limit: int,
-        max_frame_size: int,
-        close_timeout: float,
-        rate: float,
-        burst: int,
-    ) -> None:
-        self.ws = ws
+    def __init__(self, chat: Chat, *, room: str, user: str) -> None:
+        settings = chat.settings
+        self.chat = chat
         self.room = room
         self.user = user
+        self._frames = Frames(
+            Side.SERVER, max_size=READ_LIMIT_FACTOR * settings.max_msg_size, logger=FRAMES_LOG
+        )
+        self._transport: asyncio.Transport | None = None
         self.outbox: deque[bytes] | None = None
-        self.outbox_limit = outbox_limit
-        self.max_frame_size = max_frame_size
-        self.close_timeout = close_timeout
-        self.rate = rate
-        self.burst = burst
-        self.close_reason: CloseReason | None = None
-        self._transport: asyncio.Transport = request.transport  # type: ignore[assignment]
-        self._ws_writer = writer
         self._writer: asyncio.Task[None] | None = None
-        self._close_sent = False
+        self.close_reason: CloseReason | None = None
+        self.closing = False
+        self._lost = False
+        self._paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._fragments: tuple[Opcode, list[bytes]] | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self.expiry: asyncio.TimerHandle | None = None
         self.quiet_sweeps = 0
-        self._tokens = float(burst)
+        self._tokens = float(settings.rate_burst)
         self._updated = time.monotonic()
         self._strikes = 0
 
+    # -- the socket (asyncio.Protocol) ----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        frames = self._frames
+        frames.receive_data(data)
+        for frame in frames.events_received():
+            self.quiet_sweeps = 0
+            try:
+                self._on_frame(frame)
+            except Exception:
+                log.exception(
+                    "frame_failed", extra={"fields": {"room": self.room, "user": self.user}}
+                )
+                self.close(CloseReason.ERROR)
+        self._send_frames()
+
+    def eof_received(self) -> None:
+        self._frames.receive_eof()
+        self._send_frames()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = self.closing = True
+        for timer in (self._close_timer, self.expiry):
+            if timer is not None:
+                timer.cancel()
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+        reason, code = self._end()
+        self.chat.on_end(self, reason, code)
+
+    def _end(self) -> tuple[CloseReason, int | None]:
+        """Why the connection ended, and the close code sent (or the client's, or None)."""
+        if self.close_reason is not None:
+            return self.close_reason, self.close_reason.code
+        frames = self._frames
+        if frames.close_rcvd_then_sent and frames.close_rcvd is not None:
+            return CloseReason.NORMAL, frames.close_rcvd.code
+        code = frames.close_sent.code if frames.close_sent is not None else None
+        if isinstance(frames.parser_exc, PayloadTooBig):
+            return CloseReason.TOO_BIG, code
+        if code is not None:
+            return CloseReason.PROTOCOL_ERROR, code
+        return CloseReason.CLIENT_GONE, None
+
+    # -- inbound --------------------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if frame.fin:
+                self._on_message(opcode, frame.data)
+            else:
+                self._fragments = (opcode, [frame.data])
+        elif opcode is Opcode.CONT and self._fragments is not None:
+            opcode, parts = self._fragments
+            parts.append(frame.data)
+            if frame.fin:
+                self._fragments = None
+                self._on_message(opcode, b"".join(parts))
+        elif opcode is Opcode.PING and not self.closing:
+            self.chat.on_ping(self)
+
+    def _on_message(self, opcode: Opcode, data: bytes) -> None:
+        if self.closing:
+            return
+        if len(data) > self.chat.settings.max_msg_size:
+            self.close(CloseReason.TOO_BIG)
+        elif opcode is Opcode.BINARY:
+            self.chat.on_message(self, None)
+        else:
+            try:
+                text = data.decode()
+            except UnicodeDecodeError as exc:
+                # RFC 6455 section 8.1: fail the connection, as for a framing error.
+                self._frames.fail(1007, f"{exc.reason} at position {exc.start}")
+                self.closing = True
+                return
+            self.chat.on_message(self, text)
+
+    def allow(self) -> bool:
+        """Token bucket: ``rate`` frames per second, bursts up to ``burst``."""
+        settings = self.chat.settings
+        now = time.monotonic()
+        self._tokens = min(
+            settings.rate_burst, self._tokens + (now - self._updated) * settings.rate_limit
+        )
+        self._updated = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            self._strikes = 0
+            return True
+        self._strikes += 1
+        return False
+
     @property
-    def closing(self) -> bool:
-        return self.close_reason is not None or self.ws.closed
+    def strikes(self) -> int:
+        """Frames refused in a row by the rate limiter."""
+        return self._strikes
 
     # -- outbound -------------------------------------------------------------------------
 
@@ -133,12 +249,13 @@ class Connection:
         """
         if self.closing:
             return 0
-        if not self.outbox and self._writer is None and not backed_up(self._transport):
-            return self._write(wire)
+        if not self.outbox and self._writer is None and not self._paused:
+            self._transport.write(wire)  # type: ignore[union-attr]
+            return 1
         if self.outbox is None:
             self.outbox = deque()
         self.outbox.extend(events)
-        if len(self.outbox) > self.outbox_limit:
+        if len(self.outbox) > self.chat.settings.outbox_limit:
             log.warning("slow_consumer", extra={"fields": {"room": self.room, "user": self.user}})
             self.close(CloseReason.SLOW_CONSUMER)
         elif self._writer is None:
@@ -151,27 +268,39 @@ class Connection:
         if self.deliver(text_frame(event), [event]):
             metrics.FRAMES_SENT.inc()
 
-    def _write(self, wire: bytes) -> int:
-        transport = self._transport
-        if transport.is_closing():
-            return 0
-        transport.write(wire)
-        return 1
+    async def send(self, wire: bytes) -> None:
+        """Write one frame, then wait until the socket takes writes again (one await per send,
+        for ``ROOMHUB_HUB_MODE=global``). Raises ``ConnectionResetError`` once closing."""
+        if self.closing:
+            raise ConnectionResetError("connection is closing")
+        self._transport.write(wire)  # type: ignore[union-attr]
+        await self.wait_writable()
+
+    async def wait_writable(self) -> None:
+        """Wait while asyncio's flow control holds writes back (above the socket's high-water
+        mark, until it drains below the low-water mark). Raises ``ConnectionResetError`` when
+        the connection is lost before or while waiting."""
+        if self._paused and not self._lost:
+            if self._drained is None:
+                self._drained = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drained)
+        if self._lost:
+            raise ConnectionResetError("connection lost")
 
     async def _drain(self) -> None:
         """Writer task: send the outbox as frames of at most ``max_frame_size`` bytes, waiting
-        for the transport to drain between them; then the close frame if one is due.
+        for the socket to drain between them; then the close frame if one is due.
 
         A connection that is lost ends it quietly; any other exception closes the client with
         1011 and is logged once.
         """
+        max_frame_size = self.chat.settings.max_frame_size
         try:
-            while self.outbox:
-                if backed_up(self._transport):
-                    await wait_writable(self._transport, self._ws_writer)
+            while self.outbox and not self._lost:
+                if self._paused:
+                    await self.wait_writable()
                     continue
-                if not self._write(text_frame(batch(take_batch(self.outbox, self.max_frame_size)))):
-                    break
+                self._transport.write(text_frame(batch(take_batch(self.outbox, max_frame_size))))  # type: ignore[union-attr]
                 metrics.FRAMES_SENT.inc()
         except ConnectionError:
             pass
@@ -181,8 +310,7 @@ class Connection:
         finally:
             self.outbox = None
             self._writer = None
-        if self.close_reason is not None:
-            self._send_close()
+        self._send_close()
 
     async def flush(self, budget: float) -> None:
         """Wait up to ``budget`` seconds for the outbox to be written."""
@@ -194,14 +322,13 @@ class Connection:
         """One heartbeat sweep (every half ``ROOMHUB_HEARTBEAT``). ``quiet_sweeps`` counts the
         sweeps since the client's last frame: after ``PING_AFTER_SWEEPS`` the client is
         pinged, after one more it is closed with ``HEARTBEAT_TIMEOUT``. The ping is written to
-        the transport at once: after the frames already written, ahead of events still waiting
+        the socket at once: after the frames already written, ahead of events still waiting
         in the outbox (RFC 6455 5.5 lets control frames come between data frames)."""
         if self.closing:
             return
         self.quiet_sweeps += 1
         if self.quiet_sweeps == PING_AFTER_SWEEPS:
-            if not self._transport.is_closing():
-                self._transport.write(PING_FRAME)
+            self._transport.write(PING_FRAME)  # type: ignore[union-attr]
         elif self.quiet_sweeps > PING_AFTER_SWEEPS:
             self.close(CloseReason.HEARTBEAT_TIMEOUT)
 
@@ -211,10 +338,11 @@ class Connection:
         """Start closing with ``reason`` (its code, text and metric label); first reason wins.
 
         The close frame follows every event already queued, except for ``SLOW_CONSUMER``,
-        which drops the outbox. Never awaits; the handler finishes the handshake.
+        which drops the outbox. Never awaits.
         """
-        if self.close_reason is not None or self.ws.closed:
+        if self.closing:
             return
+        self.closing = True
         self.close_reason = reason
         if reason is CloseReason.SLOW_CONSUMER:
             self.outbox = None
@@ -222,61 +350,49 @@ class Connection:
         if self._writer is None or reason is CloseReason.SLOW_CONSUMER:
             self._send_close()
 
+    def abort(self) -> None:
+        """Reset the connection at once (shutdown, after its grace period)."""
+        if self._transport is not None:
+            self._transport.abort()
+
     def _send_close(self) -> None:
-        if self._close_sent or self.close_reason is None:
+        reason = self.close_reason
+        if reason is None or self._lost or self._frames.state is not OPEN:
             return
-        self._close_sent = True
-        if not self._transport.is_closing():
-            self._transport.write(close_frame(self.close_reason.code, self.close_reason.text))
+        self._frames.send_close(reason.code, reason.text)
+        self._send_frames()
+
+    def _send_frames(self) -> None:
+        """Write what the frame protocol has to send (pongs, close frames); after its end of
+        stream (the closing handshake is over, or the client broke the protocol), end TCP."""
+        frames, transport = self._frames, self._transport
+        for data in frames.data_to_send():
+            if transport is None or transport.is_closing():
+                break
+            if data:
+                transport.write(data)
+            else:
+                transport.write_eof()
+                transport.close()
+                self._start_close_timer()
+        if frames.state is not OPEN:
+            self.closing = True
 
     def _start_close_timer(self) -> None:
-        asyncio.get_running_loop().call_later(self.close_timeout, self._close_timed_out)
+        if self._close_timer is None and not self._lost:
+            loop = asyncio.get_running_loop()
+            self._close_timer = loop.call_later(
+                self.chat.settings.close_timeout, self._close_timed_out
+            )
 
     def _close_timed_out(self) -> None:
         """The client did not finish the handshake in time: half-close, or reset a client that
         has stopped reading (its unread bytes would never reach it anyway)."""
         transport = self._transport
+        if transport is None:
+            return
         if transport.get_write_buffer_size():
             transport.abort()
         elif not transport.is_closing():
             transport.write_eof()
             transport.close()
-
-    async def finish(self, client_closed: bool) -> None:
-        """End the connection once the handler has read the client's last frame.
-
-        ``client_closed``: the client's close frame arrived. A client that closed first gets
-        the 1000 reply; after a close the server started, TCP ends with a FIN (half-close,
-        then close) and the close timer resets a client that does not read.
-        """
-        if self.close_reason is None:
-            if client_closed:
-                await self.ws.close(drain=False)
-                self._start_close_timer()
-            return
-        if not self._close_sent:
-            self.outbox = None
-            self._send_close()
-        transport = self._transport
-        if not transport.is_closing():
-            transport.write_eof()
-            transport.close()
-
-    # -- inbound --------------------------------------------------------------------------
-
-    def allow(self) -> bool:
-        """Token bucket: ``rate`` frames per second, bursts up to ``burst``."""
-        now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-        self._updated = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            self._strikes = 0
-            return True
-        self._strikes += 1
-        return False
-
-    @property
-    def strikes(self) -> int:
-        """Frames refused in a row by the rate limiter."""
-        return self._strikes

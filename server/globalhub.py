@@ -12,11 +12,9 @@ import asyncio
 import logging
 import time
 
-from aiohttp import WSMsgType
-
 from . import metrics
 from .connection import Connection
-from .protocol import CloseReason
+from .protocol import CloseReason, text_frame
 from .room import BotEvent, HubItem, Join, Leave, Room, Say
 
 log = logging.getLogger("roomhub.hub")
@@ -85,11 +83,12 @@ class GlobalHub:
     async def _broadcast(self, members: list[Connection], event: bytes) -> None:
         started = time.perf_counter()
         sent = 0
+        wire = text_frame(event)
         for conn in members:
             if conn.closing:
                 continue
             try:
-                await conn.ws.send_frame(event, WSMsgType.TEXT)
+                await conn.send(wire)
             except ConnectionError:
                 continue
             sent += 1

@@ -35,7 +35,6 @@ class Handshake:
     """A ``GET /ws`` request on its way through :data:`CHECKS`; checks fill in the fields."""
 
     request: web.Request
-    ws: web.WebSocketResponse
     room: str = ""
     user: str = ""
     since: int | None = None
@@ -74,7 +73,7 @@ def query_params(request: web.Request) -> dict[str, str]:
 
 def _upgrade(hs: Handshake) -> None:
     # RFC 6455 section 4.2.1: GET, Upgrade: websocket, Connection: Upgrade, a key, version 13.
-    if not hs.ws.can_prepare(hs.request).ok:
+    if not web.WebSocketResponse().can_prepare(hs.request).ok:
         raise ProtocolError("not_websocket", "expected a WebSocket upgrade request")
 
 

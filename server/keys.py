@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import httpx
@@ -19,12 +20,14 @@ from .hub import ShardedHubs
 @dataclass(slots=True)
 class ServerState:
     """Mutable server-wide state: open connections, connection slots reserved (upgrades under
-    way and open connections), connections closed so far and whether shutdown has begun."""
+    way and open connections), connections closed so far, whether shutdown has begun, and the
+    event set once shutdown has seen the last connection end."""
 
     connections: set[Connection] = field(default_factory=set)
     reserved: int = 0
     closed: int = 0
     shutting_down: bool = False
+    drained: asyncio.Event | None = None
 
 
 settings_key = web.AppKey("settings_key", Settings)

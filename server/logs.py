@@ -44,7 +44,8 @@ class BadRequestFilter(logging.Filter):
 def setup_logging(level: str) -> None:
     """Send every log record to stderr as JSON lines at ``level`` (debug, info, ...).
 
-    httpx's per-request info lines are left out (warnings and errors stay).
+    httpx's per-request info lines and the frame reader's per-connection and per-frame
+    lines are left out (warnings and errors stay).
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
@@ -52,4 +53,6 @@ def setup_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
+    # The frame reader's debug lines would hold message contents.
+    logging.getLogger("roomhub.frames").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("aiohttp.server").addFilter(BadRequestFilter())

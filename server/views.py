@@ -9,7 +9,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import aiohttp_jinja2
-from aiohttp import WSMessage, WSMsgType, web
+from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from . import metrics
@@ -30,15 +30,12 @@ from .protocol import (
     validate_room,
 )
 from .room import BotEvent, Join, Leave, Say
+from .upgrade import take_over
 
 log = logging.getLogger("roomhub.views")
 
 ABUSE_STRIKES = 20
 """Frames refused in a row by the rate limiter before the connection is closed with 1008."""
-
-READ_LIMIT_FACTOR = 4
-"""aiohttp's own message limit, as a multiple of ``max_msg_size``: a message between the two
-is read whole and refused with a proper close handshake; one beyond is cut off at once."""
 
 VERSION = version("roomhub")
 
@@ -98,82 +95,35 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
-    """``GET /ws?room=ROOM&user=NAME[&since=SEQ&epoch=EPOCH]``: protocol v1 (docs/protocol.md)."""
+    """``GET /ws?room=ROOM&user=NAME[&since=SEQ&epoch=EPOCH]``: protocol v1 (docs/protocol.md).
+
+    Once the checks pass, the connection leaves aiohttp (:func:`server.upgrade.take_over`) and
+    lives on as a :class:`~server.connection.Connection` driven by :class:`Chat`."""
     app = request.app
-    settings, state = app[settings_key], app[state_key]
-    ws = web.WebSocketResponse(
-        compress=False,
-        # roomhub checks max_msg_size itself and closes with the handshake; aiohttp's own
-        # limit only guards memory, and cuts the connection at once.
-        max_msg_size=READ_LIMIT_FACTOR * settings.max_msg_size,
-        # Pings and closes are roomhub's own: the heartbeat sweep and Connection.close.
-        autoclose=False,
-        autoping=False,
-    )
-    hs = Handshake(request, ws)
+    hs = Handshake(request)
     refused = refusal(hs)
     if refused is not None:
         return refused
-    # The slot is reserved before the upgrade and released however the request ends.
+    chat, state = app[chat_key], app[state_key]
+    conn = Connection(chat, room=hs.room, user=hs.user)
+    hubs = app[hubs_key]
+    # The join is queued first, so that the welcome comes before any reply to a frame the
+    # client sent early; the slot is reserved before the upgrade and released when the
+    # connection ends.
+    hubs.post(hs.room, Join(conn, hs.since, hs.epoch))
     state.reserved += 1
     try:
-        return await _session(hs)
-    finally:
-        state.reserved -= 1
-
-
-async def _session(hs: Handshake) -> web.StreamResponse:
-    """Upgrade an admitted request, join its room and serve it until it ends."""
-    request, ws, room, user = hs.request, hs.ws, hs.room, hs.user
-    app = request.app
-    settings, state, hubs = app[settings_key], app[state_key], app[hubs_key]
-    try:
-        writer = await ws.prepare(request)
+        response = take_over(request, conn)
     except ConnectionError:
-        # The peer vanished during the upgrade; aiohttp drops this answer quietly.
-        log.info("upgrade_aborted", extra={"fields": {"room": room, "user": user}})
+        state.reserved -= 1
+        hubs.post(hs.room, Leave(conn))
+        log.info("upgrade_aborted", extra={"fields": {"room": hs.room, "user": hs.user}})
         return web.Response(status=400)
-    conn = Connection(
-        ws,
-        request,
-        writer,
-        room=room,
-        user=user,
-        outbox_limit=settings.outbox_limit,
-        max_frame_size=settings.max_frame_size,
-        close_timeout=settings.close_timeout,
-        rate=settings.rate_limit,
-        burst=settings.rate_burst,
-    )
     state.connections.add(conn)
     metrics.CONNECTIONS_OPENED.inc()
-    log.info("connection_opened", extra={"fields": {"room": room, "user": user}})
-    hubs.post(room, Join(conn, hs.since, hs.epoch))
-    expiry = _close_at_expiry(conn, hs.identity)
-    reason = CloseReason.CLIENT_GONE
-    try:
-        reason = await _serve(request, conn, settings.max_msg_size)
-        await conn.finish(client_closed=reason is CloseReason.NORMAL)
-    except Exception:
-        log.exception("connection_failed", extra={"fields": {"room": room, "user": user}})
-        conn.close(CloseReason.ERROR)
-        await conn.finish(client_closed=False)
-    finally:
-        if expiry is not None:
-            expiry.cancel()
-        hubs.post(room, Leave(conn))
-        state.connections.discard(conn)
-        state.closed += 1
-        reason = conn.close_reason or reason
-        metrics.CONNECTIONS_CLOSED.labels(reason.label).inc()
-        code = reason.code if conn.close_reason else ws.close_code
-        log.info(
-            "connection_closed",
-            extra={
-                "fields": {"room": room, "user": conn.user, "reason": reason.label, "code": code}
-            },
-        )
-    return ws
+    log.info("connection_opened", extra={"fields": {"room": hs.room, "user": hs.user}})
+    conn.expiry = _close_at_expiry(conn, hs.identity)
+    return response
 
 
 def _close_at_expiry(conn: Connection, identity: Identity | None) -> asyncio.TimerHandle | None:
@@ -184,50 +134,77 @@ def _close_at_expiry(conn: Connection, identity: Identity | None) -> asyncio.Tim
     return asyncio.get_running_loop().call_later(delay, conn.close, CloseReason.TOKEN_EXPIRED)
 
 
-async def _serve(request: web.Request, conn: Connection, max_msg_size: int) -> CloseReason:
-    """Read frames until the client's close frame or the end of the connection; return what
-    ended it (``NORMAL``: the close frame). Frames that arrive once the server has started
-    closing are read and discarded, so that the client's close frame can arrive. Any frame
-    counts as a sign of life for the heartbeat; pings take a rate-limit token like data frames
-    and are answered here when they get one."""
-    ws = conn.ws
-    while True:
-        msg = await ws.receive()
-        conn.quiet_sweeps = 0
-        if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-            if conn.closing:
-                continue
-            if _too_big(msg.data, max_msg_size):
-                conn.close(CloseReason.TOO_BIG)
-                continue
-            try:
-                _on_frame(request, conn, msg)
-            except Exception:
-                log.exception(
-                    "frame_failed", extra={"fields": {"room": conn.room, "user": conn.user}}
-                )
-                conn.close(CloseReason.ERROR)
-        elif msg.type == WSMsgType.PING:
-            if not conn.closing and not _refused(conn, None):
-                await ws.pong(msg.data)
-        elif msg.type == WSMsgType.PONG:
-            pass
-        elif msg.type == WSMsgType.CLOSE:
-            return CloseReason.NORMAL
-        elif msg.type == WSMsgType.ERROR:
-            if getattr(msg.data, "code", None) == CloseReason.TOO_BIG.code:
-                return CloseReason.TOO_BIG
-            return CloseReason.PROTOCOL_ERROR
-        else:  # CLOSING / CLOSED
-            return CloseReason.CLIENT_GONE
+class Chat:
+    """What the server does with the messages of every connection of one app, and with each
+    connection's end (the :class:`~server.connection.Chat` of its connections)."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.settings = app[settings_key]
+
+    def on_message(self, conn: Connection, text: str | None) -> None:
+        """One data message (None: binary): rate limit, validate, then hand to the room's hub
+        or the bot."""
+        if _refused(conn, text):
+            return
+        if text is None:
+            _on_invalid(conn, "bad_message", "binary frames are not supported")
+            return
+        try:
+            msg = parse_frame(text)
+            symbol = parse_stock_command(msg.text)
+        except ProtocolError as exc:
+            _on_invalid(conn, exc.code, exc.detail, client_id_of(text))
+            return
+        except CommandError as exc:
+            _on_invalid(conn, "bad_command", str(exc), msg.id)
+            return
+        hubs = self.app[hubs_key]
+        if symbol is None:
+            metrics.MESSAGES_RECEIVED.labels("message").inc()
+            hubs.post(conn.room, Say(conn, msg))
+            return
+        metrics.MESSAGES_RECEIVED.labels("command").inc()
+        bot = self.app[bot_key]
+        room = conn.room
+
+        def deliver(reply: BotReply) -> bool:
+            event = bot_event(bot.name, reply.text, reply.ok, reply.reply_to, conn.user)
+            return hubs.post(room, BotEvent(event))
+
+        if not bot.submit(symbol, msg.id, deliver):
+            conn.send_event(error_event("busy", "the stock bot is busy, try again", msg.id))
+
+    def on_ping(self, conn: Connection) -> None:
+        """Pings take a rate-limit token like data frames (the pong is sent regardless, as
+        RFC 6455 section 5.5.2 requires)."""
+        _refused(conn, None)
+
+    def on_end(self, conn: Connection, reason: CloseReason, code: int | None) -> None:
+        """Leave the room, free the slot, count and log the close."""
+        app = self.app
+        state = app[state_key]
+        app[hubs_key].post(conn.room, Leave(conn))
+        state.connections.discard(conn)
+        state.reserved -= 1
+        state.closed += 1
+        if state.drained is not None and not state.connections:
+            state.drained.set()
+        metrics.CONNECTIONS_CLOSED.labels(reason.label).inc()
+        log.info(
+            "connection_closed",
+            extra={
+                "fields": {
+                    "room": conn.room,
+                    "user": conn.user,
+                    "reason": reason.label,
+                    "code": code,
+                }
+            },
+        )
 
 
-def _too_big(data: str | bytes, limit: int) -> bool:
-    """Whether a data message is over ``limit`` bytes on the wire. Text counts its UTF-8 bytes,
-    encoded only when it could be over (a character is at most 4 bytes)."""
-    if isinstance(data, str):
-        return len(data) * 4 > limit and len(data.encode()) > limit
-    return len(data) > limit
+chat_key = web.AppKey("chat_key", Chat)
 
 
 def _on_invalid(conn: Connection, code: str, detail: str, reply_to: str | None = None) -> None:
@@ -247,41 +224,6 @@ def _refused(conn: Connection, text: str | None) -> bool:
     return True
 
 
-def _on_frame(request: web.Request, conn: Connection, frame: WSMessage) -> None:
-    """One data frame: rate limit, validate, then hand to the room's hub or the bot."""
-    text = frame.data if frame.type == WSMsgType.TEXT else None
-    if _refused(conn, text):
-        return
-    if text is None:
-        _on_invalid(conn, "bad_message", "binary frames are not supported")
-        return
-    try:
-        msg = parse_frame(text)
-        symbol = parse_stock_command(msg.text)
-    except ProtocolError as exc:
-        _on_invalid(conn, exc.code, exc.detail, client_id_of(text))
-        return
-    except CommandError as exc:
-        _on_invalid(conn, "bad_command", str(exc), msg.id)
-        return
-    app = request.app
-    hubs = app[hubs_key]
-    if symbol is None:
-        metrics.MESSAGES_RECEIVED.labels("message").inc()
-        hubs.post(conn.room, Say(conn, msg))
-        return
-    metrics.MESSAGES_RECEIVED.labels("command").inc()
-    bot = app[bot_key]
-    room = conn.room
-
-    def deliver(reply: BotReply) -> bool:
-        event = bot_event(bot.name, reply.text, reply.ok, reply.reply_to, conn.user)
-        return hubs.post(room, BotEvent(event))
-
-    if not bot.submit(symbol, msg.id, deliver):
-        conn.send_event(error_event("busy", "the stock bot is busy, try again", msg.id))
-
-
 async def per_worker_metrics(request: web.Request) -> web.Response:
     """With several workers the shared port reaches any one of them, so ``/metrics`` there
     would mix processes (counters would seem to go back): 404 naming the workers' ports."""
@@ -297,6 +239,7 @@ async def per_worker_metrics(request: web.Request) -> web.Response:
 
 
 def setup_routes(app: web.Application) -> None:
+    app[chat_key] = Chat(app)
     app.router.add_get("/", lobby, name="lobby")
     app.router.add_get("/rooms/{room}", room_page, name="room")
     app.router.add_get("/api/rooms", api_rooms)

@@ -92,12 +92,12 @@ async def test_internal_error_close_1011_arrives_after_the_events_before_it_and_
     test_server = await make_server(rate_limit=10000, rate_burst=10000)
     peer = await peers(kind, test_server, "r", "err")
     await echoed(peer, "before")
-    with caplog.at_level(logging.ERROR, logger="roomhub.views"):
+    with caplog.at_level(logging.ERROR, logger="roomhub.connection"):
         await peer.send("boom")
         await peer.flood()
         assert await peer.closed() == (1011, "internal error")
     assert [e["id"] for e in peer.of("message")] == ["before"]
-    assert [r.message for r in caplog.records if r.name == "roomhub.views"] == ["frame_failed"]
+    assert [r.message for r in caplog.records if r.name == "roomhub.connection"] == ["frame_failed"]
 
 
 @pytest.mark.parametrize("kind", CLIENTS)

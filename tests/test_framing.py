@@ -134,20 +134,63 @@ async def test_what_the_server_writes_parses_strictly_in_every_length_form_and_b
         assert [(f.opcode, f.data) for f in again] == [(f.opcode, f.data) for f in frames]
 
 
-async def test_an_unmasked_client_frame_is_handled_like_a_masked_one_a_documented_gap(
+async def test_an_unmasked_client_frame_closes_with_1002_and_is_not_handled(
     aiohttp_client: Any,
 ) -> None:
-    # docs/protocol.md, "Known gap: unmasked client frames are accepted".
-    assert "**Known gap: unmasked client frames are accepted.**" in PROTOCOL_DOC
+    """RFC 6455 section 5.1: a server closes the connection on a frame without a mask."""
     server: TestClient = await aiohttp_client(create_app(settings()))
     reader, writer = await asyncio.open_connection(server.host, server.port)
-    writer.write(upgrade_request("gap", "u"))
+    writer.write(upgrade_request("masking", "u"))
     await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+    wire = bytearray()
+    await read_until(reader, wire, lambda f: any(e["type"] == "welcome" for e in events_of(f)))
     body = orjson.dumps({"type": "message", "text": "unmasked", "id": "u1"})
     writer.write(frame_header(len(body)) + body)  # a server-style frame: mask bit clear
-    wire = bytearray()
-    await read_until(reader, wire, lambda f: any(e.get("id") == "u1" for e in events_of(f)))
+    await read_until(reader, wire, lambda f: False)  # to the server's end of the stream
     frames = strict_read([bytes(wire)])
-    assert [e["text"] for e in events_of(frames) if e["type"] == "message"] == ["unmasked"]
-    assert all(f.opcode == Opcode.TEXT for f in frames)
+    assert not [e for e in events_of(frames) if e.get("id") == "u1"]
+    assert frames[-1].opcode == Opcode.CLOSE
+    assert int.from_bytes(frames[-1].data[:2], "big") == 1002
+    writer.close()
+
+
+async def joined_raw(server: TestClient, room: str) -> tuple[Any, Any, bytearray]:
+    """A raw TCP client upgraded into ``room`` with its welcome read; reader, writer, wire."""
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(upgrade_request(room, "raw"))
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+    wire = bytearray()
+    await read_until(reader, wire, lambda f: any(e["type"] == "welcome" for e in events_of(f)))
+    return reader, writer, wire
+
+
+def client_frame(opcode: Opcode, data: bytes, fin: bool = True) -> bytes:
+    return Frame(opcode, data, fin).serialize(mask=True, extensions=[])
+
+
+async def test_text_that_is_not_utf8_closes_with_1007(aiohttp_client: Any) -> None:
+    server: TestClient = await aiohttp_client(create_app(settings()))
+    reader, writer, wire = await joined_raw(server, "utf8")
+    writer.write(client_frame(Opcode.TEXT, b'{"type":"message","text":"\xff"}'))
+    await read_until(reader, wire, lambda f: False)  # to the server's end of the stream
+    close = strict_read([bytes(wire)])[-1]
+    assert (close.opcode, int.from_bytes(close.data[:2], "big")) == (Opcode.CLOSE, 1007)
+    writer.close()
+
+
+async def test_a_message_in_fragments_is_handled_as_one(aiohttp_client: Any) -> None:
+    server: TestClient = await aiohttp_client(create_app(settings()))
+    reader, writer, wire = await joined_raw(server, "fragments")
+    body = orjson.dumps({"type": "message", "text": "in three parts", "id": "f1"})
+    writer.write(
+        client_frame(Opcode.TEXT, body[:5], fin=False)
+        + client_frame(Opcode.PING, b"between")  # control frames may come between fragments
+        + client_frame(Opcode.CONT, body[5:20], fin=False)
+        + client_frame(Opcode.CONT, body[20:])
+    )
+    await read_until(reader, wire, lambda f: any(e.get("id") == "f1" for e in events_of(f)))
+    frames = strict_read([bytes(wire)])
+    (echo,) = [e for e in events_of(frames) if e.get("id") == "f1"]
+    assert echo["text"] == "in three parts"
+    assert (Opcode.PONG, b"between") in [(f.opcode, f.data) for f in frames]
     writer.close()

@@ -1,0 +1,68 @@
+"""Taking an accepted WebSocket upgrade over from aiohttp.
+
+aiohttp serves every HTTP request, the upgrade included. Once roomhub has accepted an upgrade,
+:func:`take_over` answers 101 itself and moves the socket to roomhub's own protocol object, and
+aiohttp lets go of the connection: its request, its HTTP parser and its two tasks are freed at
+once instead of living as long as the WebSocket (about 11 KB per connection, docs/memory.md).
+
+aiohttp has no public call for this. It relies on three facts of aiohttp 3.14, which
+tests/test_upgrade.py checks against the installed version:
+
+- ``RequestHandler.connection_lost()`` drops the handler's hold on the connection and takes
+  it off the server's list; with its ``transport`` set to None first, it closes nothing;
+- the handler's ``_message_tail`` holds what the client sent after the upgrade request;
+- a response returned after that is not written (the transport is gone) and ends the
+  request as a client disconnect, without closing anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+
+from aiohttp import web
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+"""RFC 6455 section 1.3: appended to ``Sec-WebSocket-Key`` before hashing."""
+
+
+def accept_key(key: str) -> str:
+    """``Sec-WebSocket-Accept`` for ``Sec-WebSocket-Key`` ``key`` (RFC 6455 section 4.2.2):
+    base64 of the SHA-1 of the key followed by :data:`GUID`."""
+    return base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
+
+
+def switching_protocols(key: str) -> bytes:
+    """The whole 101 answer to an upgrade request that sent ``key``."""
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n"
+    ).encode()
+
+
+def take_over(request: web.Request, protocol: asyncio.Protocol) -> web.StreamResponse:
+    """Answer ``request`` (an upgrade that passed every check, so its key is valid) with 101,
+    hand its transport to ``protocol`` (``connection_made`` is called, then ``data_received``
+    with anything the client sent early) and detach aiohttp from it.
+
+    Returns the response the handler must return: aiohttp's attempt to write it ends the
+    request quietly. Raises ``ConnectionResetError`` when the client is already gone.
+    """
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("the client went away during the upgrade")
+    handler = request.protocol
+    early = handler._message_tail  # RFC 6455 4.1: a client waits for the 101; most send nothing
+    transport.set_protocol(protocol)
+    handler.transport = None  # what it no longer holds, it does not close
+    handler.connection_lost(None)
+    protocol.connection_made(transport)
+    transport.write(switching_protocols(request.headers["Sec-WebSocket-Key"]))
+    if not transport.is_reading():  # aiohttp pauses reading when the early bytes pile up
+        transport.resume_reading()
+    if early:
+        protocol.data_received(early)
+    return web.Response(status=101)

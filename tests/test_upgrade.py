@@ -1,0 +1,142 @@
+"""The take-over of an accepted upgrade from aiohttp (server/upgrade.py), checked against the
+installed aiohttp: the 101 is right, the socket's bytes reach roomhub's protocol (the early
+ones too), nothing else is written, and aiohttp keeps nothing of the connection. Then the
+flow control a connection's writes rely on: asyncio's pause and resume of writing."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import weakref
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from server.app import create_app
+from server.connection import Connection
+from server.keys import state_key
+from server.upgrade import accept_key, take_over
+from tests.chat import UPGRADE_HEADERS, WAIT, settings, upgrade_request
+
+RFC_KEY, RFC_ACCEPT = "dGhlIHNhbXBsZSBub25jZQ==", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+"""RFC 6455 section 1.3's worked example."""
+
+
+def test_accept_key_is_the_rfc_example() -> None:
+    assert accept_key(RFC_KEY) == RFC_ACCEPT
+
+
+class Recorder(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.data = bytearray()
+        self.got = asyncio.Event()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        self.got.set()
+
+
+async def taken_over(aiohttp_server: Any) -> tuple[Any, list[Recorder], list[Any]]:
+    """A server whose ``/ws`` hands every connection to a :class:`Recorder`; the recorders and
+    weak references to the requests."""
+    recorders: list[Recorder] = []
+    handlers: list[Any] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        recorders.append(Recorder())
+        handlers.append(weakref.ref(request))
+        return take_over(request, recorders[-1])
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    return await aiohttp_server(app), recorders, handlers
+
+
+async def test_the_socket_moves_to_the_new_protocol_with_the_bytes_sent_early(
+    aiohttp_server: Any,
+) -> None:
+    server, recorders, handlers = await taken_over(aiohttp_server)
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(upgrade_request("r", "u") + b"early")  # RFC 6455 4.1 says wait; some don't
+    async with asyncio.timeout(WAIT):
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 ")
+        expected = accept_key(UPGRADE_HEADERS["Sec-WebSocket-Key"])
+        assert f"Sec-WebSocket-Accept: {expected}\r\n".encode() in head
+        (recorder,) = recorders
+        while bytes(recorder.data) != b"early":
+            recorder.got.clear()
+            await recorder.got.wait()
+        writer.write(b" then late")
+        while bytes(recorder.data) != b"early then late":
+            recorder.got.clear()
+            await recorder.got.wait()
+    assert server.runner.server.connections == []
+    assert handlers[0]() is None, "aiohttp still holds the request"
+    assert recorder.transport is not None
+    recorder.transport.write(b"after")
+    recorder.transport.close()
+    async with asyncio.timeout(WAIT):
+        assert await reader.read() == b"after"  # the 101 alone, then only what roomhub writes
+    writer.close()
+
+
+async def stalled_connection(aiohttp_client: Any) -> tuple[Connection, socket.socket]:
+    """A roomhub connection whose client (a 4 KiB receive buffer) does not read."""
+    client = await aiohttp_client(create_app(settings()))
+    state = client.server.app[state_key]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (client.host, client.port))
+    await loop.sock_sendall(sock, upgrade_request("r", "u"))
+    async with asyncio.timeout(WAIT):
+        while not state.connections:
+            await asyncio.sleep(0.01)
+    (conn,) = state.connections
+    return conn, sock
+
+
+async def fill(conn: Connection) -> asyncio.Task[None]:
+    """Send 60 KB frames until one send has to wait; that send."""
+    chunk = b"\x81\x7e\xea\x60" + b"x" * 60_000
+    while True:
+        task = asyncio.create_task(conn.send(chunk))
+        await asyncio.sleep(0)
+        if not task.done():
+            return task
+        await task
+
+
+async def test_a_send_waits_until_the_client_reads(aiohttp_client: Any) -> None:
+    conn, sock = await stalled_connection(aiohttp_client)
+    waiting = await fill(conn)
+    await asyncio.sleep(0.05)
+    assert not waiting.done(), "the send returned while the client read nothing"
+    loop = asyncio.get_running_loop()
+
+    async def read_all() -> None:
+        while await loop.sock_recv(sock, 65536):
+            pass
+
+    reader = asyncio.create_task(read_all())
+    async with asyncio.timeout(WAIT):
+        await waiting
+    reader.cancel()
+    sock.close()
+
+
+async def test_a_waiting_send_raises_when_the_client_goes_away(aiohttp_client: Any) -> None:
+    conn, sock = await stalled_connection(aiohttp_client)
+    waiting = await fill(conn)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()  # a reset: the connection is lost while the send waits
+    async with asyncio.timeout(WAIT):
+        with pytest.raises(ConnectionError):
+            await waiting
