@@ -48,9 +48,9 @@ MESSAGE_FRAME_BUDGET = 20_000
 costs a socket write per member, whatever it carries."""
 MAX_MESSAGE_INTERVAL = 0.05
 """Longest time (seconds) a message waits for its fan-out, however big the room."""
-PRESENCE_FRAME_BUDGET = 4_000
+PRESENCE_FRAME_BUDGET = 1_000
 """Frames per second one room may spend on presence (join/leave) events, summed over members."""
-MAX_PRESENCE_INTERVAL = 0.25
+MAX_PRESENCE_INTERVAL = 1.0
 """Longest time (seconds) a join or leave waits for its fan-out, however big the room."""
 
 

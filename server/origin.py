@@ -10,17 +10,21 @@ one origin.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from yarl import URL
 
 Origin = tuple[str, str, int | None]
 """``(scheme, host, port)``; ``port`` is None only for a scheme without a known default."""
 
 
+@lru_cache(maxsize=256)
 def parse_origin(text: str) -> Origin | None:
     """The origin named by ``text``, an ``Origin`` header value or an allow-list entry.
 
     Accepts ``scheme://host[:port]`` with an optional trailing ``/``; returns None for
     anything else (``null``, a path, a query, user info, a bad port or IPv6 literal).
+    The last 256 texts are remembered: a server sees the same few on every upgrade.
     """
     try:
         url = URL(text.strip())

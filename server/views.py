@@ -40,6 +40,10 @@ ABUSE_STRIKES = 20
 VERSION = version("roomhub")
 
 
+ROUTINE_CLOSES = frozenset({CloseReason.NORMAL, CloseReason.CLIENT_GONE, CloseReason.SHUTDOWN})
+"""Ends logged at debug only, like every connection's opening: the other reasons (the server
+closed the client for a fault) are logged at info."""
+
 LISTED_ROOMS = 100
 """Most rooms the lobby and ``/api/rooms`` list: the busiest ones."""
 
@@ -121,7 +125,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return web.Response(status=400)
     state.connections.add(conn)
     metrics.CONNECTIONS_OPENED.inc()
-    log.info("connection_opened", extra={"fields": {"room": hs.room, "user": hs.user}})
+    log.debug("connection_opened", extra={"fields": {"room": hs.room, "user": hs.user}})
     conn.expiry = _close_at_expiry(conn, hs.identity)
     return response
 
@@ -191,7 +195,8 @@ class Chat:
         if state.drained is not None and not state.connections:
             state.drained.set()
         metrics.CONNECTIONS_CLOSED.labels(reason.label).inc()
-        log.info(
+        log.log(
+            logging.DEBUG if reason in ROUTINE_CLOSES else logging.INFO,
             "connection_closed",
             extra={
                 "fields": {
