@@ -40,9 +40,9 @@ ABUSE_STRIKES = 20
 VERSION = version("roomhub")
 
 
-ROUTINE_CLOSES = frozenset({CloseReason.NORMAL, CloseReason.CLIENT_GONE, CloseReason.SHUTDOWN})
-"""Ends logged at debug only, like every connection's opening: the other reasons (the server
-closed the client for a fault) are logged at info."""
+ROUTINE_CLOSES = frozenset({CloseReason.NORMAL, CloseReason.CLIENT_GONE})
+"""Ends logged at debug only, like every connection's opening: the client closed or went away.
+The server's own closes (a fault, a shutdown) are logged at info."""
 
 LISTED_ROOMS = 100
 """Most rooms the lobby and ``/api/rooms`` list: the busiest ones."""
