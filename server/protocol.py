@@ -185,6 +185,15 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def encode(event: dict[str, object]) -> bytes:
+    """``event`` as compact JSON bytes of exactly its length.
+
+    ``orjson.dumps`` returns its result in a 4 KiB block however short it is (orjson 3.13:
+    4,120 bytes of RSS per small event kept, against 123 for a copy); events are kept for a
+    while (room history, batches waiting for their fan-out, outboxes), so they are copied."""
+    return bytes(memoryview(orjson.dumps(event)))
+
+
 def message_event(seq: int, room: str, user: str, msg: ChatMessage) -> bytes:
     event: dict[str, object] = {
         "type": "message",
@@ -198,12 +207,12 @@ def message_event(seq: int, room: str, user: str, msg: ChatMessage) -> bytes:
         event["id"] = msg.id
     if msg.sent is not None:
         event["sent"] = msg.sent
-    return orjson.dumps(event)
+    return encode(event)
 
 
 def presence_event(kind: str, user: str, members: int) -> bytes:
     """A ``join`` or ``leave`` event."""
-    return orjson.dumps({"type": kind, "user": user, "members": members, "ts": now_ms()})
+    return encode({"type": kind, "user": user, "members": members, "ts": now_ms()})
 
 
 def welcome_event(
@@ -235,7 +244,7 @@ def welcome_event(
 
 def bot_event(user: str, text: str, ok: bool, reply_to: str | None, asker: str) -> bytes:
     """A bot reply to the command ``reply_to`` sent by the member named ``asker``."""
-    return orjson.dumps(
+    return encode(
         {
             "type": "bot",
             "user": user,
@@ -252,7 +261,7 @@ def error_event(code: str, detail: str, reply_to: str | None = None) -> bytes:
     event: dict[str, object] = {"type": "error", "code": code, "detail": detail}
     if reply_to is not None:
         event["reply_to"] = reply_to
-    return orjson.dumps(event)
+    return encode(event)
 
 
 def batch(events: list[bytes]) -> bytes:

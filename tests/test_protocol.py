@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 import unicodedata
 from pathlib import Path
 from urllib.parse import quote
@@ -18,10 +19,12 @@ from server.config import Settings
 from server.protocol import (
     MAX_TEXT,
     NAME_TRIM_RE,
+    ChatMessage,
     CloseReason,
     ProtocolError,
     batch,
     frame_header,
+    message_event,
     parse_frame,
     text_frame,
     validate_room,
@@ -277,3 +280,17 @@ def test_every_valid_message_fits_the_default_inbound_limit_whatever_the_encoder
 def test_text_frame_is_the_header_then_the_payload() -> None:
     payload = b"x" * 300
     assert text_frame(payload) == frame_header(300) + payload
+
+
+def test_an_encoded_event_holds_little_more_than_its_length() -> None:
+    """Events are kept (history, batches, outboxes): each must cost about its own size, not
+    the 4 KiB block orjson writes into."""
+    msg = ChatMessage("hello", "id-1", 1.0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [message_event(seq, "room", "ann", msg) for seq in range(1000)]
+        per_event = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert per_event < 4 * len(kept[0])
