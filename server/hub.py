@@ -99,7 +99,8 @@ class RoomHub:
 
     ``members`` are the connections that got their welcome; ``joining`` maps the token of a
     join the broker has not answered yet to its connection, ``tokens`` every local
-    connection to its token. ``epoch`` and ``seq`` are the room's epoch and the last message
+    connection to its token, ``early`` the messages of joining connections, held until their
+    welcome so that none is lost and each comes after it. ``epoch`` and ``seq`` are the room's epoch and the last message
     seq handed to members (older ones coming back after a reconnect are dropped).
     ``pending`` holds encoded events not yet fanned out; ``urgent`` says whether one of them
     is a message or bot reply (due within the base interval) rather than presence only;
@@ -109,6 +110,7 @@ class RoomHub:
     __slots__ = (
         "_wake",
         "broker",
+        "early",
         "epoch",
         "inbox",
         "joining",
@@ -132,6 +134,7 @@ class RoomHub:
         self.members: dict[Connection, None] = {}
         self.joining: dict[int, Connection] = {}
         self.tokens: dict[Connection, int] = {}
+        self.early: dict[Connection, list[Say]] = {}
         self.epoch = ""
         self.seq = 0
         self.inbox: deque[HubItem | Delivery] = deque()
@@ -218,6 +221,8 @@ class RoomHub:
             elif isinstance(item, Say):
                 if item.conn in self.members:
                     broker.say(name, item.conn.user, item.msg, self.tokens[item.conn])
+                elif item.conn in self.tokens:
+                    self.early.setdefault(item.conn, []).append(item)
             elif isinstance(item, BotEvent):
                 broker.publish(name, item.event)
             elif isinstance(item, Join):
@@ -227,6 +232,7 @@ class RoomHub:
                 broker.join(name, item.conn.user, item.since, item.epoch, token)
             elif isinstance(item, Leave):
                 token = self.tokens.pop(item.conn, None)
+                self.early.pop(item.conn, None)
                 if token is not None:
                     self.joining.pop(token, None)
                     self.members.pop(item.conn, None)
@@ -274,6 +280,8 @@ class RoomHub:
         )
         conn.send_event(event)
         self.members[conn] = None
+        for say in self.early.pop(conn, ()):
+            self.broker.say(self.name, conn.user, say.msg, welcome.token)
 
     def _catch_up(self, welcome: Welcome) -> None:
         """After a broker reconnect: hand out the history members missed meanwhile. If the

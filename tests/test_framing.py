@@ -194,3 +194,27 @@ async def test_a_message_in_fragments_is_handled_as_one(aiohttp_client: Any) -> 
     assert echo["text"] == "in three parts"
     assert (Opcode.PONG, b"between") in [(f.opcode, f.data) for f in frames]
     writer.close()
+
+
+async def test_a_message_sent_with_the_upgrade_request_is_broadcast_after_the_welcome(
+    aiohttp_client: Any,
+) -> None:
+    server: TestClient = await aiohttp_client(create_app(settings()))
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    early = [
+        orjson.dumps({"type": "message", "text": f"early {i}", "id": f"e{i}"}) for i in range(3)
+    ]
+    writer.write(
+        upgrade_request("early", "eve") + b"".join(client_frame(Opcode.TEXT, m) for m in early)
+    )
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+    wire = bytearray()
+    await read_until(reader, wire, lambda f: any(e.get("id") == "e2" for e in events_of(f)))
+    events = events_of(strict_read([bytes(wire)]))
+    assert events[0]["type"] == "welcome"
+    assert [e["text"] for e in events if e["type"] == "message"] == [
+        "early 0",
+        "early 1",
+        "early 2",
+    ]
+    writer.close()
