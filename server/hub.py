@@ -100,8 +100,9 @@ class RoomHub:
     ``members`` are the connections that got their welcome; ``joining`` maps the token of a
     join the broker has not answered yet to its connection, ``tokens`` every local
     connection to its token, ``early`` the messages of joining connections, held until their
-    welcome so that none is lost and each comes after it. ``epoch`` and ``seq`` are the room's epoch and the last message
-    seq handed to members (older ones coming back after a reconnect are dropped).
+    welcome so that none is lost and each comes after it. ``epoch`` and ``seq`` are the
+    room's epoch and the last message seq handed to members (older ones coming back after a
+    reconnect are dropped).
     ``pending`` holds encoded events not yet fanned out; ``urgent`` says whether one of them
     is a message or bot reply (due within the base interval) rather than presence only;
     ``published`` holds the broker publish times of the pending ones that came over Redis.
