@@ -78,6 +78,11 @@ def test_a_step_not_sustained_names_what_ran_out() -> None:
     k6 = capacity.Step(600, chat_run(600, sent_share=0.9, p99=300, server_cpu=15, k6_cpu=42), 2)
     assert k6.limit == "k6"
     assert k6.k6_share == pytest.approx(0.7)
+    # k6 holding most of the machine is the limit even with cores to spare
+    heavy = capacity.Step(400, chat_run(400, sent_share=1.0, p99=150, server_cpu=6, k6_cpu=33), 2)
+    assert heavy.limit == "k6"
+    light = capacity.Step(400, chat_run(400, sent_share=1.0, p99=150, server_cpu=6, k6_cpu=20), 2)
+    assert light.limit == "neither saturated (other load on the machine?)"
 
 
 def test_capacity_table_and_targets_in_the_report() -> None:

@@ -104,6 +104,7 @@ function parseEvents(data) {
  *   room, user      query parameters of the upgrade
  *   endAt           when the session closes itself (normal close, 1000)
  *   sendEveryMs     0: lurker (only reads); else one send every N ms once the welcome arrived
+ *   sendFrom        epoch ms before which nothing is sent (default 0: from the welcome on)
  *   commands        symbols to cycle through as `/stock=SYM` bot commands instead of chat text
  *   drainMs         stop sending this long before endAt, then close as soon as every message
  *                   came back and every command was answered
@@ -113,11 +114,20 @@ function parseEvents(data) {
  * by a ramp-down closes the socket; k6 then warns once about the stopped timer.
  */
 export class ChatSession {
-  constructor({ room, user, endAt, sendEveryMs = 0, commands = null, drainMs = DRAIN_MS }) {
+  constructor({
+    room,
+    user,
+    endAt,
+    sendEveryMs = 0,
+    sendFrom = 0,
+    commands = null,
+    drainMs = DRAIN_MS,
+  }) {
     sessions += 1;
     this.user = user;
     this.endAt = endAt;
     this.sendEveryMs = sendEveryMs;
+    this.sendFrom = sendFrom;
     this.commands = commands;
     this.drainMs = drainMs;
     this.prefix = `k6:${exec.vu.idInTest}:${sessions}:`;
@@ -292,7 +302,7 @@ export class ChatSession {
           this.welcomed = true;
           this.lastSeq = event.seq;
           if (this.sendEveryMs) {
-            this.nextSendAt = Date.now();
+            this.nextSendAt = Math.max(Date.now(), this.sendFrom);
           }
           break;
         case 'message':

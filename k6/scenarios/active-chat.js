@@ -2,7 +2,9 @@
 // 80,000 events/s out. Measures chat_rtt under sustained fan-out; a server that can't keep up
 // shows it as rising RTT, lost messages or slow-consumer closes (1013).
 //
-// Env: PROFILE, WS_URL, ROOM, RESULTS_DIR, VUS, DURATION, ROOMS (default 1), SEND_EVERY_MS.
+// Env: PROFILE, WS_URL, ROOM, RESULTS_DIR, VUS, DURATION, ROOMS (default 1), SEND_EVERY_MS,
+// WARMUP_MS (default 0: each user sends from its welcome on; else from this long after the
+// start, so that the figures leave the join burst out).
 import exec from 'k6/execution';
 import { sessionUntil, scenarioEnd } from '../lib/chat.js';
 import { durationEnv, intEnv, pick, roomFor } from '../lib/config.js';
@@ -13,6 +15,7 @@ const VUS = intEnv('VUS', pick({ full: 200, smoke: 50 }));
 const DURATION_MS = durationEnv('DURATION', pick({ full: '60s', smoke: '20s' }));
 const ROOMS = intEnv('ROOMS', 1);
 const SEND_EVERY_MS = intEnv('SEND_EVERY_MS', 500);
+const WARMUP_MS = intEnv('WARMUP_MS', 0);
 
 const health = { chat: [{}] };
 
@@ -40,6 +43,7 @@ export default function () {
     room: roomFor('chat', n, ROOMS),
     user: `chatter-${n}`,
     sendEveryMs: SEND_EVERY_MS,
+    sendFrom: exec.scenario.startTime + WARMUP_MS,
   });
 }
 
