@@ -187,8 +187,11 @@ def section(results: list[Step]) -> list[str]:
         f"Sustained = sent and delivered >= {MIN_SHARE:.0%} and chat_rtt p99 < "
         f"{MAX_P99_MS:.0f} ms. Sent % = k6's messages sent / those its schedule planned (below "
         "100 % k6 fell behind its own timers); delivered % = messages read / (messages sent x "
-        "users). Limit: `server` when its thread was busy >= 90 % of the run, `k6` when the "
-        "cores were >= 90 % busy without that.",
+        "users). Users send from "
+        f"{WARMUP_MS / 1000:g} s into a step on. Limit: `server` when its thread was busy >= "
+        f"{SATURATED:.0%} of the run; `k6`, without that, when the cores were >= "
+        f"{SATURATED:.0%} busy or k6 alone held >= {K6_HEAVY:.0%} of them (its VUs then read "
+        "their sockets late: frames wait in the socket buffers, and chat_rtt counts that).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
