@@ -111,9 +111,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     chat, state = app[chat_key], app[state_key]
     conn = Connection(chat, room=hs.room, user=hs.user)
     hubs = app[hubs_key]
-    # The join is queued first, so that the welcome comes before any reply to a frame the
-    # client sent early; the slot is reserved before the upgrade and released when the
-    # connection ends.
+    # The join is queued first, so that the room's hub knows the connection before any
+    # message it sent early (held there until its welcome); the slot is reserved before the
+    # upgrade and released when the connection ends.
     hubs.post(hs.room, Join(conn, hs.since, hs.epoch))
     state.reserved += 1
     try:
