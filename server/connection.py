@@ -153,6 +153,10 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
+        self._wake_writers()
+
+    def _wake_writers(self) -> None:
+        """Let whatever waits in :meth:`wait_writable` go on (it checks why itself)."""
         drained, self._drained = self._drained, None
         if drained is not None and not drained.done():
             drained.set_result(None)
@@ -162,9 +166,7 @@ class Connection(asyncio.Protocol):
         for timer in (self._close_timer, self.expiry):
             if timer is not None:
                 timer.cancel()
-        drained, self._drained = self._drained, None
-        if drained is not None and not drained.done():
-            drained.set_result(None)
+        self._wake_writers()
         reason, code = self._end()
         self.chat.on_end(self, reason, code)
 

@@ -286,12 +286,6 @@ PING_FRAME = bytes((0x89, 0))
 """RFC 6455 section 5.5.2: an unmasked ping with no payload."""
 
 
-def close_frame(code: int, text: str) -> bytes:
-    """RFC 6455 section 5.5.1 close frame, unmasked: ``code`` then ``text`` (<= 123 bytes)."""
-    payload = code.to_bytes(2, "big") + text.encode()
-    return bytes((0x88, len(payload))) + payload
-
-
 def frame_header(length: int) -> bytes:
     """RFC 6455 section 5.2 header of an unmasked final text frame of ``length`` bytes."""
     if length < 126:
