@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from . import backplane, capacity, idle
-from .measure import K6, ROOT, run_scenario
+from .measure import K6, ROOT, k6_environ, run_scenario
 from .report import ModeResult, render
 from .server import serve
 
@@ -79,7 +79,7 @@ def context(environ: dict[str, str]) -> dict[str, str]:
         "commit": commit or "unknown",
         "machine": f"{os.cpu_count()} CPUs, {cpu}",
         "python": platform.python_version(),
-        "k6": k6_version,
+        "k6": f"{k6_version}, GOGC={k6_environ()['GOGC']}",
         "profile": environ.get("BENCH_PROFILE", "full"),
     }
 

@@ -73,3 +73,13 @@ async def test_a_member_counts_every_message_and_each_skipped_seq(
     assert run.count("chat_messages_received") == 1 + messages
     assert run.count("chat_events_received") == 2 + len(events)  # the welcome, message 11
     assert run.count("chat_messages_missed") == missed
+
+
+async def test_a_member_samples_delivery_lag_from_the_server_ts(tmp_path, k6_bin, aiohttp_server):
+    """Every frame comes within a second of the first, so message 11 (read without parsing
+    it) gives the only sample: the time since the server stamped it, not a seq or a date."""
+    run = await read([[12, 13], [14, JOIN, 15]], tmp_path, k6_bin, aiohttp_server)
+    assert run.returncode == 0, run.output[-4000:]
+    lag = run.values("chat_delivery_lag")
+    assert lag["count"] == 1
+    assert 0 <= lag["max"] < 5_000

@@ -1,15 +1,15 @@
 // One chat connection driven by a k6 VU (k6/experimental/websockets, k6 1.1).
 //
-// Server frames hold one event object or a JSON array of events (batching). Parsing every frame
-// costs k6 more CPU than the server spends sending it, so a frame is parsed only when it can
-// matter: before the `welcome`, when it contains this connection's own id prefix (its messages
-// echoed, replies to its commands), when it holds an `error`, or once per second to sample
-// delivery lag. Every member must see its room's messages with no gap from its `welcome` on,
-// and the server sends a room's messages in seq order, each once: n message events whose
-// first `seq` follows the last one seen and whose last is n further on missed none. So every
-// other frame is counted with a substring count of the fixed start of a message event
-// (`{"type":"message","seq":N`) and two seq reads; a frame that is not such a run (a gap, a
-// repeat, another event type in it) has each event counted and each message's seq checked.
+// Server frames hold one event object or a JSON array of events (batching). k6 spends more CPU
+// parsing a frame than the server spends sending it, so a frame of messages only is read
+// without JSON.parse. Every member must see its room's messages with no gap from its `welcome`
+// on, and the server sends a room's messages in seq order, each once: n message events whose
+// first `seq` follows the last one seen and whose last is n further on missed none. Such a run
+// is counted from a substring count of the fixed start of a message event
+// (`{"type":"message","seq":N`) and two seq reads; this session's own messages in it are found
+// by their `"id":"<prefix>` and their delivery lag by the first `,"ts":`. Every other frame
+// (before the welcome, another event type in it, a gap, a repeat) is parsed, and each event
+// handled and each message's seq checked.
 import { sleep } from 'k6';
 import exec from 'k6/execution';
 import { WebSocket } from 'k6/experimental/websockets';
@@ -53,36 +53,20 @@ export function sessionUntil(endAt, options) {
   return new ChatSession({ ...options, endAt });
 }
 
-// Number of events in a frame without parsing it: 1 for an object, else the `"type":` keys
-// of the array's (flat) event objects. Quotes inside chat text are escaped, so text can't match.
-function countEvents(data) {
-  if (data.charCodeAt(0) !== 91 /* [ */) {
-    return 1;
-  }
-  let count = 0;
-  for (let at = data.indexOf('"type":'); at !== -1; at = data.indexOf('"type":', at + 7)) {
-    count += 1;
-  }
-  return count;
-}
-
 // Every event object starts with its type (the server's encoding). Led by `{`, the head is
 // found faster by k6's String split than one led by a quote, a byte frequent in JSON.
 const MESSAGE_HEAD = '{"type":"message","seq":';
 // An event of another type than `message` (every other type starts with another letter).
 const OTHER_EVENT = /\{"type":"[^m]/;
 
-function seqAt(data, at) {
-  return parseInt(data.substr(at + MESSAGE_HEAD.length, 20), 10);
-}
+// The key of a message's `id` and of its server time (`ts`, epoch ms), as the server encodes
+// them. Quotes inside chat text are escaped, so text can't match either.
+const ID_KEY = '"id":"';
+const TS_KEY = ',"ts":';
 
-// The `seq` of every message event in a frame, without parsing it.
-function messageSeqs(data) {
-  const seqs = [];
-  for (let at = data.indexOf(MESSAGE_HEAD); at !== -1; at = data.indexOf(MESSAGE_HEAD, at + 1)) {
-    seqs.push(seqAt(data, at));
-  }
-  return seqs;
+// The whole number that starts `offset` characters after position `at` of `data`.
+function intAt(data, at, offset) {
+  return parseInt(data.substr(at + offset, 20), 10);
 }
 
 // A session's counts reach k6 as one sample per counter and flush, not one per event.
@@ -131,7 +115,7 @@ export class ChatSession {
     this.commands = commands;
     this.drainMs = drainMs;
     this.prefix = `k6:${exec.vu.idInTest}:${sessions}:`;
-    this.marker = `"${this.prefix}`;
+    this.ownId = `${ID_KEY}${this.prefix}`; // starts the `id` of each of its own messages
     this.sent = 0;
     this.nextSendAt = Infinity; // set once welcomed
     this.pendingMessages = new Map(); // id -> send time (epoch ms)
@@ -252,34 +236,36 @@ export class ChatSession {
   }
 
   handleFrame(data, receivedAt) {
-    const lagDue = receivedAt >= this.nextLagSample && data.indexOf('"message"') !== -1;
-    const mustParse =
-      !this.welcomed || data.indexOf(this.marker) !== -1 || data.indexOf('"code":') !== -1;
-    if (mustParse || lagDue) {
-      this.handleEvents(parseEvents(data), receivedAt, lagDue);
-    } else if (!this.countRun(data)) {
-      this.events += countEvents(data);
-      for (const seq of messageSeqs(data)) {
-        this.countMessage(seq);
-      }
+    if (!this.welcomed || !this.readRun(data, receivedAt)) {
+      this.handleEvents(parseEvents(data), receivedAt);
     }
   }
 
-  // Counts a frame of n events, all messages, with seqs lastSeq + 1 ... lastSeq + n (seqs
-  // rise, so none is missing). Any other frame: false, nothing counted.
-  countRun(data) {
+  // Reads a frame of n events, all messages, with seqs lastSeq + 1 ... lastSeq + n (seqs rise,
+  // so none is missing) without parsing it: counts them, records chat_rtt for this session's
+  // own messages among them and, when a sample is due, the delivery lag of the first. Any other
+  // frame: false, nothing read.
+  readRun(data, receivedAt) {
     if (OTHER_EVENT.test(data)) {
       return false;
     }
     const n = data.charCodeAt(0) === 91 /* [ */ ? data.split(MESSAGE_HEAD).length - 1 : 1;
-    const first = seqAt(data, data.indexOf(MESSAGE_HEAD));
-    const last = n === 1 ? first : seqAt(data, data.lastIndexOf(MESSAGE_HEAD));
+    const first = intAt(data, data.indexOf(MESSAGE_HEAD), MESSAGE_HEAD.length);
+    const last = n === 1 ? first : intAt(data, data.lastIndexOf(MESSAGE_HEAD), MESSAGE_HEAD.length);
     if (first !== this.lastSeq + 1 || last !== this.lastSeq + n) {
       return false;
     }
     this.events += n;
     this.messages += n;
     this.lastSeq = last;
+    if (receivedAt >= this.nextLagSample) {
+      this.sampleLag(receivedAt, intAt(data, data.indexOf(TS_KEY), TS_KEY.length));
+    }
+    for (let at = data.indexOf(this.ownId); at !== -1; at = data.indexOf(this.ownId, at + 1)) {
+      const start = at + ID_KEY.length;
+      this.handleOwnMessage(data.substring(start, data.indexOf('"', start)), receivedAt);
+    }
+    this.closeIfDrained();
     return true;
   }
 
@@ -292,10 +278,14 @@ export class ChatSession {
     this.lastSeq = Math.max(this.lastSeq, seq);
   }
 
-  // `sampleLag`: record the delivery lag of the first other user's message in this frame.
-  handleEvents(events, receivedAt, sampleLag) {
+  // A delivery lag sample: a message the server stamped `ts` (epoch ms), read at `receivedAt`.
+  sampleLag(receivedAt, ts) {
+    m.deliveryLag.add(Math.max(0, receivedAt - ts));
+    this.nextLagSample = receivedAt + LAG_SAMPLE_MS;
+  }
+
+  handleEvents(events, receivedAt) {
     this.events += events.length;
-    let lagWanted = sampleLag;
     for (const event of events) {
       switch (event.type) {
         case 'welcome':
@@ -307,9 +297,9 @@ export class ChatSession {
           break;
         case 'message':
           this.countMessage(event.seq);
-          if (!this.handleOwnMessage(event, receivedAt) && lagWanted && event.ts > 0) {
-            lagWanted = false;
-            m.deliveryLag.add(Math.max(0, receivedAt - event.ts));
+          this.handleOwnMessage(event.id, receivedAt);
+          if (receivedAt >= this.nextLagSample) {
+            this.sampleLag(receivedAt, event.ts);
           }
           break;
         case 'bot':
@@ -322,22 +312,17 @@ export class ChatSession {
           break;
       }
     }
-    if (sampleLag) {
-      this.nextLagSample = receivedAt + LAG_SAMPLE_MS;
-    }
     this.closeIfDrained();
   }
 
-  // Records chat_rtt when `event` is one of this session's messages; false when it isn't.
-  handleOwnMessage(event, receivedAt) {
-    const sentAt = this.pendingMessages.get(event.id);
-    if (sentAt === undefined) {
-      return false;
+  // Records chat_rtt for the session's message `id` the first time it is read back.
+  handleOwnMessage(id, receivedAt) {
+    const sentAt = this.pendingMessages.get(id);
+    if (sentAt !== undefined) {
+      this.pendingMessages.delete(id);
+      m.chatRtt.add(receivedAt - sentAt);
+      this.echoed += 1;
     }
-    this.pendingMessages.delete(event.id);
-    m.chatRtt.add(receivedAt - sentAt);
-    this.echoed += 1;
-    return true;
   }
 
   handleBot(event, receivedAt) {

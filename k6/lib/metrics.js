@@ -6,8 +6,8 @@ import { Counter, Rate, Trend } from 'k6/metrics';
 export const chatRtt = new Trend('chat_rtt', true);
 // `/stock=` command sent -> the `bot` event whose `reply_to` is that command's id.
 export const botRtt = new Trend('chat_bot_rtt', true);
-// Server `ts` of another user's message -> the frame read by this client (same host clock).
-// Sampled: the oldest such message in at most one frame per second per connection.
+// Server `ts` of a message -> the frame holding it read by this client (same host clock).
+// Sampled: the first message of at most one frame per second per connection.
 export const deliveryLag = new Trend('chat_delivery_lag', true);
 
 // Server events received (a batched frame counts each event in it).
