@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .measure import GRACE_SECONDS, K6, ROOT, _k6_args, k6_environ, planned_seconds
+from .measure import GRACE_SECONDS, K6, ROOT, _k6_args, planned_seconds
 from .procstat import usage
 from .server import free_port, scrape, serve, serve_redis, spawn
 
@@ -151,12 +151,7 @@ def measure(name: str, env: dict[str, str], out: Path) -> Row:
         with (out / f"{name}-k6.log").open("w") as log:
             started = usage_self()
             done = subprocess.run(
-                [*command, str(script)],
-                cwd=ROOT,
-                env=k6_environ(),
-                stdout=log,
-                stderr=log,
-                timeout=timeout,
+                [*command, str(script)], cwd=ROOT, stdout=log, stderr=log, timeout=timeout
             )
             k6_cpu = usage_self() - started
         after = [scrape(url) for url in target.metrics]

@@ -11,6 +11,7 @@ from ``WARMUP_MS`` into a step on."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from .measure import Run
@@ -24,11 +25,22 @@ DURATION = "30s"
 MIN_SHARE = 0.99
 MAX_P99_MS = 100.0
 SATURATED = 0.9
+K6_GOGC = "300"
+"""Go's ``GOGC`` for k6 in the steps (an outer ``GOGC`` wins). At Go's default (100) k6's
+garbage collector took about a quarter of its CPU in a 400-user room (a sampling profile), on
+the cores the server needs; at 300 it runs a third as often, and k6 holds about 0.9 GB of RSS
+there instead of 0.4 GB. The other scenarios keep the default: in the connection storm, whose
+1,000 VUs start at once, it made the probes' p99 worse."""
 K6_HEAVY = 0.5
 """k6's share of all cores from which it is named the limit of a step the server kept up with
 (its thread below ``SATURATED``): k6 then holds more of the machine than the server and its
 VUs read their sockets late (frames wait in the socket buffers, which ``chat_rtt`` and
 ``chat_delivery_lag`` count)."""
+
+
+def k6_gogc() -> str:
+    """The ``GOGC`` k6 runs the steps with."""
+    return os.environ.get("GOGC", K6_GOGC)
 
 
 def steps(raw: str) -> list[int]:
@@ -188,7 +200,8 @@ def section(results: list[Step]) -> list[str]:
         f"{MAX_P99_MS:.0f} ms. Sent % = k6's messages sent / those its schedule planned (below "
         "100 % k6 fell behind its own timers); delivered % = messages read / (messages sent x "
         "users). Users send from "
-        f"{WARMUP_MS / 1000:g} s into a step on. Limit: `server` when its thread was busy >= "
+        f"{WARMUP_MS / 1000:g} s into a step on; k6 runs with GOGC={k6_gogc()}. Limit: "
+        "`server` when its thread was busy >= "
         f"{SATURATED:.0%} of the run; `k6`, without that, when the cores were >= "
         f"{SATURATED:.0%} busy or k6 alone held >= {K6_HEAVY:.0%} of them (its VUs then read "
         "their sockets late: frames wait in the socket buffers, and chat_rtt counts that).",

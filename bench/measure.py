@@ -20,20 +20,8 @@ from .server import Process
 ROOT = Path(__file__).resolve().parents[1]
 K6 = Path(sys.executable).parent / "k6"
 GRACE_SECONDS = 120.0
-K6_GOGC = "300"
-"""Go's ``GOGC`` for k6 unless the environment sets one: k6 shares the cores with the server,
-and at Go's default (100) its garbage collector took about a quarter of k6's CPU in a
-400-user room (a sampling profile); at 300 it runs a third as often, for about 0.9 GB of RSS
-there instead of 0.4 GB."""
-
 DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
-
-
-def k6_environ() -> dict[str, str]:
-    """The environment k6 runs in: this process's, with ``GOGC`` at :data:`K6_GOGC` unless
-    it is set."""
-    return {"GOGC": K6_GOGC, **os.environ}
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +115,13 @@ def planned_seconds(script: Path, env: dict[str, str]) -> float:
     return duration_seconds(json.loads(done.stdout)["totalDuration"])
 
 
-def run_scenario(server: Process, scenario: str, env: dict[str, str], out: Path) -> Run:
+def run_scenario(
+    server: Process, scenario: str, env: dict[str, str], out: Path, gogc: str | None = None
+) -> Run:
     """Run ``k6/scenarios/<scenario>.js`` against ``server``; k6's files go to ``out``.
 
-    ``env``: extra ``-e`` variables (PROFILE, VUS, ...). k6 runs with ``GOGC`` at
-    :data:`K6_GOGC` unless the environment sets it. The k6 run is bounded by its planned
+    ``env``: extra ``-e`` variables (PROFILE, VUS, ...). ``gogc``: Go's ``GOGC`` for k6 when
+    the environment sets none (else Go's default). The k6 run is bounded by its planned
     duration plus two minutes.
     """
     script = ROOT / "k6" / "scenarios" / f"{scenario}.js"
@@ -148,7 +138,7 @@ def run_scenario(server: Process, scenario: str, env: dict[str, str], out: Path)
         done = subprocess.run(
             [*command, str(script)],
             cwd=ROOT,
-            env=k6_environ(),
+            env={"GOGC": gogc, **os.environ} if gogc else None,
             stdout=log,
             stderr=log,
             timeout=timeout,

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from . import backplane, capacity, idle
-from .measure import K6, ROOT, k6_environ, run_scenario
+from .measure import K6, ROOT, run_scenario
 from .report import ModeResult, render
 from .server import serve
 
@@ -79,7 +79,7 @@ def context(environ: dict[str, str]) -> dict[str, str]:
         "commit": commit or "unknown",
         "machine": f"{os.cpu_count()} CPUs, {cpu}",
         "python": platform.python_version(),
-        "k6": f"{k6_version}, GOGC={k6_environ()['GOGC']}",
+        "k6": k6_version,
         "profile": environ.get("BENCH_PROFILE", "full"),
     }
 
@@ -119,7 +119,7 @@ def capacity_steps(mode: str, environ: dict[str, str], out: Path) -> list[capaci
         step_out = out / f"capacity-{users}"
         step_out.mkdir(parents=True, exist_ok=True)
         with serve(step_out / "server.log", hub_mode=mode, **SERVER_SETTINGS) as server:
-            run = run_scenario(server, "active-chat", env, step_out)
+            run = run_scenario(server, "active-chat", env, step_out, capacity.k6_gogc())
         results.append(capacity.Step(users, run, os.cpu_count() or 1))
         step = results[-1]
         print(

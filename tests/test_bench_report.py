@@ -111,3 +111,14 @@ def test_capacity_defaults_are_the_documented_ones() -> None:
     assert capacity.steps(capacity.STEPS) == [200, 300, 400, 600]
     assert (capacity.SEND_EVERY_MS, capacity.DURATION) == (500, "30s")
     assert (capacity.MIN_SHARE, capacity.MAX_P99_MS, capacity.SATURATED) == (0.99, 100.0, 0.9)
+
+
+def test_capacity_steps_run_k6_with_gogc_300_unless_the_environment_sets_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("GOGC", raising=False)
+    assert capacity.k6_gogc() == "300"
+    step = capacity.Step(200, chat_run(200, sent_share=1.0, p99=30, server_cpu=2, k6_cpu=20), 2)
+    assert "k6 runs with GOGC=300." in "\n".join(capacity.section([step]))
+    monkeypatch.setenv("GOGC", "150")
+    assert capacity.k6_gogc() == "150"
