@@ -8,6 +8,8 @@ order; tests/test_handshake.py holds the two together.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +30,9 @@ from .protocol import (
 )
 
 log = logging.getLogger("roomhub.handshake")
+
+WEBSOCKET_VERSION = "13"
+"""The one ``Sec-WebSocket-Version`` roomhub speaks (RFC 6455)."""
 
 
 @dataclass(slots=True)
@@ -71,10 +76,38 @@ def query_params(request: web.Request) -> dict[str, str]:
     return params
 
 
+def _tokens(value: str | None) -> set[str]:
+    """The comma-separated tokens of a header value, lowercased (RFC 9110 section 5.6.1)."""
+    return {token.strip().lower() for token in (value or "").split(",")}
+
+
+def _key_valid(key: str | None) -> bool:
+    """``Sec-WebSocket-Key`` is the base64 of 16 bytes (RFC 6455 section 4.1)."""
+    try:
+        return key is not None and len(base64.b64decode(key, validate=True)) == 16
+    except binascii.Error:
+        return False
+
+
 def _upgrade(hs: Handshake) -> None:
-    # RFC 6455 section 4.2.1: GET, Upgrade: websocket, Connection: Upgrade, a key, version 13.
-    if not web.WebSocketResponse().can_prepare(hs.request).ok:
+    # RFC 6455 section 4.2.1: GET with Upgrade: websocket, Connection: Upgrade and a key (the
+    # version is the next check's).
+    request = hs.request
+    headers = request.headers
+    if not (
+        request.method == "GET"
+        and "websocket" in _tokens(headers.get("Upgrade"))
+        and "upgrade" in _tokens(headers.get("Connection"))
+        and _key_valid(headers.get("Sec-WebSocket-Key"))
+    ):
         raise ProtocolError("not_websocket", "expected a WebSocket upgrade request")
+
+
+def _version(hs: Handshake) -> None:
+    # RFC 6455 section 4.4: a version the server does not speak gets 426 Upgrade Required and a
+    # Sec-WebSocket-Version header naming the one it does (refusal() adds it).
+    if hs.request.headers.get("Sec-WebSocket-Version") != WEBSOCKET_VERSION:
+        raise ProtocolError("bad_version", "only WebSocket version 13 is supported")
 
 
 def _room(hs: Handshake) -> None:
@@ -165,6 +198,7 @@ def _room_limit(hs: Handshake) -> None:
 
 CHECKS: tuple[Check, ...] = (
     Check("not_websocket", 400, None, _upgrade),
+    Check("bad_version", 426, None, _version),
     Check("bad_room", 400, "bad_room", _room),
     Check("token_missing", 401, "token_missing", _token_present),
     Check("token_invalid", 401, "token_invalid", _token_valid),
@@ -182,8 +216,9 @@ CHECKS: tuple[Check, ...] = (
 
 
 def refusal(hs: Handshake) -> web.Response | None:
-    """Run :data:`CHECKS` in order; the first failure's JSON answer, or None if all pass.
-    The query is parsed once for all of them, and dropped after (the session keeps ``hs``)."""
+    """Run :data:`CHECKS` in order; the first failure's JSON answer (a 426 also names the
+    version roomhub speaks in ``Sec-WebSocket-Version``), or None if all pass. The query is
+    parsed once for all of them, and dropped after (the session keeps ``hs``)."""
     hs.query = query_params(hs.request)
     try:
         for check in CHECKS:
@@ -193,7 +228,11 @@ def refusal(hs: Handshake) -> web.Response | None:
                 if check.counted is not None:
                     metrics.HANDSHAKES_REJECTED.labels(check.counted).inc()
                 return web.json_response(
-                    {"error": check.error, "detail": exc.detail}, status=check.status
+                    {"error": check.error, "detail": exc.detail},
+                    status=check.status,
+                    headers={"Sec-WebSocket-Version": WEBSOCKET_VERSION}
+                    if check.status == 426
+                    else None,
                 )
         return None
     finally:

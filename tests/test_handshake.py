@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection
 from typing import Any
 
@@ -14,7 +15,7 @@ from server.app import create_app
 from server.handshake import CHECKS, Check, query_params
 from server.keys import broker_key, state_key
 from server.metrics import REJECT_REASONS
-from tests.chat import UPGRADE_HEADERS, Client, sample, settings
+from tests.chat import UPGRADE_HEADERS, WAIT, Client, sample, settings
 from tests.support.docs import code, table
 
 SECRET = "s" * 32
@@ -50,7 +51,7 @@ def check(name: str) -> Check:
 async def request_failing(make_server: Any, failing: Collection[Check]) -> ClientResponse:
     """One ``GET /ws`` to a fresh server that fails exactly the checks in ``failing``."""
     names = {c.run.__name__.removeprefix("_") for c in failing}
-    known = {"upgrade", "room", "user", "since", "epoch", "origin", "not_draining"}
+    known = {"upgrade", "version", "room", "user", "since", "epoch", "origin", "not_draining"}
     tokens = {"token_present", "token_valid", "token_fresh", "token_room"}
     allowed = known | tokens | {"below_capacity", "broker_ready", "room_limit"}
     assert names <= allowed, "teach request_failing"
@@ -85,6 +86,8 @@ async def request_failing(make_server: Any, failing: Collection[Check]) -> Clien
         key = "x" * 32 if "token_valid" in names else SECRET
         params["token"] = jwt.encode(claims, key, algorithm="HS256")
     headers = {} if "upgrade" in names else dict(UPGRADE_HEADERS)
+    if "version" in names:
+        headers["Sec-WebSocket-Version"] = "8"
     if "origin" in names:
         headers["Origin"] = "http://evil.example"
     return await server.get("/ws", params=params, headers=headers)
@@ -130,6 +133,50 @@ async def test_plain_get_at_the_connection_cap_is_not_websocket_and_not_counted(
     assert response.status == 400
     assert (await response.json())["error"] == "not_websocket"
     assert rejected() == before
+
+
+@pytest.mark.parametrize("version", ["7", "8", "12", "14", None])
+async def test_a_version_other_than_13_gets_426_naming_13(make_server: Any, version: Any) -> None:
+    headers = {**UPGRADE_HEADERS, "Sec-WebSocket-Version": version}
+    if version is None:
+        del headers["Sec-WebSocket-Version"]
+    server = await make_server()
+    response = await server.get("/ws", params={"room": "r1", "user": "ann"}, headers=headers)
+    assert response.status == 426
+    assert response.headers["Sec-WebSocket-Version"] == "13"
+    assert (await response.json())["error"] == "bad_version"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"Upgrade": "h2c"},
+        {"Connection": "keep-alive"},
+        {"Connection": "upgrades"},
+        {"Sec-WebSocket-Key": "c2hvcnQ="},  # base64 of 5 bytes
+        {"Sec-WebSocket-Key": "not base64 at all!!!!!=="},
+    ],
+    ids=["upgrade-h2c", "connection-keep-alive", "connection-upgrades", "short-key", "bad-key"],
+)
+async def test_an_upgrade_without_its_headers_is_not_websocket(
+    make_server: Any, change: dict[str, str]
+) -> None:
+    server = await make_server()
+    headers = {**UPGRADE_HEADERS, **change}
+    response = await server.get("/ws", params={"room": "r1", "user": "ann"}, headers=headers)
+    assert response.status == 400
+    assert (await response.json())["error"] == "not_websocket"
+
+
+async def test_header_tokens_match_in_any_case_among_others(make_server: Any) -> None:
+    server = await make_server()
+    headers = {**UPGRADE_HEADERS, "Upgrade": "WebSocket", "Connection": "keep-alive, UPGRADE"}
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(f"GET /ws?room=r1&user=ann HTTP/1.1\r\nHost: x\r\n{lines}\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 101 ")
 
 
 @pytest.mark.parametrize(
