@@ -55,9 +55,9 @@ from dataclasses import dataclass, field
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
-from redis.retry import Retry
 
 from .. import metrics
 from .. import room as room_state
