@@ -135,10 +135,10 @@ soak: $(STAMP)
 # dev). Each set is resolved within the pins of the one before, so the sets agree. Pins already
 # in a lock are kept while pyproject.toml allows them; UPGRADE=1 takes the newest instead.
 # Python 3.11 on Linux x86_64 (CI and the image), from PyPI whatever pip or uv are set to use.
+UV_PYPI := --no-config --default-index https://pypi.org/simple
 EXTRAS = $(shell $(PYTHON) -c 'import tomllib; \
 	print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"])')
-UV_COMPILE = $(BIN)/uv pip compile pyproject.toml -q --no-config \
-	--default-index https://pypi.org/simple --python-version 3.11.7 \
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml -q $(UV_PYPI) --python-version 3.11.7 \
 	--python-platform x86_64-unknown-linux-gnu --generate-hashes \
 	--custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade)
 lock: $(STAMP)
@@ -156,11 +156,11 @@ LATEST := .venv-latest
 test-latest: $(STAMP)
 	rm -rf $(LATEST)
 	$(BIN)/uv venv -q --python $(PYTHON) $(LATEST)
-	$(BIN)/uv pip compile pyproject.toml -q --no-config --default-index https://pypi.org/simple \
-		--extra test --python $(LATEST)/bin/python -o $(LATEST)/requirements.txt
-	$(BIN)/uv pip install -q --no-config --default-index https://pypi.org/simple \
-		--python $(LATEST)/bin/python -r $(LATEST)/requirements.txt
-	$(BIN)/uv pip install -q --no-config --python $(LATEST)/bin/python --no-deps -e .
+	$(BIN)/uv pip compile pyproject.toml -q $(UV_PYPI) --extra test \
+		--python $(LATEST)/bin/python -o $(LATEST)/requirements.txt
+	$(BIN)/uv pip install -q $(UV_PYPI) --python $(LATEST)/bin/python \
+		-r $(LATEST)/requirements.txt
+	$(BIN)/uv pip install -q $(UV_PYPI) --python $(LATEST)/bin/python --no-deps -e .
 	@$(BIN)/python requirements/drift.py requirements/test.txt $(LATEST)/requirements.txt \
 		> $(LATEST)/drift.txt; cat $(LATEST)/drift.txt
 	@$(LATEST)/bin/python -m pytest -q $(PYTEST_ARGS); status=$$?; \
