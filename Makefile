@@ -134,7 +134,8 @@ soak: $(STAMP)
 # extra) and, for every other extra in pyproject.toml, test and that extra (dev.txt: test and
 # dev). Each set is resolved within the pins of the one before, so the sets agree. Pins already
 # in a lock are kept while pyproject.toml allows them; UPGRADE=1 takes the newest instead.
-# Python 3.11 on Linux x86_64 (CI and the image), from PyPI whatever pip or uv are set to use.
+# Python 3.11 on Linux x86_64 (CI and the image), from PyPI whatever pip or uv are set to use;
+# 3.11.7 as on CI (before 3.11.3 redis would also need async-timeout).
 UV_PYPI := --no-config --default-index https://pypi.org/simple
 EXTRAS = $(shell $(PYTHON) -c 'import tomllib; \
 	print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"])')
