@@ -8,13 +8,20 @@ of Playwright's auto-retrying expectations with a deadline.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ipaddress
 import re
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from playwright.sync_api import (
     Browser,
     BrowserContext,
@@ -140,23 +147,31 @@ def test_message_typed_in_one_page_appears_in_the_other(open_room: OpenRoom) -> 
     expect(bob.locator("#log li.msg").last.locator(".user")).to_have_text("alice")
 
 
-def chat_at_the_domain(browser: Browser, port: int) -> None:
-    """Alice and Bob chat on ``http://chat.example.com/rooms/x``, which Chromium resolves to
-    ``127.0.0.1:port``. The browser sends ``Host: chat.example.com`` (port 80 left out) and
-    ``Origin: http://chat.example.com``."""
-    resolve = f"--host-resolver-rules=MAP chat.example.com:80 127.0.0.1:{port}"
+def chat_at_the_domain(browser: Browser, port: int, scheme: str = "http") -> None:
+    """Alice and Bob chat on ``{scheme}://chat.example.com/rooms/x``, which Chromium resolves
+    to ``127.0.0.1:port``. The browser sends ``Host: chat.example.com`` (the scheme's default
+    port left out) and ``Origin: {scheme}://chat.example.com``; over ``https`` it takes the
+    test's self-signed certificate."""
+    default_port = {"http": 80, "https": 443}[scheme]
+    args = [
+        *CHROMIUM_ARGS,
+        f"--host-resolver-rules=MAP chat.example.com:{default_port} 127.0.0.1:{port}",
+    ]
+    if scheme == "https":
+        args.append("--ignore-certificate-errors")
     domain = browser.browser_type.launch(
-        executable_path=require_binary("chromium"), headless=True, args=[*CHROMIUM_ARGS, resolve]
+        executable_path=require_binary("chromium"), headless=True, args=args
     )
+    ws_scheme = {"http": "ws", "https": "wss"}[scheme]
     try:
         pages = []
         for user in ("alice", "bob"):
             page = domain.new_context().new_page()
             page.set_default_timeout(TIMEOUT_MS)
             sockets = opened_websockets(page)
-            page.goto(f"http://chat.example.com/rooms/x?user={user}")
+            page.goto(f"{scheme}://chat.example.com/rooms/x?user={user}")
             expect(page.locator("#status")).to_have_attribute("data-state", "online")
-            assert sockets == [f"ws://chat.example.com/ws?room=x&user={user}"]
+            assert sockets == [f"{ws_scheme}://chat.example.com/ws?room=x&user={user}"]
             pages.append(page)
         alice, bob = pages
         send(alice, "hello from chat.example.com")
@@ -181,6 +196,49 @@ def test_the_page_chats_through_nginx_set_up_as_docs_protocol_md_says(
         chat_at_the_domain(browser, port)
 
 
+def test_an_https_page_chats_through_nginx_ending_tls_with_default_settings(
+    browser: Browser, tmp_path: Path
+) -> None:
+    # nginx ends TLS and passes the browser's Host (chat.example.com) on over plain HTTP; the
+    # page's Origin is https://chat.example.com. No trusted proxy, no allow-list.
+    certificate = self_signed_certificate(tmp_path, "chat.example.com")
+    with (
+        run_server(tmp_path, quote_provider="sim") as server,
+        run_nginx(tmp_path, documented_location(upstream=server.url), certificate) as port,
+    ):
+        chat_at_the_domain(browser, port, "https")
+
+
+def self_signed_certificate(tmp: Path, host: str) -> tuple[Path, Path]:
+    """A P-256 key and a self-signed certificate for ``host`` and 127.0.0.1, valid for a day,
+    as PEM files ``(certificate, key)`` in ``tmp``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    names = [x509.DNSName(host), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp / "tls.crt", tmp / "tls.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
 def documented_location(upstream: str) -> str:
     """The nginx ``location`` block of docs/protocol.md, proxying to ``upstream``."""
     doc = (ROOT / "docs/protocol.md").read_text()
@@ -190,9 +248,17 @@ def documented_location(upstream: str) -> str:
 
 
 @contextlib.contextmanager
-def run_nginx(tmp: Path, location: str) -> Iterator[int]:
-    """nginx on a free loopback port serving ``location``; yields the port."""
+def run_nginx(tmp: Path, location: str, tls: tuple[Path, Path] | None = None) -> Iterator[int]:
+    """nginx on a free loopback port serving ``location``, over TLS with the ``(certificate,
+    key)`` files ``tls`` if given; yields the port."""
     port = free_port()
+    listen = f"listen 127.0.0.1:{port};"
+    context = None
+    if tls is not None:
+        listen = (
+            f"listen 127.0.0.1:{port} ssl; ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]};"
+        )
+        context = ssl.create_default_context(cafile=tls[0])
     conf = tmp / "nginx.conf"
     conf.write_text(
         f"""daemon off;
@@ -206,7 +272,7 @@ http {{
     proxy_temp_path {tmp}/proxy;
     map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
     server {{
-        listen 127.0.0.1:{port};
+        {listen}
         {location}
     }}
 }}
@@ -216,7 +282,8 @@ http {{
         [require_binary("nginx"), "-p", str(tmp), "-c", str(conf), "-e", f"{tmp}/nginx-error.log"]
     )
     try:
-        wait_http_ok(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        scheme = "http" if tls is None else "https"
+        wait_http_ok(f"{scheme}://127.0.0.1:{port}/healthz", proc=proc, context=context)
         yield port
     finally:
         proc.terminate()
