@@ -180,7 +180,9 @@ class Connection(asyncio.Protocol):
         frames = self._frames
         frames.receive_eof()
         closed = frames.close_exc
-        if closed.rcvd_then_sent and closed.rcvd is not None:
+        # The client's close, answered with its own close frame, unless it broke the protocol
+        # (a close frame between two fragments is answered 1002): then what the server sent.
+        if closed.rcvd_then_sent and closed.rcvd is not None and closed.sent == closed.rcvd:
             return CloseReason.NORMAL, closed.rcvd.code
         code = closed.sent.code if closed.sent is not None else None
         if code == CloseCode.MESSAGE_TOO_BIG:  # sent only when a frame is over the read limit
