@@ -193,9 +193,12 @@ async def heap_context(app: web.Application) -> AsyncIterator[None]:
 
 
 async def shutdown_connections(app: web.Application) -> None:
-    """Turn ``/readyz`` to 503 and refuse new upgrades, flush outboxes for half of
-    ``shutdown_timeout``, then close every connection with 1001 and wait the other half for
-    the closing handshakes; reset the connections still open after that. Idempotent."""
+    """Turn ``/readyz`` to 503 and refuse new upgrades, flush outboxes for up to half of
+    ``shutdown_timeout``, then close every connection with 1001 and give the closing
+    handshakes the rest of it. Then end TCP on the connections still open
+    (:meth:`~server.connection.Connection.end_tcp`): a FIN, so that a client that reads late
+    still gets its 1001, or a reset where bytes are left that the kernel would not take.
+    Idempotent."""
     settings, state = app[settings_key], app[state_key]
     conns = list(state.connections)
     if state.shutting_down and not conns:
@@ -204,17 +207,20 @@ async def shutdown_connections(app: web.Application) -> None:
     log.info("shutdown", extra={"fields": {"connections": len(conns)}})
     if not conns:
         return
-    budget = max(settings.shutdown_timeout / 2, 0.1)
-    await asyncio.gather(*(c.flush(budget) for c in conns))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(settings.shutdown_timeout, 0.2)
+    await asyncio.gather(*(c.flush(settings.shutdown_timeout / 2) for c in conns))
     state.drained = asyncio.Event()
+    remaining = max(deadline - loop.time(), 0.1)
     for conn in conns:
-        conn.close(CloseReason.SHUTDOWN)
+        conn.close(CloseReason.SHUTDOWN, remaining)
     if state.connections:
         try:
-            await asyncio.wait_for(state.drained.wait(), budget)
+            await asyncio.wait_for(state.drained.wait(), remaining)
         except TimeoutError:
             for conn in list(state.connections):
-                conn.abort()
+                conn.end_tcp()
+            await asyncio.sleep(0)  # their connection_lost callbacks run now
 
 
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
