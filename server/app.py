@@ -94,7 +94,11 @@ async def broker_context(app: web.Application) -> AsyncIterator[None]:
     )
     await broker.start()
     app[broker_key] = broker
+    if isinstance(broker, RedisBroker):
+        metrics.BROKER_LINK.watch(lambda: (broker.ready, broker.subscriptions()))
     yield
+    if isinstance(broker, RedisBroker):
+        metrics.BROKER_LINK.watch(None)
     await broker.close()
 
 
@@ -121,9 +125,6 @@ async def hubs_context(app: web.Application) -> AsyncIterator[None]:
         client_queue_depth=lambda: sum(len(c.outbox or ()) for c in state.connections),
         bot_queue_depth=bot.queue_depth,
         asyncio_tasks=lambda: len(asyncio.all_tasks(loop)),
-        broker_subscriptions=(
-            broker.subscriptions if isinstance(broker, RedisBroker) else hubs.room_count
-        ),
     )
     yield
     await hubs.stop()
@@ -257,7 +258,10 @@ def create_app(settings: Settings) -> web.Application:
     app[state_key] = ServerState()
     if settings.auth == "token":
         app[verifier_key] = TokenVerifier(settings)
-    metrics.BUILD_INFO.labels(VERSION, settings.hub_mode).set(1)
+    metrics.BUILD_INFO.clear()
+    metrics.BUILD_INFO.labels(
+        VERSION, settings.hub_mode, "redis" if settings.redis else "memory"
+    ).set(1)
     aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("server", "templates"), autoescape=True)
     setup_routes(app)
     app.cleanup_ctx.extend(
