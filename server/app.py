@@ -16,7 +16,7 @@ from aiohttp_remotes import XForwardedStrict
 
 from . import heap, metrics
 from .auth import TokenVerifier
-from .bot.providers import make_provider
+from .bot.providers import check_quote_host, make_provider
 from .bot.stockbot import StockBot
 from .broker.memory import MemoryBroker
 from .broker.redis import RedisBroker
@@ -69,6 +69,8 @@ async def http_client_context(app: web.Application) -> AsyncIterator[None]:
 async def bot_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     provider = make_provider(settings.quote_provider, settings.quote_url, app[http_client_key])
+    if not provider.simulated:
+        check_quote_host(settings.quote_url)
     bot = StockBot(
         provider,
         workers=settings.bot_workers,
