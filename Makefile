@@ -66,13 +66,26 @@ lint: $(STAMP)
 
 # The observability stack (docker-compose.yml): chat, stockapi, Prometheus, Grafana.
 # Chat replicas sharing rooms through Redis; the global baseline runs one, on the memory broker.
+# The URLs are printed once each answers (READY_URLS), or make up fails after UP_TIMEOUT s.
 CHAT_REPLICAS ?= 2
+UP_TIMEOUT ?= 180
+READY_URLS ?= http://localhost:8080/readyz http://localhost:9090/-/ready http://localhost:3000/api/health
 up:
 ifeq ($(ROOMHUB_HUB_MODE),global)
 	ROOMHUB_BROKER=memory $(COMPOSE) up -d --build --scale chat=1
 else
 	$(COMPOSE) up -d --build --scale chat=$(CHAT_REPLICAS)
 endif
+	@deadline=$$(( $$(date +%s) + $(UP_TIMEOUT) )); \
+	for url in $(READY_URLS); do \
+		until curl -fs -o /dev/null --max-time 2 $$url; do \
+			if [ $$(date +%s) -ge $$deadline ]; then \
+				echo "make up: $$url did not answer within $(UP_TIMEOUT) s (make logs shows why)" >&2; \
+				exit 1; \
+			fi; \
+			sleep 1; \
+		done; \
+	done
 	@echo "chat        http://localhost:8080   hub mode $${ROOMHUB_HUB_MODE:-sharded}, behind nginx"
 	@echo "grafana     http://localhost:3000   dashboards: roomhub server, roomhub load (k6)"
 	@echo "prometheus  http://localhost:9090   alerts: http://localhost:9090/alerts"
