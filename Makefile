@@ -14,7 +14,7 @@ PYMALLOC := PYTHONMALLOC=malloc
 # docker compose v2, else the v1 docker-compose command.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
 
-.PHONY: run run-lab test lint install clean
+.PHONY: run run-lab venv test lint install clean
 .PHONY: up down logs dashboards
 
 # What serving needs (make run, run-lab); the load lab's extra (LAB_STAMP) or the test and dev
@@ -38,6 +38,9 @@ $(STAMP): $(SERVE_STAMP)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# What make run installs, without serving.
+venv: $(SERVE_STAMP)
 
 run: $(SERVE_STAMP)
 	$(PYMALLOC) $(BIN)/python -m server serve

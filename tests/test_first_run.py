@@ -29,7 +29,7 @@ def planned_installs(target: str, tmp_venv: str) -> list[str]:
     return [line for line in result.stdout.splitlines() if "pip install" in line]
 
 
-@pytest.mark.parametrize("target", ["run", "run-lab"])
+@pytest.mark.parametrize("target", ["run", "run-lab", "venv"])
 def test_serving_targets_install_the_package_without_extras(target: str, tmp_path: Path) -> None:
     installs = planned_installs(target, str(tmp_path / "venv"))
     assert installs[-1].endswith("pip install -q -e .")
