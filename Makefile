@@ -124,19 +124,19 @@ k6:
 	@if $(COMPOSE) ps --services --filter status=running 2>/dev/null | grep -qx chat; \
 	then $(MAKE) --no-print-directory k6-compose; else $(MAKE) --no-print-directory k6-local; fi
 
-k6-compose:
-	@test -f k6/scenarios/$(SCENARIO).js || { echo "SCENARIO must be one of: $(SCENARIOS)"; exit 2; }
-	mkdir -p $(RUN_DIR) && ln -sfn $(RUN_ID) $(RESULTS_DIR)/latest
-	K6_USER=$$(id -u):$$(id -g) SCENARIO=$(SCENARIO) PROFILE=$(PROFILE) \
-	RESULTS_DIR=$(abspath $(RUN_DIR)) TESTID=$(RUN_ID) \
-	$(COMPOSE) --profile loadtest run --rm k6
-
 # bench/k6run.py: stops at once when no server answers WS_URL's /readyz; sizes the web
 # dashboard's period to the run and puts the scenario and verdict in its report's title.
+# In the stack, k6 reaches the chat through the load balancer (WS_URL: as the host sees it).
+K6RUN = $(BIN)/python -m bench.k6run $(SCENARIO) --profile $(PROFILE) --ws-url '$(WS_URL)' \
+	--results-dir $(RESULTS_DIR) --run-id $(RUN_ID)
+
+k6-compose: $(LAB_STAMP)
+	@test -f k6/scenarios/$(SCENARIO).js || { echo "SCENARIO must be one of: $(SCENARIOS)"; exit 2; }
+	$(K6RUN) --compose '$(COMPOSE)'
+
 k6-local: $(LAB_STAMP)
 	@test -f k6/scenarios/$(SCENARIO).js || { echo "SCENARIO must be one of: $(SCENARIOS)"; exit 2; }
-	$(BIN)/python -m bench.k6run $(SCENARIO) --profile $(PROFILE) --ws-url '$(WS_URL)' \
-		--results-dir $(RESULTS_DIR) --run-id $(RUN_ID)
+	$(K6RUN)
 
 k6-all: $(LAB_STAMP)
 	@status=0; for s in $(SCENARIOS); do \

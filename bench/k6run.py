@@ -1,4 +1,4 @@
-"""``make k6-local``: one k6 scenario against a running server, in a folder of its own.
+"""``make k6``: one k6 scenario against a running server, in a folder of its own.
 
 Before k6 starts, every server of ``WS_URL`` (a comma-separated list is allowed) must answer
 ``/readyz`` with 200; otherwise the run stops at once (exit 2) naming the URL. k6's web
@@ -8,9 +8,12 @@ and heading name the scenario and the verdict. The exit code is k6's, or 99 when
 failed a threshold k6 let pass (a trend threshold with no samples, k6/lib/summary.js).
 
     python -m bench.k6run SCENARIO --results-dir results --run-id 20260101-120000-mixed
-        [--profile smoke] [--ws-url ws://127.0.0.1:8080/ws]
+        [--profile smoke] [--ws-url ws://127.0.0.1:8080/ws] [--compose "docker compose"]
 
 Settings a scenario reads (VUS, DURATION, ...) come from the environment, as with ``k6 run``.
+With ``--compose``, k6 runs in the compose stack's ``k6`` service (docker-compose.yml), which
+reaches the chat through the load balancer; ``--ws-url`` is then the chat as the host sees it,
+for the readiness check only.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import html
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import urllib.error
@@ -109,6 +113,37 @@ def title_report(report: Path, scenario: str, result: str) -> None:
     report.write_text(page)
 
 
+def local_run(
+    script: Path, variables: dict[str, str], report: Path
+) -> tuple[list[str], dict[str, str]]:
+    """The venv's ``k6 run`` of ``script`` with ``-e`` ``variables``, exporting the web
+    dashboard to ``report``: (command, environment to add)."""
+    command = [str(K6), "run"]
+    for name, value in variables.items():
+        command += ["-e", f"{name}={value}"]
+    env = {
+        "K6_WEB_DASHBOARD": "true",
+        "K6_WEB_DASHBOARD_PORT": "-1",
+        "K6_WEB_DASHBOARD_EXPORT": str(report),
+    }
+    return [*command, str(script)], env
+
+
+def compose_run(
+    compose: str, scenario: str, profile: str, out: Path, run_id: str
+) -> tuple[list[str], dict[str, str]]:
+    """``<compose> --profile loadtest run --rm k6`` and the variables docker-compose.yml reads
+    for it (the k6 image's user is the caller, so ``out`` stays writable): (command, env)."""
+    env = {
+        "K6_USER": f"{os.getuid()}:{os.getgid()}",
+        "SCENARIO": scenario,
+        "PROFILE": profile,
+        "RESULTS_DIR": str(out.resolve()),
+        "TESTID": run_id,
+    }
+    return [*shlex.split(compose), "--profile", "loadtest", "run", "--rm", "k6"], env
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.k6run", description=__doc__)
     parser.add_argument("scenario")
@@ -116,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--profile", default="full")
     parser.add_argument("--ws-url", default="ws://localhost:8080/ws")
+    parser.add_argument("--compose", help="the compose command: run k6 in the stack")
     args = parser.parse_args(argv)
     script = SCENARIOS / f"{args.scenario}.js"
     if not script.exists():
@@ -138,19 +174,18 @@ def main(argv: list[str] | None = None) -> int:
     latest.symlink_to(args.run_id)
     variables = {"PROFILE": args.profile, "WS_URL": args.ws_url, "RESULTS_DIR": str(out)}
     report = out / f"{args.scenario}-report.html"
-    dashboard = {
-        "K6_WEB_DASHBOARD": "true",
-        "K6_WEB_DASHBOARD_PORT": "-1",
-        "K6_WEB_DASHBOARD_EXPORT": str(report),
-        "K6_WEB_DASHBOARD_PERIOD": dashboard_period(planned_seconds(script, variables)),
-    }
-    command = [str(K6), "run"]
-    for name, value in variables.items():
-        command += ["-e", f"{name}={value}"]
-    done = subprocess.run([*command, str(script)], env={**os.environ, **dashboard}, check=False)
+    period = dashboard_period(planned_seconds(script, variables))
+    if args.compose:
+        command, env = compose_run(args.compose, args.scenario, args.profile, out, args.run_id)
+    else:
+        command, env = local_run(script, variables, report)
+    env["K6_WEB_DASHBOARD_PERIOD"] = period
+    done = subprocess.run(command, env={**os.environ, **env}, check=False)
     result = verdict(done.returncode, out / f"{args.scenario}-summary.json")
     if report.exists():
         title_report(report, args.scenario, result)
+    if args.compose:
+        print(f"(/results in the paths above is {out})")
     if done.returncode == 0 and result == "FAIL":
         return THRESHOLDS_FAILED
     return done.returncode

@@ -15,6 +15,7 @@ import subprocess
 import pytest
 import yaml
 
+from bench import k6run
 from bench.server import PYTHONMALLOC, free_port
 from server.config import Settings, env_name
 from tests.support.processes import require_binary
@@ -367,3 +368,17 @@ def test_make_up_fails_naming_a_service_that_does_not_answer_in_time(live_server
     assert done.returncode != 0
     assert f"make up: {silent} did not answer within 3 s" in done.stderr
     assert "http://localhost:3000" not in done.stdout
+
+
+def test_make_k6_in_the_stack_hands_the_run_to_the_k6_service(tmp_path) -> None:
+    out = tmp_path / "20260101-120000-spike"
+    command, env = k6run.compose_run("docker compose", "spike", "smoke", out, out.name)
+    assert command == ["docker", "compose", "--profile", "loadtest", "run", "--rm", "k6"]
+    k6 = resolved(**env, K6_WEB_DASHBOARD_PERIOD="2s")["services"]["k6"]
+    assert k6["command"][-1] == "/scripts/scenarios/spike.js"
+    assert f"testid={out.name}" in k6["command"]
+    assert f"{out}:/results:rw" in k6["volumes"]
+    assert k6["user"] == env["K6_USER"]
+    assert k6["environment"]["PROFILE"] == "smoke"
+    assert k6["environment"]["K6_WEB_DASHBOARD_PERIOD"] == "2s"
+    assert k6["environment"]["K6_WEB_DASHBOARD_EXPORT"] == "/results/spike-report.html"
