@@ -25,20 +25,13 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
+from bench.screenshot import CHROMIUM_ARGS
 from server.auth import mint_token
 from tests.support.docs import ROOT
 from tests.support.processes import Process, free_port, require_binary, run_server, wait_http_ok
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TIMEOUT_MS = 10_000
 QUOTE = re.compile(r"^AAPL\.US quote is \$\d+\.\d\d per share$")
 REFUSED_NAMES = [

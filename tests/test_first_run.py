@@ -92,17 +92,22 @@ def fake_pythons(directory: Path, **versions: tuple[int, int]) -> str:
     return str(directory)
 
 
-def venv_line(env_path: str, *args: str, tmp_path: Path) -> str:
-    """The line of ``make -n run`` that makes the venv, with PATH=``env_path``."""
-    result = subprocess.run(
-        [require_binary("make"), "-n", "run", f"VENV={tmp_path / 'venv'}", *args],
+def make_run(env_path: str, *args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``make ARGS run`` for a venv in ``tmp_path``, with PATH=``env_path`` only."""
+    return subprocess.run(
+        [require_binary("make"), *args, "run", f"VENV={tmp_path / 'venv'}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=30,
         env={"PATH": env_path},
-        check=True,
     )
+
+
+def venv_line(env_path: str, *args: str, tmp_path: Path) -> str:
+    """The line of ``make -n run`` that makes the venv, with PATH=``env_path``."""
+    result = make_run(env_path, "-n", *args, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
     (line,) = [line for line in result.stdout.splitlines() if " -m venv " in line]
     return line
 
@@ -129,15 +134,7 @@ def test_make_run_uses_the_python_given_as_PYTHON(tmp_path: Path) -> None:
 
 
 def test_make_run_without_python_3_11_or_newer_says_so_and_how_to_choose(tmp_path: Path) -> None:
-    path = fake_pythons(tmp_path, python3=(3, 9))
-    result = subprocess.run(
-        [require_binary("make"), "run", f"VENV={tmp_path / 'venv'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PATH": path},
-    )
+    result = make_run(fake_pythons(tmp_path, python3=(3, 9)), tmp_path=tmp_path)
     assert result.returncode == 2
     assert "no Python 3.11 or newer on PATH" in result.stderr
     assert "PYTHON=" in result.stderr
@@ -146,13 +143,6 @@ def test_make_run_without_python_3_11_or_newer_says_so_and_how_to_choose(tmp_pat
 
 def test_make_run_refuses_a_python_given_as_PYTHON_that_is_too_old(tmp_path: Path) -> None:
     path = fake_pythons(tmp_path, python3_10=(3, 10))
-    result = subprocess.run(
-        [require_binary("make"), "run", f"VENV={tmp_path / 'venv'}", "PYTHON=python3.10"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PATH": path},
-    )
+    result = make_run(path, "PYTHON=python3.10", tmp_path=tmp_path)
     assert result.returncode == 2
     assert "PYTHON=python3.10 is not Python 3.11 or newer" in result.stderr
