@@ -25,10 +25,10 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from bench.screenshot import CHROMIUM_ARGS
 from server.auth import mint_token
 from tests.support.docs import ROOT
 from tests.support.processes import Process, free_port, require_binary, run_server, wait_http_ok
+from tests.support.screenshot import CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
 

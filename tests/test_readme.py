@@ -10,6 +10,7 @@ import signal
 import struct
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,7 @@ def slug(heading: str) -> str:
 def test_the_first_screen_shows_the_page_and_the_two_commands() -> None:
     first = "\n".join(readme().splitlines()[:FIRST_SCREEN])
     assert "![" in first and "](docs/screenshot.png)" in first
-    assert "bench/screenshot.py" in first  # the script that draws it
+    assert "tests/support/screenshot.py" in first  # the script that draws it
     block = re.search(r"```sh\n(.*?)```", first, re.S)[1]
     assert [line.split()[:2] for line in block.splitlines()] == [["make", "run"], ["make", "test"]]
 
@@ -81,7 +82,7 @@ def test_protocol_and_settings_detail_live_in_docs() -> None:
 @pytest.mark.browser
 def test_the_screenshot_script_draws_the_chat_page_from_a_real_run(tmp_path: Path) -> None:
     require_binary("chromium")
-    from bench.screenshot import draw
+    from tests.support.screenshot import draw
 
     draw(tmp_path / "page.png")
     data = (tmp_path / "page.png").read_bytes()
@@ -107,13 +108,17 @@ def events(connection: ClientConnection) -> list[dict]:
     return frame if isinstance(frame, list) else [frame]
 
 
-def wait_for_message(connection: ClientConnection, text: str, timeout: float = 10) -> dict:
+def wait_for(
+    connection: ClientConnection, wanted: Callable[[dict], bool], timeout: float = 10
+) -> dict:
+    """The first event read from ``connection`` for which ``wanted`` holds; ``TimeoutError``
+    after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for event in events(connection):
-            if event["type"] == "message" and event["text"] == text:
+            if wanted(event):
                 return event
-    raise TimeoutError(f"no message {text!r} within {timeout} s")
+    raise TimeoutError(f"no such event within {timeout} s")
 
 
 def test_the_two_instance_recipe_shares_a_room_across_both_servers(tmp_path: Path) -> None:
@@ -140,9 +145,13 @@ def test_the_two_instance_recipe_shares_a_room_across_both_servers(tmp_path: Pat
             connect(ws.format(ports["8081"], "bob")) as bob,
         ):
             assert events(alice)[0]["type"] == "welcome"
-            assert events(bob)[0]["members"] == 2  # alice, on the other instance, counts
+            assert events(bob)[0]["type"] == "welcome"
             alice.send(json.dumps({"type": "message", "text": "hello from the first"}))
-            assert wait_for_message(bob, "hello from the first")["user"] == "alice"
+            said = wait_for(bob, lambda e: e.get("text") == "hello from the first")
+            assert (said["type"], said["user"]) == ("message", "alice")
+            bob.send(json.dumps({"type": "message", "text": "hello from the second"}))
+            said = wait_for(alice, lambda e: e.get("text") == "hello from the second")
+            assert (said["type"], said["user"]) == ("message", "bob")
     finally:
         os.killpg(shell.pid, signal.SIGTERM)
         shell.wait(timeout=30)

@@ -4,7 +4,7 @@ Starts ``python -m server serve`` (quote provider ``sim``) on a free port, opens
 Debian's Chromium as two users of one room, has them chat and ask the stock bot, and saves
 what the first user sees. Needs the test extra (Playwright) and ``/usr/bin/chromium``:
 
-    .venv/bin/python -m bench.screenshot [--out docs/screenshot.png]
+    .venv/bin/python -m tests.support.screenshot [--out docs/screenshot.png]
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from playwright.sync_api import Page, expect, sync_playwright
 
-from .measure import ROOT
-from .server import serve
+from bench.server import serve
+from tests.support.docs import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -66,7 +66,7 @@ def draw(out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.screenshot", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tests.support.screenshot", description=__doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot.png")
     args = parser.parse_args(argv)
     draw(args.out)
