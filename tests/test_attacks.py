@@ -26,6 +26,7 @@ import pytest
 from server.config import Settings
 from tests.chat import WAIT, Client
 from tests.support.processes import Process, run_server
+from tests.support.promql import ROOT
 
 ATTACKER = "127.0.0.2"
 USER = "127.0.0.1"
@@ -254,3 +255,39 @@ async def test_one_address_cannot_take_every_connection_slot(serve: Any) -> None
     check_user(run)
     assert len(held) == per_address
     assert refused > 0
+
+
+async def k6_run(k6: str, address: str, **env: str) -> tuple[int, str]:
+    """``k6 run k6/checks/door.js`` from ``address``; its exit code and output."""
+    command = [k6, "run", "--quiet", "--no-color", "--address", "", "--local-ips", address]
+    command += ["--include-system-env-vars=false"]
+    for name, value in env.items():
+        command += ["-e", f"{name}={value}"]
+    command.append(str(ROOT / "k6" / "checks" / "door.js"))
+    proc = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        async with asyncio.timeout(60):
+            output, _ = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc.returncode or 0, output.decode(errors="replace")
+
+
+async def test_the_k6_door_check_passes_while_one_address_squats_rooms(
+    serve: Any, k6_bin: str
+) -> None:
+    with serve(max_rooms=500) as server:
+        user = asyncio.create_task(
+            k6_run(k6_bin, USER, ROLE="user", WS_URL=server.ws_url, DURATION="6s")
+        )
+        await asyncio.sleep(1)
+        attacker = await k6_run(
+            k6_bin, ATTACKER, ROLE="rooms", WS_URL=server.ws_url, ATTEMPTS="500", MAX_OPENED="70"
+        )
+        user_run = await user
+    assert attacker[0] == 0, attacker[1]
+    assert user_run[0] == 0, user_run[1]
