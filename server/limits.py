@@ -146,13 +146,8 @@ class AddressLimits:
     def take_upgrade(self, entry: Address | None) -> None:
         """Count one upgrade request; raises :class:`Throttled` when the address is over
         ``ROOMHUB_UPGRADE_RATE``."""
-        if entry is None or entry.upgrades is None:
-            return
-        wait = entry.upgrades.take(self._now())
-        if wait:
-            raise Throttled(
-                "too_many_upgrades", "too many upgrade requests from your address", wait
-            )
+        if entry is not None:
+            _take(entry.upgrades, self._now(), "too_many_upgrades", "upgrade requests")
 
     def check_connections(self, entry: Address | None) -> None:
         """Raises :class:`Throttled` when the address holds ``ROOMHUB_MAX_CONNECTIONS_PER_ADDRESS``
@@ -179,11 +174,8 @@ class AddressLimits:
     def take_room(self, entry: Address | None) -> None:
         """Count one new room; raises :class:`Throttled` when the address is over
         ``ROOMHUB_NEW_ROOMS_PER_MINUTE``."""
-        if entry is None or entry.rooms is None:
-            return
-        wait = entry.rooms.take(self._now())
-        if wait:
-            raise Throttled("too_many_rooms", "too many new rooms from your address", wait)
+        if entry is not None:
+            _take(entry.rooms, self._now(), "too_many_rooms", "new rooms")
 
     def sweep(self) -> int:
         """Forget every idle address (see :meth:`Address.idle`); returns how many."""
@@ -192,3 +184,11 @@ class AddressLimits:
         for key in idle:
             del self._addresses[key]
         return len(idle)
+
+
+def _take(bucket: Bucket | None, now: float, code: str, what: str) -> None:
+    """Take a token from ``bucket`` (None: that limit is off); raises :class:`Throttled`
+    naming ``what`` when there is none."""
+    wait = bucket.take(now) if bucket is not None else 0
+    if wait:
+        raise Throttled(code, f"too many {what} from your address", wait)

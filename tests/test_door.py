@@ -125,34 +125,28 @@ async def wait_for(condition: Any) -> None:
             await asyncio.sleep(0.01)
 
 
-async def room_server(make_server: Any, broker: str, request: pytest.FixtureRequest) -> Any:
+@pytest.fixture(params=["memory", "redis"])
+async def room_server(make_server: Any, request: pytest.FixtureRequest) -> Any:
     """A server whose rooms keep a 30 s grace, on the in-process broker or a real Redis."""
-    url = request.getfixturevalue("redis_server").url if broker == "redis" else "memory"
+    redis = request.param == "redis"
+    url = request.getfixturevalue("redis_server").url if redis else "memory"
     server = await make_server(room_grace=30, broker=url)
     await wait_for(lambda: server.app[broker_key].ready)
     return server
 
 
-@pytest.mark.parametrize("broker", ["memory", "redis"])
-async def test_a_room_left_without_a_message_frees_its_slot_at_once(
-    make_server: Any, broker: str, request: pytest.FixtureRequest
-) -> None:
-    server = await room_server(make_server, broker, request)
-    hubs = server.app[hubs_key]
-    ws = await server.ws_connect("/ws", params={"room": "quiet", "user": "ann"})
+async def test_a_room_left_without_a_message_frees_its_slot_at_once(room_server: Any) -> None:
+    hubs = room_server.app[hubs_key]
+    ws = await room_server.ws_connect("/ws", params={"room": "quiet", "user": "ann"})
     assert (await Client(ws).next())["type"] == "welcome"
     assert "quiet" in hubs
     await ws.close()
     await wait_for(lambda: "quiet" not in hubs)
 
 
-@pytest.mark.parametrize("broker", ["memory", "redis"])
-async def test_a_room_that_had_a_message_keeps_its_grace_period(
-    make_server: Any, broker: str, request: pytest.FixtureRequest
-) -> None:
-    server = await room_server(make_server, broker, request)
-    hubs = server.app[hubs_key]
-    ws = await server.ws_connect("/ws", params={"room": "used", "user": "ann"})
+async def test_a_room_that_had_a_message_keeps_its_grace_period(room_server: Any) -> None:
+    hubs = room_server.app[hubs_key]
+    ws = await room_server.ws_connect("/ws", params={"room": "used", "user": "ann"})
     client = Client(ws)
     assert (await client.next())["type"] == "welcome"
     await ws.send_json({"type": "message", "text": "hi", "id": "m1"})
