@@ -10,6 +10,9 @@ On SIGTERM or SIGINT the server keeps listening while it drains: ``/readyz`` ans
 new upgrades get 503, outboxes are flushed for a bounded time and clients are closed with
 1001. Then it stops listening, finishes and exits 0.
 
+An installed aiohttp that lacks a part ``server/upgrade.py`` relies on stops start-up the
+same way, with exit code 2 and a message naming its version and the range roomhub supports.
+
 With ``--workers N`` (N > 1) the process supervises N such servers sharing the port
 (``server.supervisor``).
 """
@@ -36,6 +39,7 @@ from .config import ConfigError, Settings, add_flags, load_settings, unknown_env
 from .deadline import listen
 from .logs import setup_logging
 from .supervisor import Announce, print_line, supervise
+from .upgrade import seam_problem
 
 log = logging.getLogger("roomhub")
 
@@ -193,6 +197,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         except ValueError as exc:
             parser.exit(2, f"roomhub token: {exc}\n")
         return
+    problem = seam_problem()
+    if problem:  # before any worker starts or anything listens
+        parser.exit(2, f"roomhub: {problem}\n")
     flags = vars(parsed)
     flags.pop("command")
     try:

@@ -18,7 +18,7 @@ from typing import Any
 
 from yarl import URL
 
-from .origin import parse_origin
+from .origin import ORIGIN_CHECKS, parse_origin
 
 HUB_MODES = ("sharded", "global")
 QUOTE_PROVIDERS = ("stooq", "url", "sim")
@@ -74,6 +74,11 @@ class Settings:
     )
     allowed_origins: tuple[str, ...] = _setting(
         (), "comma-separated origins allowed to connect; empty: the request's own origin; *: any"
+    )
+    origin_check: str = _setting(
+        "host",
+        "with allowed_origins empty, the Origin of the server's own page: host (its host and port "
+        "are the request's Host, whatever its scheme) or strict (its scheme too)",
     )
     trusted_proxies: tuple[str, ...] = _setting(
         (),
@@ -262,6 +267,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "upgrade_burst": _positive_int,
     "new_rooms_per_minute": _int,
     "allowed_origins": _origins,
+    "origin_check": _choice(ORIGIN_CHECKS),
     "trusted_proxies": _addresses,
     "heartbeat": _heartbeat,
     "room_grace": _float,
@@ -369,10 +375,16 @@ def _check_together(settings: Settings) -> None:
             f"ROOMHUB_WORKERS={settings.workers} with ROOMHUB_BROKER=memory: workers share "
             "rooms only through Redis; set ROOMHUB_BROKER to a redis:// URL"
         )
-    if settings.workers > 1 and (settings.port == 0 or settings.metrics_port == 0):
+    unset = [
+        f"{env_name(name)} ({flag_name(name)})"
+        for name in ("port", "metrics_port")
+        if getattr(settings, name) == 0
+    ]
+    if settings.workers > 1 and unset:
         raise ConfigError(
-            f"ROOMHUB_WORKERS={settings.workers} needs a fixed ROOMHUB_PORT and "
-            "ROOMHUB_METRICS_PORT (each worker serves /metrics on its own port)"
+            f"ROOMHUB_WORKERS={settings.workers} needs a fixed {' and '.join(unset)}: the "
+            "workers share the port, and each serves /metrics on its own port from "
+            "ROOMHUB_METRICS_PORT up"
         )
     if settings.metrics_port and settings.metrics_port + settings.workers > 65536:
         raise ConfigError(

@@ -21,7 +21,7 @@ from . import metrics
 from .auth import Identity, TokenError, TokenVerifier
 from .keys import broker_key, hubs_key, limits_key, settings_key, state_key, verifier_key
 from .limits import Address, Throttled
-from .origin import origin_allowed, request_origin
+from .origin import origin_allowed
 from .protocol import (
     ProtocolError,
     validate_epoch,
@@ -176,9 +176,10 @@ def _epoch(hs: Handshake) -> None:
 
 def _origin(hs: Handshake) -> None:
     request = hs.request
-    own = request_origin(request.scheme, request.host)
-    allowed = request.app[settings_key].allowed_origins
-    if not origin_allowed(request.headers.get("Origin"), own, allowed):
+    settings = request.app[settings_key]
+    origin = request.headers.get("Origin")
+    allowed, check = settings.allowed_origins, settings.origin_check
+    if not origin_allowed(origin, request.scheme, request.host, allowed, check):
         raise ProtocolError("bad_origin", "origin not allowed")
 
 

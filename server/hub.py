@@ -39,7 +39,15 @@ from .broker import (
     encoded_history_seq,
 )
 from .connection import Connection
-from .protocol import CloseReason, batch, error_event, take_batch, text_frame, welcome_event
+from .protocol import (
+    CloseReason,
+    batch,
+    error_event,
+    limits_of,
+    take_batch,
+    text_frame,
+    welcome_event,
+)
 from .room import BotEvent, HubItem, Join, Leave, Say
 
 log = logging.getLogger("roomhub.hub")
@@ -281,6 +289,7 @@ class RoomHub:
             welcome.members,
             welcome.online,
             welcome.reset,
+            limits_of(conn.chat.settings),
             welcome.history,
         )
         conn.send_event(event)

@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from itertools import islice
 
 from .connection import Connection
-from .protocol import MAX_USER, ChatMessage, message_event, presence_event, welcome_event
+from .protocol import (
+    MAX_USER,
+    ChatMessage,
+    limits_of,
+    message_event,
+    presence_event,
+    welcome_event,
+)
 
 SUFFIX_LIMIT = 100
 """Highest numbered suffix tried for a taken name before a random one (see free_name)."""
@@ -123,8 +130,9 @@ class Room:
         history = [event for seq, event in self.history if since is None or seq > since]
         members = len(self.members)
         online = [member.user for member in islice(self.members, ONLINE_LIMIT)]
+        limits = limits_of(conn.chat.settings)
         welcome = welcome_event(
-            self.name, conn.user, self.epoch, self.seq, members, online, reset, history
+            self.name, conn.user, self.epoch, self.seq, members, online, reset, limits, history
         )
         return welcome, presence_event("join", conn.user, members)
 

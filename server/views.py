@@ -14,7 +14,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from . import metrics
 from .auth import Identity
-from .bot.commands import CommandError, parse_stock_command
+from .bot.commands import CommandError, help_reply, parse_stock_command
 from .bot.stockbot import BotReply
 from .broker import BrokerUnavailable
 from .connection import Connection
@@ -166,13 +166,17 @@ class Chat:
         except CommandError as exc:
             _on_invalid(conn, "bad_command", str(exc), msg.id)
             return
-        hubs = self.app[hubs_key]
+        hubs, bot = self.app[hubs_key], self.app[bot_key]
         if symbol is None:
-            metrics.MESSAGES_RECEIVED.labels("message").inc()
-            hubs.post(conn.room, Say(conn, msg))
+            answer = help_reply(msg.text)
+            if answer is None:
+                metrics.MESSAGES_RECEIVED.labels("message").inc()
+                hubs.post(conn.room, Say(conn, msg))
+            else:  # /help or an unknown command: answered to the sender only
+                metrics.MESSAGES_RECEIVED.labels("command").inc()
+                conn.send_event(bot_event(bot.name, answer.text, answer.ok, msg.id, conn.user))
             return
         metrics.MESSAGES_RECEIVED.labels("command").inc()
-        bot = self.app[bot_key]
         room = conn.room
 
         def deliver(reply: BotReply) -> bool:

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from websockets.frames import Close, Opcode
 from websockets.protocol import Protocol, Side
 
+from server.bot.commands import COMMANDS
 from server.broker.memory import MemoryBroker
 from server.hub import RoomHub, message_interval, presence_interval
 from server.keys import hubs_key, state_key
@@ -75,10 +76,23 @@ async def test_welcome_names_room_user_epoch_seq_and_members(
     assert welcome == {
         "type": "welcome", "room": "r1", "user": "ann", "seq": 0, "members": 1, "online": ["ann"],
         "reset": False,
+        "limits": {
+            "max_message_bytes": 32768, "max_text_chars": 2000, "rate_limit": 5.0,
+            "rate_burst": 10,
+        },
         "history": [],
     }  # fmt: skip
     other = await (await connect(server, "r1", "bob")).next_of("welcome")
     assert other["epoch"] == epoch
+
+
+@pytest.mark.parametrize("hub_mode", HUB_MODES)
+async def test_welcome_tells_the_limits_the_server_applies(make_server: Any, hub_mode: str) -> None:
+    server = await make_server(hub_mode=hub_mode, max_msg_size=1000, rate_limit=2.5, rate_burst=3)
+    limits = (await (await connect(server, "r1", "ann")).next_of("welcome"))["limits"]
+    assert limits == {
+        "max_message_bytes": 1000, "max_text_chars": 2000, "rate_limit": 2.5, "rate_burst": 3
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("hub_mode", HUB_MODES)
@@ -445,6 +459,32 @@ async def test_bot_reply_is_broadcast_to_the_room_and_command_is_not_stored(
     welcome = await (await connect(server, "r1", "cat")).next_of("welcome")
     assert welcome["history"] == []
     assert welcome["seq"] == 0
+
+
+async def test_help_gets_a_bot_reply_listing_the_commands_to_the_sender_only(
+    server: TestClient,
+) -> None:
+    ann = await joined(server, "r1", "ann")
+    bob = await joined(server, "r1", "bob")
+    await ann.say("/help", id="h1")
+    reply = await ann.next_of("bot")
+    assert (reply["user"], reply["ok"], reply["reply_to"]) == ("stockbot", True, "h1")
+    assert reply["text"] == COMMANDS
+    await ann.say("after", id="a1")
+    seen = await bob.next(lambda e: e["type"] in ("bot", "message"))
+    assert seen.get("id") == "a1", "the help reply reached another member"
+
+
+async def test_an_unknown_command_gets_a_bot_reply_naming_it_and_is_not_stored(
+    server: TestClient,
+) -> None:
+    ann = await joined(server, "r1", "ann")
+    await ann.say("/nope now", id="n1")
+    reply = await ann.next_of("bot")
+    assert (reply["ok"], reply["reply_to"]) == (False, "n1")
+    assert reply["text"] == f"Unknown command /nope. {COMMANDS}"
+    welcome = await (await connect(server, "r1", "cat")).next_of("welcome")
+    assert (welcome["seq"], welcome["history"]) == (0, [])
 
 
 async def test_room_list_holds_rooms_with_members_busiest_first(server: TestClient) -> None:

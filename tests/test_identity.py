@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from server.config import Settings
 from server.room import ONLINE_LIMIT, SUFFIX_LIMIT, Join, Room
 from tests.chat import HUB_MODES, Client
 from tests.support.promql import ROOT
@@ -16,9 +18,10 @@ from tests.support.promql import ROOT
 
 @dataclass(eq=False)
 class Member:
-    """What a room needs of a connection to name it."""
+    """What a room needs of a connection to name it and welcome it."""
 
     user: str
+    chat: Any = field(default_factory=lambda: SimpleNamespace(settings=Settings()))
 
 
 async def welcomed(server: TestClient, room: str, user: str) -> tuple[Client, dict[str, Any]]:
