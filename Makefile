@@ -51,7 +51,8 @@ run: $(SERVE_STAMP)
 	$(PYMALLOC) $(BIN)/python -m server serve
 
 # The server for load tests (README "Load lab"): stock quotes come from the bundled stockapi
-# on 127.0.0.1:8081, never from Stooq. Ctrl-C or SIGTERM stops the server, then the stockapi.
+# on 127.0.0.1:8081, never from Stooq; the per-address limits are off unless set (k6 is one
+# address, docs/limits.md). Ctrl-C or SIGTERM stops the server, then the stockapi.
 run-lab: $(SERVE_STAMP)
 	@$(BIN)/python -m server.stockapi --host 127.0.0.1 --port 8081 & quotes=$$!; \
 	trap 'kill -TERM $$quotes 2>/dev/null; wait $$quotes' EXIT; \
@@ -59,6 +60,9 @@ run-lab: $(SERVE_STAMP)
 		2>/dev/null && kill -0 $$quotes 2>/dev/null \
 		|| { echo "run-lab: the stockapi did not start on 127.0.0.1:8081"; exit 1; }; \
 	$(PYMALLOC) ROOMHUB_QUOTE_PROVIDER=url ROOMHUB_QUOTE_URL=http://127.0.0.1:8081 \
+		ROOMHUB_MAX_CONNECTIONS_PER_ADDRESS=$${ROOMHUB_MAX_CONNECTIONS_PER_ADDRESS:-0} \
+		ROOMHUB_UPGRADE_RATE=$${ROOMHUB_UPGRADE_RATE:-0} \
+		ROOMHUB_NEW_ROOMS_PER_MINUTE=$${ROOMHUB_NEW_ROOMS_PER_MINUTE:-0} \
 		$(BIN)/python -m server serve & chat=$$!; \
 	trap 'kill -TERM $$chat' TERM HUP; trap : INT; \
 	wait $$chat; status=$$?; \

@@ -30,10 +30,12 @@ from .keys import (
     broker_key,
     http_client_key,
     hubs_key,
+    limits_key,
     settings_key,
     state_key,
     verifier_key,
 )
+from .limits import AddressLimits
 from .protocol import CloseReason
 from .views import VERSION, setup_routes
 
@@ -253,11 +255,17 @@ def forwarded_middleware(trusted_proxies: tuple[str, ...]) -> Middleware:
 
 def create_app(settings: Settings) -> web.Application:
     """Build the roomhub application for ``settings``."""
-    app = web.Application(middlewares=[error_pages])
+    # aiohttp closes a connection whose request header is not complete within
+    # keepalive_timeout seconds of connecting or of its previous answer (aiohttp 3.14
+    # RequestHandler; tests/test_door.py holds it to that). The first request's deadline is
+    # also kept, and counted, by server.deadline in front of aiohttp.
+    handler_args = {"keepalive_timeout": settings.handshake_timeout}
+    app = web.Application(middlewares=[error_pages], handler_args=handler_args)
     if settings.trusted_proxies:
         app.middlewares.append(forwarded_middleware(settings.trusted_proxies))
     app[settings_key] = settings
     app[state_key] = ServerState()
+    app[limits_key] = AddressLimits(settings)
     if settings.auth == "token":
         app[verifier_key] = TokenVerifier(settings)
     metrics.BUILD_INFO.clear()

@@ -40,6 +40,7 @@ from websockets.protocol import Protocol as Frames
 
 from . import metrics
 from .config import Settings
+from .limits import Address
 from .protocol import PING_FRAME, CloseReason, batch, take_batch, text_frame
 
 log = logging.getLogger("roomhub.connection")
@@ -98,6 +99,7 @@ class Connection(asyncio.Protocol):
         "_transport",
         "_updated",
         "_writer",
+        "address",
         "chat",
         "close_reason",
         "closing",
@@ -127,6 +129,7 @@ class Connection(asyncio.Protocol):
         self._fragments: tuple[Opcode, list[bytes]] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self.expiry: asyncio.TimerHandle | None = None
+        self.address: Address | None = None  # its client address's limits (server.limits)
         self.quiet_sweeps = 0
         self._tokens = float(settings.rate_burst)
         self._updated = time.monotonic()

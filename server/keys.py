@@ -15,6 +15,7 @@ from .config import Settings
 from .connection import Connection
 from .globalhub import GlobalHub
 from .hub import ShardedHubs
+from .limits import AddressLimits
 
 
 @dataclass(slots=True)
@@ -36,5 +37,6 @@ hubs_key = web.AppKey("hubs_key", ShardedHubs | GlobalHub)
 http_client_key = web.AppKey("http_client_key", httpx.AsyncClient)
 bot_key = web.AppKey("bot_key", StockBot)
 broker_key = web.AppKey("broker_key", Broker)
+limits_key = web.AppKey("limits_key", AddressLimits)
 verifier_key = web.AppKey("verifier_key", TokenVerifier)
 """Only with ``ROOMHUB_AUTH=token``."""

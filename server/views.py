@@ -19,7 +19,7 @@ from .bot.stockbot import BotReply
 from .broker import BrokerUnavailable
 from .connection import Connection
 from .handshake import Handshake, refusal
-from .keys import bot_key, broker_key, hubs_key, settings_key, state_key
+from .keys import bot_key, broker_key, hubs_key, limits_key, settings_key, state_key
 from .protocol import (
     CloseReason,
     ProtocolError,
@@ -108,18 +108,21 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     refused = refusal(hs)
     if refused is not None:
         return refused
-    chat, state = app[chat_key], app[state_key]
+    chat, state, limits = app[chat_key], app[state_key], app[limits_key]
     conn = Connection(chat, room=hs.room, user=hs.user)
+    conn.address = hs.address
     hubs = app[hubs_key]
     # The join is queued first, so that the room's hub knows the connection before any
     # message it sent early (held there until its welcome); the slot is reserved before the
     # upgrade and released when the connection ends.
     hubs.post(hs.room, Join(conn, hs.since, hs.epoch))
     state.reserved += 1
+    limits.opened(conn.address)
     try:
         response = take_over(request, conn)
     except ConnectionError:
         state.reserved -= 1
+        limits.closed(conn.address)
         hubs.post(hs.room, Leave(conn))
         log.info("upgrade_aborted", extra={"fields": {"room": hs.room, "user": hs.user}})
         return web.Response(status=400)
@@ -195,6 +198,7 @@ class Chat:
         app[hubs_key].post(conn.room, Leave(conn))
         state.connections.discard(conn)
         state.reserved -= 1
+        app[limits_key].closed(conn.address)
         state.closed += 1
         if state.drained is not None and not state.connections:
             state.drained.set()

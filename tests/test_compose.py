@@ -34,8 +34,14 @@ FIXED = {
 }
 # Settings compose defaults itself (to the server's default) rather than leaving unset.
 DEFAULTED = {"ROOMHUB_HUB_MODE", "ROOMHUB_LOG_LEVEL"}
-# Settings compose defaults to a value of the stack's own: replicas share rooms through Redis.
-STACK_DEFAULTS = {"ROOMHUB_BROKER": "redis://redis:6379/0"}
+# Settings compose defaults to a value of the stack's own: replicas share rooms through Redis,
+# and the per-address limits are off (every client comes through nginx; k6 is one address).
+STACK_DEFAULTS = {
+    "ROOMHUB_BROKER": "redis://redis:6379/0",
+    "ROOMHUB_MAX_CONNECTIONS_PER_ADDRESS": "0",
+    "ROOMHUB_UPGRADE_RATE": "0",
+    "ROOMHUB_NEW_ROOMS_PER_MINUTE": "0",
+}
 NGINX_CONF = ROOT / "nginx" / "nginx.conf"
 PROMETHEUS = ROOT / "prometheus"
 
