@@ -86,7 +86,7 @@ RESULTS_DIR ?= results
 RUN_ID      := $(shell date +%Y%m%d-%H%M%S)-$(SCENARIO)
 RUN_DIR     := $(RESULTS_DIR)/$(RUN_ID)
 
-.PHONY: k6 k6-all bench soak k6-local k6-compose
+.PHONY: k6 k6-all bench soak k6-local k6-compose lab story
 
 # With the compose stack up (make up), k6 runs in its container and remote-writes to the
 # stack's Prometheus (tagged testid=<date>-<time>-<scenario>); otherwise the local k6 runs.
@@ -94,20 +94,32 @@ k6:
 	@if $(COMPOSE) ps --services --filter status=running 2>/dev/null | grep -qx chat; \
 	then $(MAKE) --no-print-directory k6-compose; else $(MAKE) --no-print-directory k6-local; fi
 
+# After the run, every dashboard panel over the run's window: RUN_DIR/dashboards.html
+# (dashboards/render.py; skipped with a note when no Prometheus answers on PROMETHEUS_URL).
+PROMETHEUS_URL ?= http://127.0.0.1:$(or $(LAB_PROMETHEUS_PORT),9090)
+RENDER = $(BIN)/python -m dashboards.render --prometheus $(PROMETHEUS_URL) --testid $(RUN_ID)
+
 k6-compose:
 	@test -f k6/scenarios/$(SCENARIO).js || { echo "SCENARIO must be one of: $(SCENARIOS)"; exit 2; }
 	mkdir -p $(RUN_DIR) && ln -sfn $(RUN_ID) $(RESULTS_DIR)/latest
+	@start=$$(date +%s); \
 	K6_USER=$$(id -u):$$(id -g) SCENARIO=$(SCENARIO) PROFILE=$(PROFILE) \
 	RESULTS_DIR=$(abspath $(RUN_DIR)) TESTID=$(RUN_ID) \
-	$(COMPOSE) --profile loadtest run --rm k6
+	$(COMPOSE) --profile loadtest run --rm k6; status=$$?; \
+	$(RENDER) --start $$start --end $$(date +%s) $(RUN_DIR); exit $$status
 
+# With `make lab` up (its Prometheus answers with the remote-write receiver on), k6 remote-writes
+# there with compose's k6 environment (bench/lab.py k6-env), tagged testid=<date>-<time>-<scenario>.
 k6-local: $(STAMP)
 	@test -f k6/scenarios/$(SCENARIO).js || { echo "SCENARIO must be one of: $(SCENARIOS)"; exit 2; }
 	mkdir -p $(RUN_DIR) && ln -sfn $(RUN_ID) $(RESULTS_DIR)/latest
+	@start=$$(date +%s); remote_write=$$($(BIN)/python -m bench.lab k6-env); \
 	K6_WEB_DASHBOARD=true K6_WEB_DASHBOARD_PORT=-1 \
 	K6_WEB_DASHBOARD_EXPORT=$(RUN_DIR)/$(SCENARIO)-report.html \
-	$(BIN)/k6 run -e PROFILE=$(PROFILE) -e WS_URL=$(WS_URL) -e RESULTS_DIR=$(RUN_DIR) \
-		k6/scenarios/$(SCENARIO).js
+	$$remote_write $(BIN)/k6 run --tag testid=$(RUN_ID) \
+		-e PROFILE=$(PROFILE) -e WS_URL=$(WS_URL) -e RESULTS_DIR=$(RUN_DIR) \
+		k6/scenarios/$(SCENARIO).js; status=$$?; \
+	$(RENDER) --start $$start --end $$(date +%s) $(RUN_DIR); exit $$status
 
 k6-all: $(STAMP)
 	@status=0; for s in $(SCENARIOS); do \
@@ -124,6 +136,17 @@ bench: $(STAMP)
 # SOAK_SESSION=5m is the full soak.
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak
+
+# The observability stack without Docker (bench/lab.py): Prometheus (Debian's package) with
+# prometheus/prometheus.yml's jobs on localhost, the chat server (CHAT_REPLICAS=N: N processes
+# on a local redis-server), the stockapi. LAB_*_PORT vars move the ports; Ctrl-C stops it all.
+lab: $(STAMP)
+	$(BIN)/python -m bench.lab
+
+# The seed's story as one chart (bench/story.py): the connection storm ramped to STORY_VUS
+# (default 1000) in global then sharded mode; writes results/story/story.{png,svg,csv,md}.
+story: $(STAMP)
+	$(BIN)/python -m bench.story
 
 clean:
 	rm -rf $(VENV) results .pytest_cache
