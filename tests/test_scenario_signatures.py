@@ -1,0 +1,155 @@
+"""Each k6 scenario's signature, seen where the dashboards show it.
+
+One lab (bench/lab.py: real Prometheus from prometheus/prometheus.yml with the remote-write
+receiver on, two server processes on a real redis-server as compose runs two replicas, the
+stockapi) serves every scenario in turn. Each scenario runs its smoke profile, shortened, with
+real k6 remote-writing as compose's k6 service does; then dashboards/render.py draws every
+panel of dashboards/*.json over that run's window, and the test reads the data behind the
+panel that should show the scenario's effect.
+
+The quote service answers in 100 ms and the bot caches nothing here, so the stock-bot
+scenario's commands outrun the bot's 4 workers and its queue shows.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bench.lab import ROOT, Lab, LabSettings, compose_k6_env, k6_command, lab
+from dashboards.render import PAGE, Panel, render
+from tests.support.processes import require_binary
+
+pytestmark = pytest.mark.k6
+
+# Shortened smoke runs (each scenario's env settings; k6/scenarios/*.js headers).
+RUNS = {
+    "connection-storm": {"VUS": "40", "RAMP": "3s", "HOLD": "6s", "DOWN": "3s"},
+    "active-chat": {"VUS": "20", "DURATION": "10s"},
+    "stock-bot": {"VUS": "10", "DURATION": "10s"},
+    "spike": {"BASE_VUS": "10", "PEAK_VUS": "60"},
+    "soak": {"VUS": "20", "DURATION": "20s", "SESSION": "5s"},
+    "mixed": {"VUS": "30", "DURATION": "12s"},
+}
+K6_TIMEOUT = 90.0
+NO_SCENARIO_DATA = {
+    # Panels no scenario feeds: named here, so a panel that goes dark is noticed.
+}
+
+
+@dataclass(frozen=True)
+class Report:
+    """One scenario's results folder and the panels drawn into its dashboards page."""
+
+    out: Path
+    panels: list[Panel]
+
+    def panel(self, title: str) -> Panel:
+        """The one panel called ``title``."""
+        (found,) = [p for p in self.panels if p.title == title]
+        return found
+
+
+def run(running: Lab, scenario: str, out: Path) -> Report:
+    """Run one scenario against the lab, then render the dashboards over its window."""
+    testid = f"signature-{scenario}-{int(time.time())}"
+    out.mkdir()
+    variables = {"PROFILE": "smoke", "WS_URL": running.ws_url, "RESULTS_DIR": str(out)}
+    script = ROOT / "k6" / "scenarios" / f"{scenario}.js"
+    start = time.time()
+    done = subprocess.run(
+        k6_command(script, testid, {**variables, **RUNS[scenario]}),
+        env={**os.environ, **compose_k6_env(running.prometheus_url)},
+        capture_output=True,
+        text=True,
+        timeout=K6_TIMEOUT,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    # 99: a threshold failed (a loaded machine may); anything else is a broken run.
+    assert done.returncode in (0, 99), output[-4000:]
+    assert "Failed to send the time series data" not in output, output[-4000:]
+    return Report(out, render(running.prometheus_url, out, start, time.time(), testid))
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Report]]:
+    """Every scenario's rendered panels, ``{scenario: panels}``, from one shared lab."""
+    require_binary("prometheus")
+    require_binary("redis-server")
+    require_binary("k6")
+    tmp = tmp_path_factory.mktemp("signatures")
+    settings = LabSettings(
+        chat_port=0, prometheus_port=0, stockapi_port=0, metrics_port=0, redis_port=0,
+        replicas=2, directory=tmp / "lab",
+        server_env={"ROOMHUB_BOT_CACHE_TTL": "0", "ROOMHUB_LOG_LEVEL": "warning"},
+        stockapi_flags=("--latency-ms", "100"),
+    )  # fmt: skip
+    with lab(settings) as running:
+        yield {scenario: run(running, scenario, tmp / scenario) for scenario in RUNS}
+
+
+def test_each_run_writes_one_page_with_every_panel(reports: dict[str, Report]) -> None:
+    for report in reports.values():
+        page = (report.out / PAGE).read_text()
+        assert page.count("<img ") == len(report.panels) > 30
+
+
+def test_storm_connections_reach_the_vus_and_fall_back_to_zero(
+    reports: dict[str, Report],
+) -> None:
+    connections = reports["connection-storm"].panel("Server connections").values()
+    assert max(connections) >= int(RUNS["connection-storm"]["VUS"])
+    assert connections[-1] == 0
+
+
+def test_active_chat_fans_out_and_delivers_events(reports: dict[str, Report]) -> None:
+    report = reports["active-chat"]
+    assert max(report.panel("Fan-out time p50 / p95 / p99").values()) > 0
+    assert max(report.panel("Events delivered/s").values()) > 0
+
+
+def test_stock_bot_has_bot_latency_and_a_bot_queue(reports: dict[str, Report]) -> None:
+    report = reports["stock-bot"]
+    assert max(report.panel("Bot latency p50 / p95 / p99").values()) > 0
+    assert max(report.panel("Bot queue depth").values()) > 0
+
+
+def test_spike_connections_step_up_and_back_down(reports: dict[str, Report]) -> None:
+    connections = reports["spike"].panel("Server connections").values()
+    peak = connections.index(max(connections))
+    base, top = int(RUNS["spike"]["BASE_VUS"]), int(RUNS["spike"]["PEAK_VUS"])
+    assert max(connections) >= top
+    assert any(base / 2 <= c < top / 2 for c in connections[:peak])  # the base before
+    assert any(c < top / 2 for c in connections[peak:])  # and down after
+
+
+def test_soak_resident_memory_levels_off(reports: dict[str, Report]) -> None:
+    memory = reports["soak"].panel("Resident memory")
+    assert memory.series
+    for series in memory.series:
+        values = series.finite()
+        second_half = values[len(values) // 2 :]
+        # Connections come and go all along; the heap may not keep growing with them.
+        assert max(second_half) <= 1.1 * second_half[0], (series.legend, values)
+
+
+def test_mixed_has_all_three_roles(reports: dict[str, Report]) -> None:
+    sessions = reports["mixed"].panel("WebSocket sessions/s")
+    assert {s.labels["scenario"] for s in sessions.series if s.finite()} == {
+        "lurkers",
+        "chatters",
+        "bot_users",
+    }
+
+
+def test_every_panel_has_data_in_some_scenario(reports: dict[str, Report]) -> None:
+    titles = [f"{p.dashboard} / {p.title}" for p in next(iter(reports.values())).panels]
+    fed = {f"{p.dashboard} / {p.title}" for r in reports.values() for p in r.panels if p.has_data}
+    assert [t for t in titles if t not in fed] == sorted(NO_SCENARIO_DATA)
