@@ -46,7 +46,7 @@ from dashboards.render import Prometheus
 from . import capacity
 from .lab import ROOT, LabSettings, compose_k6_env, k6_command, lab
 from .measure import GRACE_SECONDS, duration_seconds, planned_seconds
-from .procstat import usage
+from .procstat import CLOCK_TICKS, usage
 
 STEP_SECONDS = 3
 """One point of the story: Prometheus scrapes every second and k6 pushes every second here,
@@ -59,10 +59,11 @@ COLOURS = {"global": "tab:red", "sharded": "tab:blue"}
 SERVER_ENV = {"ROOMHUB_LOG_LEVEL": "warning"}
 QUERIES = {
     "connections": "sum(chat_connections)",
+    # Two steps: k6's pushes, due every second, come late when the machine is busy.
     "p50": 'histogram_quantile(0.5, sum(rate(k6_chat_rtt_seconds{{testid="{testid}", '
-    'role="probe"}}[{step}s])))',
+    'role="probe"}}[{window}s])))',
     "p99": 'histogram_quantile(0.99, sum(rate(k6_chat_rtt_seconds{{testid="{testid}", '
-    'role="probe"}}[{step}s])))',
+    'role="probe"}}[{window}s])))',
     "hub_queue": "max_over_time(sum(chat_hub_queue_depth)[{step}s:1s])",
     "fanout_p99": "histogram_quantile(0.99, sum by (le) "
     "(rate(chat_broadcast_fanout_seconds_bucket[{step}s])))",
@@ -72,8 +73,8 @@ QUERIES = {
 @dataclass(frozen=True, slots=True)
 class Point:
     """One time step of one mode. Times in seconds since the run's start; latencies in
-    seconds (NaN: no sample); CPU shares in CPU seconds per second (k6 and the machine over
-    all cores)."""
+    seconds (NaN: no sample); CPU shares in CPU seconds per second (the server: of one core;
+    k6 and the whole machine, every process on it: of all cores)."""
 
     mode: str
     t: float
@@ -85,12 +86,21 @@ class Point:
     fanout_p99: float
     server_cpu: float
     k6_cpu: float
+    machine_cpu: float
     limit: str
 
 
+def machine_cpu_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (``/proc/stat``'s first line less idle and
+    iowait; proc(5))."""
+    ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLOCK_TICKS
+
+
 class CpuSampler:
-    """CPU seconds of ``pids`` every second on a thread while the ``with`` block runs (at most
-    ``limit`` seconds): ``samples`` holds ``(epoch, [seconds per pid])``."""
+    """CPU seconds of ``pids`` and of the whole machine (last) every second on a thread while
+    the ``with`` block runs (at most ``limit`` seconds): ``samples`` holds
+    ``(epoch, [seconds per pid..., machine seconds])``."""
 
     def __init__(self, pids: Sequence[int], limit: float) -> None:
         self.pids, self.limit = list(pids), limit
@@ -101,7 +111,8 @@ class CpuSampler:
     def _run(self) -> None:
         for _ in range(int(self.limit) + 1):
             try:
-                self.samples.append((time.time(), [usage(p).cpu_seconds for p in self.pids]))
+                cpu = [usage(p).cpu_seconds for p in self.pids]
+                self.samples.append((time.time(), [*cpu, machine_cpu_seconds()]))
             except (FileNotFoundError, KeyError):  # gone, or a zombie without memory
                 return
             if self._stop.wait(1.0):
@@ -161,14 +172,18 @@ def run_mode(mode: str, environ: Mapping[str, str], out: Path) -> list[Point]:
         time.sleep(2 * duration_seconds(SCRAPE) + 1)  # the last scrape and push are in
         with Prometheus(running.prometheus_url) as prometheus:
             columns = {
-                name: _series(prometheus, expr.format(testid=testid, step=STEP_SECONDS), start, end)
+                name: _series(
+                    prometheus,
+                    expr.format(testid=testid, step=STEP_SECONDS, window=2 * STEP_SECONDS),
+                    start,
+                    end,
+                )
                 for name, expr in QUERIES.items()
             }
-    ramp_end = start + duration_seconds(ramp)
-    hold_end = ramp_end + duration_seconds(hold)
     cores = os.cpu_count() or 1
+    times = sorted(columns["connections"])
     points = []
-    for t in sorted(columns["connections"]):
+    for t, phase in zip(times, phases([columns["connections"][t] for t in times]), strict=True):
         server = cpu.share(0, t - STEP_SECONDS, t)
         k6_share = cpu.share(1, t - STEP_SECONDS, t) / cores
         p99 = columns["p99"].get(t, math.nan)
@@ -177,7 +192,7 @@ def run_mode(mode: str, environ: Mapping[str, str], out: Path) -> list[Point]:
             Point(
                 mode=mode,
                 t=round(t - start, 1),
-                phase="ramp" if t <= ramp_end else "hold" if t <= hold_end else "down",
+                phase=phase,
                 connections=columns["connections"][t],
                 p50=columns["p50"].get(t, math.nan),
                 p99=p99,
@@ -185,12 +200,25 @@ def run_mode(mode: str, environ: Mapping[str, str], out: Path) -> list[Point]:
                 fanout_p99=columns["fanout_p99"].get(t, math.nan),
                 server_cpu=server,
                 k6_cpu=k6_share,
+                machine_cpu=cpu.share(2, t - STEP_SECONDS, t) / cores,
                 limit=capacity.limit(server, k6_share, (server + k6_share * cores) / cores)
                 if slow
                 else "—",
             )
         )
     return points
+
+
+def phases(connections: Sequence[float], near: float = 0.98) -> list[str]:
+    """``ramp``, ``hold`` or ``down`` for each step: the hold runs from the first to the last
+    step with at least ``near`` of the peak connections open (k6 takes a while to start
+    1000 VUs, so the stages' clock says less than the server's gauge)."""
+    top = near * max(connections, default=0)
+    at_peak = [i for i, c in enumerate(connections) if c >= top]
+    first, last = (at_peak[0], at_peak[-1]) if at_peak else (len(connections), len(connections))
+    return [
+        "ramp" if i < first else "hold" if i <= last else "down" for i in range(len(connections))
+    ]
 
 
 def crossing(points: Sequence[Point], threshold: float) -> Point | None:
@@ -239,7 +267,8 @@ def _at(point: Point | None, threshold: float, points: Sequence[Point]) -> str:
     return (
         f"crossed {threshold * 1000:g} ms at **{point.connections:,.0f} connections** "
         f"(p99 {point.p99 * 1000:,.0f} ms; limit: {point.limit}; server CPU "
-        f"{point.server_cpu:.0%} of a core, k6 {point.k6_cpu:.0%} of the cores)"
+        f"{point.server_cpu:.0%} of a core, k6 {point.k6_cpu:.0%} of the cores, the machine "
+        f"{point.machine_cpu:.0%} busy)"
     )
 
 

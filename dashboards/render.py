@@ -53,8 +53,9 @@ DATASOURCES = HERE / "provisioning" / "datasources"
 MAX_POINTS = 240
 """Points per series at most (Grafana asks for about one per pixel of panel width)."""
 SETTLE_SECONDS = 6.0
-"""How long after the window's end the page waits before querying: one scrape interval
-(prometheus.yml: 5 s) and a second, so the last scrape of the run is in."""
+"""How far the drawn window runs past the run's end (and how long the page waits for it):
+one scrape interval (prometheus.yml: 5 s) and a second, so the scrape after the run, the
+server back at rest, is in."""
 TIMEOUT = 30.0
 PAGE = "dashboards.html"
 FIGURE = (7.2, 2.6)  # inches; at DPI a 648 x 234 px picture
@@ -245,6 +246,7 @@ def collect(
 ) -> list[Panel]:
     """Query every panel of one dashboard model over ``start``..``end`` (epoch seconds)."""
     step, base = interval_values(start, end, scrape_interval())
+    start = end - math.ceil((end - start) / step) * step  # the last point falls on ``end``
     values = variables(model, prometheus, start, end, base, testid)
     found = []
     for row, spec in panels(model):
@@ -440,13 +442,14 @@ def render(
     testid: str | None = None,
     dashboards: Sequence[Path] = DASHBOARDS,
 ) -> list[Panel]:
-    """Query and draw every panel of ``dashboards`` over ``start``..``end`` (epoch seconds)
-    into ``out/dashboards.html``; the panels with their data, in page order.
+    """Query and draw every panel of ``dashboards`` over the run from ``start`` to ``end``
+    (epoch seconds) and ``SETTLE_SECONDS`` past it (waiting for that) into
+    ``out/dashboards.html``; the panels with their data, in page order.
 
-    Waits until ``SETTLE_SECONDS`` after ``end`` first (the run's last scrape). Raises
-    ``httpx.HTTPError`` when Prometheus cannot be reached.
+    Raises ``httpx.HTTPError`` when Prometheus cannot be reached.
     """
-    time.sleep(max(0.0, end + SETTLE_SECONDS - time.time()))
+    end += SETTLE_SECONDS
+    time.sleep(max(0.0, end - time.time()))
     drawn = []
     with Prometheus(prometheus_url) as prometheus:
         for path in dashboards:

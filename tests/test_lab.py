@@ -133,7 +133,7 @@ def test_lab_comes_up_turns_on_k6_remote_write_and_sigterm_leaves_nothing(
     ports = {"LAB_CHAT_PORT": free_port(), "LAB_PROMETHEUS_PORT": free_port()}
     ports |= {"LAB_STOCKAPI_PORT": free_port()}
     env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "LAB_DIR": str(tmp_path)}
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "bench.lab"],
         cwd=ROOT,
         env=env,
@@ -141,17 +141,16 @@ def test_lab_comes_up_turns_on_k6_remote_write_and_sigterm_leaves_nothing(
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-    )
-    try:
-        lines = _wait_for_line(proc, "load test")
-        printed = "".join(lines)
-        assert all(f":{port}" in printed for port in ports.values()), printed
-        remote_write = k6_env({"LAB_PROMETHEUS_PORT": str(ports["LAB_PROMETHEUS_PORT"])})
-        assert f"127.0.0.1:{ports['LAB_PROMETHEUS_PORT']}/api/v1/write" in remote_write
-        os.killpg(proc.pid, signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    ) as proc:
+        try:
+            printed = "".join(_wait_for_line(proc, "load test"))
+            assert all(f":{port}" in printed for port in ports.values()), printed
+            remote_write = k6_env({"LAB_PROMETHEUS_PORT": str(ports["LAB_PROMETHEUS_PORT"])})
+            assert f"127.0.0.1:{ports['LAB_PROMETHEUS_PORT']}/api/v1/write" in remote_write
+            os.killpg(proc.pid, signal.SIGTERM)
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     assert _group_members(proc.pid) == []
