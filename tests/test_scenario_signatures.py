@@ -31,7 +31,8 @@ pytestmark = pytest.mark.k6
 
 # Shortened smoke runs (each scenario's env settings; k6/scenarios/*.js headers).
 RUNS = {
-    "connection-storm": {"VUS": "40", "RAMP": "3s", "HOLD": "6s", "DOWN": "3s"},
+    # The hold spans at least two 5 s scrapes, so one lands at the peak.
+    "connection-storm": {"VUS": "40", "RAMP": "3s", "HOLD": "12s", "DOWN": "3s"},
     "active-chat": {"VUS": "20", "DURATION": "10s"},
     "stock-bot": {"VUS": "20", "DURATION": "10s"},
     "spike": {"BASE_VUS": "10", "PEAK_VUS": "60"},
