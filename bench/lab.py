@@ -43,6 +43,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -255,21 +256,23 @@ def dashboards_wanted(environ: Mapping[str, str]) -> bool:
 
 
 @contextlib.contextmanager
-def observed(metrics: str, out: Path, testid: str) -> Iterator[dict[str, str]]:
-    """A Prometheus (prometheus.yml, job ``chat`` scraping ``metrics``, a ``host:port``) for
-    the block, which yields k6's remote-write environment; afterwards every dashboard panel
-    over the block's window is drawn into ``out/dashboards.html`` (k6 must run tagged
+def observed(metrics: str, page: Path, testid: str) -> Iterator[dict[str, str]]:
+    """A throwaway Prometheus (prometheus.yml, job ``chat`` scraping ``metrics``, a
+    ``host:port``) for the block, which yields k6's remote-write environment; afterwards
+    every dashboard panel over the block's window is drawn into ``page`` (k6 must run tagged
     ``testid``). Raises :class:`LabError` when prometheus is not installed."""
     from dashboards.render import render
 
     port = free_port()
     targets = {"chat": [metrics], "stockapi": [], "prometheus": [f"127.0.0.1:{port}"]}
     config = prometheus_config(targets)
-    with run_prometheus(find_prometheus(), config, out / "prometheus", port) as prometheus:
+    with (
+        tempfile.TemporaryDirectory(prefix="roomhub-prometheus-") as data,
+        run_prometheus(find_prometheus(), config, Path(data), port) as prometheus,
+    ):
         start = time.time()
         yield compose_k6_env(prometheus.url)
-        end = time.time()
-        render(prometheus.url, out, start, end, testid)
+        render(prometheus.url, page.parent, start, time.time(), testid, page=page.name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,8 +123,8 @@ def run_scenario(
     the environment sets none (else Go's default). The k6 run is bounded by its planned
     duration plus two minutes. With ``prometheus`` installed (and ``BENCH_DASHBOARDS`` not 0)
     the step has its own Prometheus scraping the server, k6 remote-writes into it (tagged
-    ``testid=<out folder>-<scenario>``) and ``out/dashboards.html`` shows every dashboard
-    panel over the step (bench/lab.py :func:`~bench.lab.observed`).
+    ``testid=<out folder>-<scenario>``) and ``out/<scenario>-dashboards.html`` shows every
+    dashboard panel over the step (bench/lab.py :func:`~bench.lab.observed`).
     """
     script = ROOT / "k6" / "scenarios" / f"{scenario}.js"
     env = {**env, "WS_URL": server.ws_url, "RESULTS_DIR": str(out)}
@@ -135,7 +135,7 @@ def run_scenario(
     testid = f"{out.name}-{scenario}"
     command = [str(K6), "run", "--quiet", "--no-color", "--address", "", *_k6_args(env)]
     with (
-        lab.observed(f"127.0.0.1:{server.port}", out, testid)
+        lab.observed(f"127.0.0.1:{server.port}", out / f"{scenario}-dashboards.html", testid)
         if lab.dashboards_wanted(os.environ)
         else contextlib.nullcontext({}) as remote_write,
         (out / f"{scenario}-k6.log").open("w") as log,

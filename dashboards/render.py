@@ -401,7 +401,7 @@ figcaption{font-size:.85em;max-width:648px}figcaption b{font-size:1.1em}
 details{font-size:.75em;color:#555}code{white-space:pre-wrap}.err{color:#b00}"""
 
 
-def page(dashboards: Sequence[tuple[Mapping, list[Panel]]], heading: str) -> str:
+def html_page(dashboards: Sequence[tuple[Mapping, list[Panel]]], heading: str) -> str:
     """The HTML page: each dashboard, its rows, one picture per panel (PNG data URIs)."""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -441,10 +441,11 @@ def render(
     end: float,
     testid: str | None = None,
     dashboards: Sequence[Path] = DASHBOARDS,
+    page: str = PAGE,
 ) -> list[Panel]:
     """Query and draw every panel of ``dashboards`` over the run from ``start`` to ``end``
-    (epoch seconds) and ``SETTLE_SECONDS`` past it (waiting for that) into
-    ``out/dashboards.html``; the panels with their data, in page order.
+    (epoch seconds) and ``SETTLE_SECONDS`` past it (waiting for that) into ``out/page``
+    (dashboards.html); the panels with their data, in page order.
 
     Raises ``httpx.HTTPError`` when Prometheus cannot be reached.
     """
@@ -457,7 +458,7 @@ def render(
             drawn.append((model, collect(model, prometheus, start, end, testid)))
     heading = f"{testid or 'run'}: {_clock(start)} to {_clock(end)}"
     out.mkdir(parents=True, exist_ok=True)
-    (out / PAGE).write_text(page(drawn, heading))
+    (out / page).write_text(html_page(drawn, heading))
     return [panel for _, found in drawn for panel in found]
 
 

@@ -14,9 +14,9 @@ from dashboards.render import (
     draw,
     expand,
     format_value,
+    html_page,
     interval_values,
     legend,
-    page,
     panels,
     regex_literal,
 )
@@ -105,7 +105,7 @@ def test_a_panel_without_data_still_gets_a_picture() -> None:
 
 def test_the_page_embeds_one_picture_per_panel_and_needs_nothing_else() -> None:
     found = [_panel("timeseries", [_series("x", [1, 2])]), _panel("stat", [_series("y", [3])])]
-    html = page([({"title": "board", "panels": []}, found)], "run")
+    html = html_page([({"title": "board", "panels": []}, found)], "run")
     assert html.count("<img ") == 2
     assert html.count("src='data:image/png;base64,") == 2
     assert not re.search(r"(src|href)=['\"]https?:", html)
