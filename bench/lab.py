@@ -41,7 +41,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -54,7 +53,7 @@ from pathlib import Path
 
 import yaml
 
-from .server import Process, free_port, serve, serve_redis, serve_stockapi, spawn, wait_http_ok
+from .server import Process, free_port, serve, serve_redis, serve_stockapi, spawn
 
 ROOT = Path(__file__).resolve().parents[1]
 K6 = Path(sys.executable).parent / "k6"
@@ -228,25 +227,15 @@ def run_prometheus(binary: str, config: dict, directory: Path, port: int) -> Ite
     directory.mkdir(parents=True, exist_ok=True)
     config_file = directory / "prometheus.yml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    log = directory / "prometheus.log"
     args = [
-        binary,
         f"--config.file={config_file}",
         f"--storage.tsdb.path={directory / 'prometheus-data'}",
         f"--web.listen-address=127.0.0.1:{port}",
         *PROMETHEUS_FLAGS,
     ]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    running = Process(proc, port, log)
-    try:
-        wait_http_ok(f"{running.url}/-/ready", proc=proc)
+    log = directory / "prometheus.log"
+    with spawn(args, port, "/-/ready", log, program=binary) as running:
         yield running
-    except BaseException:
-        running.stop()
-        sys.stderr.write(running.output()[-4000:])
-        raise
-    running.stop()
 
 
 def dashboards_wanted(environ: Mapping[str, str]) -> bool:

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from . import lab
 from .lab import K6, ROOT
@@ -21,6 +22,7 @@ from .server import Process
 GRACE_SECONDS = 120.0
 DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +71,14 @@ def duration_seconds(duration: str) -> float:
     return sum(float(number) * DURATION_UNITS[unit] for number, unit in parts)
 
 
-class GaugeSampler:
+class GaugeSampler(Generic[T]):
     """Polls ``read()`` every ``every`` seconds on a thread while the ``with`` block runs
-    (at most ``limit`` seconds); the values land in ``values``."""
+    (at most ``limit`` seconds); the values land in ``values`` (a read that raises
+    ``OSError`` adds none)."""
 
-    def __init__(self, read: Callable[[], float], limit: float, every: float = 0.5) -> None:
+    def __init__(self, read: Callable[[], T], limit: float, every: float = 0.5) -> None:
         self.read, self.limit, self.every = read, limit, every
-        self.values: list[float] = []
+        self.values: list[T] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-gauge", daemon=True)
 
@@ -86,7 +89,7 @@ class GaugeSampler:
             if self._stop.wait(self.every):
                 return
 
-    def __enter__(self) -> GaugeSampler:
+    def __enter__(self) -> GaugeSampler[T]:
         self._thread.start()
         return self
 

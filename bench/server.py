@@ -109,15 +109,21 @@ class Process:
 
 @contextlib.contextmanager
 def spawn(
-    args: list[str], port: int, health: str, log: Path, env: dict[str, str] | None = None
+    args: list[str],
+    port: int,
+    health: str,
+    log: Path,
+    env: dict[str, str] | None = None,
+    program: str = sys.executable,
 ) -> Iterator[Process]:
-    """Run ``python <args>``, wait until ``health`` answers 200, stop it on exit.
+    """Run ``program <args>`` (default: this Python), wait until ``health`` answers 200, stop
+    it on exit.
 
     On a failure inside the block the last 4000 characters of its output go to stderr.
     """
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, *args],
+            [program, *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

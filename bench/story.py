@@ -30,7 +30,6 @@ import math
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -45,7 +44,7 @@ from dashboards.render import Prometheus
 
 from . import capacity
 from .lab import ROOT, LabSettings, compose_k6_env, k6_command, lab
-from .measure import GRACE_SECONDS, duration_seconds, planned_seconds
+from .measure import GRACE_SECONDS, GaugeSampler, duration_seconds, planned_seconds
 from .procstat import CLOCK_TICKS, usage
 
 STEP_SECONDS = 3
@@ -97,41 +96,25 @@ def machine_cpu_seconds() -> float:
     return (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLOCK_TICKS
 
 
-class CpuSampler:
-    """CPU seconds of ``pids`` and of the whole machine (last) every second on a thread while
-    the ``with`` block runs (at most ``limit`` seconds): ``samples`` holds
-    ``(epoch, [seconds per pid..., machine seconds])``."""
+def cpu_sample(pids: Sequence[int]) -> tuple[float, list[float]]:
+    """``(epoch, [CPU seconds of each pid..., of the whole machine])``; ``OSError`` when a
+    process is gone (or a zombie, whose status has no memory lines)."""
+    try:
+        cpu = [usage(pid).cpu_seconds for pid in pids]
+    except KeyError:
+        raise ProcessLookupError("a zombie") from None
+    return time.time(), [*cpu, machine_cpu_seconds()]
 
-    def __init__(self, pids: Sequence[int], limit: float) -> None:
-        self.pids, self.limit = list(pids), limit
-        self.samples: list[tuple[float, list[float]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="story-cpu", daemon=True)
 
-    def _run(self) -> None:
-        for _ in range(int(self.limit) + 1):
-            try:
-                cpu = [usage(p).cpu_seconds for p in self.pids]
-                self.samples.append((time.time(), [*cpu, machine_cpu_seconds()]))
-            except (FileNotFoundError, KeyError):  # gone, or a zombie without memory
-                return
-            if self._stop.wait(1.0):
-                return
-
-    def __enter__(self) -> CpuSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def share(self, index: int, start: float, end: float) -> float:
-        """CPU seconds per second of process ``index`` between ``start`` and ``end``."""
-        inside = [(t, cpu[index]) for t, cpu in self.samples if start - 1 <= t <= end + 1]
-        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
-            return math.nan
-        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+def share(
+    samples: Sequence[tuple[float, list[float]]], index: int, start: float, end: float
+) -> float:
+    """CPU seconds per second of entry ``index`` of :func:`cpu_sample` between ``start`` and
+    ``end`` (epoch seconds); NaN without two samples there."""
+    inside = [(t, cpu[index]) for t, cpu in samples if start - 1 <= t <= end + 1]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return math.nan
+    return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
 
 
 def _series(prometheus: Prometheus, expr: str, start: float, end: float) -> dict[float, float]:
@@ -161,7 +144,7 @@ def run_mode(mode: str, environ: Mapping[str, str], out: Path) -> list[Point]:
         start = time.time()
         with (out / mode / "k6.log").open("w") as log:
             k6 = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
-            with CpuSampler([server_pid, k6.pid], timeout) as cpu:
+            with GaugeSampler(lambda: cpu_sample([server_pid, k6.pid]), timeout, 1.0) as cpu:
                 try:
                     returncode = k6.wait(timeout)
                 except subprocess.TimeoutExpired:
@@ -184,8 +167,8 @@ def run_mode(mode: str, environ: Mapping[str, str], out: Path) -> list[Point]:
     times = sorted(columns["connections"])
     points = []
     for t, phase in zip(times, phases([columns["connections"][t] for t in times]), strict=True):
-        server = cpu.share(0, t - STEP_SECONDS, t)
-        k6_share = cpu.share(1, t - STEP_SECONDS, t) / cores
+        server = share(cpu.values, 0, t - STEP_SECONDS, t)
+        k6_share = share(cpu.values, 1, t - STEP_SECONDS, t) / cores
         p99 = columns["p99"].get(t, math.nan)
         slow = math.isfinite(p99) and p99 >= THRESHOLDS[0]
         points.append(
@@ -200,7 +183,7 @@ def run_mode(mode: str, environ: Mapping[str, str], out: Path) -> list[Point]:
                 fanout_p99=columns["fanout_p99"].get(t, math.nan),
                 server_cpu=server,
                 k6_cpu=k6_share,
-                machine_cpu=cpu.share(2, t - STEP_SECONDS, t) / cores,
+                machine_cpu=share(cpu.values, 2, t - STEP_SECONDS, t) / cores,
                 limit=capacity.limit(server, k6_share, (server + k6_share * cores) / cores)
                 if slow
                 else "—",
