@@ -27,7 +27,7 @@ Environment (ports: 0 picks a free one):
     LAB_DIR              logs and Prometheus data (default results/lab)
     CHAT_REPLICAS        server processes (default 1); ROOMHUB_HUB_MODE=global keeps one,
                          on the memory broker, as ``make up`` does
-    LAB_PROMETHEUS_URL   (k6-env) the Prometheus to look for (default
+    PROMETHEUS_URL       (k6-env) the Prometheus to look for (default
                          http://127.0.0.1:$LAB_PROMETHEUS_PORT)
 
 Other ``ROOMHUB_*`` variables reach the chat server, as in compose.
@@ -387,7 +387,7 @@ def k6_env(environ: Mapping[str, str]) -> str:
     """``env NAME=value ...`` that turns on k6's remote write into the lab's Prometheus, or
     "" when no Prometheus with the receiver on answers there."""
     port = environ.get("LAB_PROMETHEUS_PORT") or PORTS["LAB_PROMETHEUS_PORT"]
-    url = environ.get("LAB_PROMETHEUS_URL") or f"http://127.0.0.1:{port}"
+    url = environ.get("PROMETHEUS_URL") or f"http://127.0.0.1:{port}"
     if not receives_remote_write(url):
         return ""
     return " ".join(["env", *(f"{k}={v}" for k, v in compose_k6_env(url).items())])
