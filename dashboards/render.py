@@ -434,32 +434,59 @@ def _clock(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Every dashboard's model and panels (with their data) over one run's window."""
+
+    heading: str
+    dashboards: list[tuple[dict, list[Panel]]]
+
+    @property
+    def panels(self) -> list[Panel]:
+        """Every panel, in page order."""
+        return [panel for _, found in self.dashboards for panel in found]
+
+    def write(self, out: Path, page: str = PAGE) -> Path:
+        """Draw the page into ``out/page``; its path."""
+        out.mkdir(parents=True, exist_ok=True)
+        (out / page).write_text(html_page(self.dashboards, self.heading))
+        return out / page
+
+
+def query(
+    prometheus_url: str,
+    start: float,
+    end: float,
+    testid: str | None = None,
+    dashboards: Sequence[Path] = DASHBOARDS,
+) -> Report:
+    """Every panel of ``dashboards`` with its data over the run from ``start`` to ``end``
+    (epoch seconds) and ``SETTLE_SECONDS`` past it (waiting for that).
+
+    Raises ``httpx.HTTPError`` when Prometheus cannot be reached.
+    """
+    end += SETTLE_SECONDS
+    time.sleep(max(0.0, end - time.time()))
+    found = []
+    with Prometheus(prometheus_url) as prometheus:
+        for path in dashboards:
+            model = json.loads(path.read_text())
+            found.append((model, collect(model, prometheus, start, end, testid)))
+    return Report(f"{testid or 'run'}: {_clock(start)} to {_clock(end)}", found)
+
+
 def render(
     prometheus_url: str,
     out: Path,
     start: float,
     end: float,
     testid: str | None = None,
-    dashboards: Sequence[Path] = DASHBOARDS,
     page: str = PAGE,
 ) -> list[Panel]:
-    """Query and draw every panel of ``dashboards`` over the run from ``start`` to ``end``
-    (epoch seconds) and ``SETTLE_SECONDS`` past it (waiting for that) into ``out/page``
-    (dashboards.html); the panels with their data, in page order.
-
-    Raises ``httpx.HTTPError`` when Prometheus cannot be reached.
-    """
-    end += SETTLE_SECONDS
-    time.sleep(max(0.0, end - time.time()))
-    drawn = []
-    with Prometheus(prometheus_url) as prometheus:
-        for path in dashboards:
-            model = json.loads(path.read_text())
-            drawn.append((model, collect(model, prometheus, start, end, testid)))
-    heading = f"{testid or 'run'}: {_clock(start)} to {_clock(end)}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / page).write_text(html_page(drawn, heading))
-    return [panel for _, found in drawn for panel in found]
+    """:func:`query`, then the page drawn into ``out/page``; the panels, in page order."""
+    report = query(prometheus_url, start, end, testid)
+    report.write(out, page)
+    return report.panels
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,13 +18,14 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from bench.lab import ROOT, Lab, LabSettings, compose_k6_env, k6_command, lab
-from dashboards.render import PAGE, Panel, render
+from dashboards.render import PAGE, Panel, query
 from tests.support.processes import require_binary
 
 pytestmark = pytest.mark.k6
@@ -40,6 +41,7 @@ RUNS = {
     "mixed": {"VUS": "30", "DURATION": "12s"},
 }
 K6_TIMEOUT = 90.0
+DRAW_TIMEOUT = 120.0
 # README "Each scenario's signature": without these the bot answers from its cache and the
 # stock-bot scenario's commands never wait for a worker.
 BOT_BACKPRESSURE = {"ROOMHUB_BOT_CACHE_TTL": "0", "ROOMHUB_BOT_WORKERS": "1"}
@@ -51,11 +53,13 @@ NO_SCENARIO_DATA = {
 
 
 @dataclass(frozen=True)
-class Report:
-    """One scenario's results folder and the panels drawn into its dashboards page."""
+class Run:
+    """One scenario's results folder and its panels, drawn into a page there in the
+    background (``drawn``)."""
 
     out: Path
     panels: list[Panel]
+    drawn: Future[Path]
 
     def panel(self, title: str) -> Panel:
         """The one panel called ``title``."""
@@ -63,8 +67,9 @@ class Report:
         return found
 
 
-def run(running: Lab, scenario: str, out: Path) -> Report:
-    """Run one scenario against the lab, then render the dashboards over its window."""
+def run(running: Lab, scenario: str, out: Path, drawing: ThreadPoolExecutor) -> Run:
+    """Run one scenario against the lab and read every panel over its window; the page is
+    drawn on ``drawing``'s thread while the next scenario runs."""
     testid = f"signature-{scenario}-{int(time.time())}"
     out.mkdir()
     variables = {"PROFILE": "smoke", "WS_URL": running.ws_url, "RESULTS_DIR": str(out)}
@@ -82,12 +87,13 @@ def run(running: Lab, scenario: str, out: Path) -> Report:
     # 99: a threshold failed (a loaded machine may); anything else is a broken run.
     assert done.returncode in (0, 99), output[-4000:]
     assert "Failed to send the time series data" not in output, output[-4000:]
-    return Report(out, render(running.prometheus_url, out, start, time.time(), testid))
+    report = query(running.prometheus_url, start, time.time(), testid)
+    return Run(out, report.panels, drawing.submit(report.write, out))
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Report]]:
-    """Every scenario's rendered panels, ``{scenario: panels}``, from one shared lab."""
+def reports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
+    """Every scenario's run, ``{scenario: run}``, from one shared lab."""
     require_binary("prometheus")
     require_binary("redis-server")
     require_binary("k6")
@@ -98,37 +104,39 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Repo
         server_env=BOT_BACKPRESSURE | {"ROOMHUB_LOG_LEVEL": "warning"},
         stockapi_flags=("--latency-ms", "300"),
     )  # fmt: skip
-    with lab(settings) as running:
-        yield {scenario: run(running, scenario, tmp / scenario) for scenario in RUNS}
+    # One drawing thread: matplotlib's pyplot is not thread-safe.
+    with lab(settings) as running, ThreadPoolExecutor(max_workers=1) as drawing:
+        yield {scenario: run(running, scenario, tmp / scenario, drawing) for scenario in RUNS}
 
 
-def test_each_run_writes_one_page_with_every_panel(reports: dict[str, Report]) -> None:
+def test_each_run_writes_one_page_with_every_panel(reports: dict[str, Run]) -> None:
     for report in reports.values():
-        page = (report.out / PAGE).read_text()
-        assert page.count("<img ") == len(report.panels) > 30
+        page = report.drawn.result(timeout=DRAW_TIMEOUT)
+        assert page == report.out / PAGE
+        assert page.read_text().count("<img ") == len(report.panels) > 30
 
 
 def test_storm_connections_reach_the_vus_and_fall_back_to_zero(
-    reports: dict[str, Report],
+    reports: dict[str, Run],
 ) -> None:
     connections = reports["connection-storm"].panel("Server connections").values()
     assert max(connections) >= int(RUNS["connection-storm"]["VUS"])
     assert connections[-1] == 0
 
 
-def test_active_chat_fans_out_and_delivers_events(reports: dict[str, Report]) -> None:
+def test_active_chat_fans_out_and_delivers_events(reports: dict[str, Run]) -> None:
     report = reports["active-chat"]
     assert max(report.panel("Fan-out time p50 / p95 / p99").values()) > 0
     assert max(report.panel("Events delivered/s").values()) > 0
 
 
-def test_stock_bot_has_bot_latency_and_a_bot_queue(reports: dict[str, Report]) -> None:
+def test_stock_bot_has_bot_latency_and_a_bot_queue(reports: dict[str, Run]) -> None:
     report = reports["stock-bot"]
     assert max(report.panel("Bot latency p50 / p95 / p99").values()) > 0
     assert max(report.panel("Bot queue depth").values()) > 0
 
 
-def test_spike_connections_step_up_and_back_down(reports: dict[str, Report]) -> None:
+def test_spike_connections_step_up_and_back_down(reports: dict[str, Run]) -> None:
     connections = reports["spike"].panel("Server connections").values()
     peak = connections.index(max(connections))
     base, top = int(RUNS["spike"]["BASE_VUS"]), int(RUNS["spike"]["PEAK_VUS"])
@@ -137,7 +145,7 @@ def test_spike_connections_step_up_and_back_down(reports: dict[str, Report]) -> 
     assert any(c < top / 2 for c in connections[peak:])  # and down after
 
 
-def test_soak_resident_memory_levels_off(reports: dict[str, Report]) -> None:
+def test_soak_resident_memory_levels_off(reports: dict[str, Run]) -> None:
     memory = reports["soak"].panel("Resident memory")
     assert memory.series
     for series in memory.series:
@@ -147,7 +155,7 @@ def test_soak_resident_memory_levels_off(reports: dict[str, Report]) -> None:
         assert max(second_half) <= 1.1 * second_half[0], (series.legend, values)
 
 
-def test_mixed_has_all_three_roles(reports: dict[str, Report]) -> None:
+def test_mixed_has_all_three_roles(reports: dict[str, Run]) -> None:
     # Every member reads deliveries, whatever its role: one line per role.
     lag = reports["mixed"].panel("Delivery lag (chat_delivery_lag)")
     assert {s.labels["scenario"] for s in lag.series if s.finite()} == {
@@ -157,7 +165,7 @@ def test_mixed_has_all_three_roles(reports: dict[str, Report]) -> None:
     }
 
 
-def test_every_panel_has_data_in_some_scenario(reports: dict[str, Report]) -> None:
+def test_every_panel_has_data_in_some_scenario(reports: dict[str, Run]) -> None:
     titles = [f"{p.dashboard} / {p.title}" for p in next(iter(reports.values())).panels]
     fed = {f"{p.dashboard} / {p.title}" for r in reports.values() for p in r.panels if p.has_data}
     assert sorted(t for t in titles if t not in fed) == sorted(NO_SCENARIO_DATA)
