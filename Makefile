@@ -125,7 +125,7 @@ RESULTS_DIR ?= results
 RUN_ID      := $(shell date +%Y%m%d-%H%M%S)-$(SCENARIO)
 RUN_DIR     := $(RESULTS_DIR)/$(RUN_ID)
 
-.PHONY: k6 k6-all bench soak k6-local k6-compose
+.PHONY: k6 k6-all bench soak k6-local k6-compose lab story
 
 # With the compose stack up (make up), k6 runs in its container and remote-writes to the
 # stack's Prometheus (tagged testid=<date>-<time>-<scenario>); otherwise the local k6 runs.
@@ -139,13 +139,22 @@ k6:
 K6RUN = $(BIN)/python -m bench.k6run $(SCENARIO) --profile $(PROFILE) --ws-url '$(WS_URL)' \
 	--results-dir $(RESULTS_DIR) --run-id $(RUN_ID)
 
+# After the run, every dashboard panel over the run's window: RUN_DIR/dashboards.html
+# (dashboards/render.py; skipped with a note when no Prometheus answers on PROMETHEUS_URL).
+PROMETHEUS_URL ?= http://127.0.0.1:$(or $(LAB_PROMETHEUS_PORT),9090)
+RENDER = test ! -d $(RUN_DIR) || $(BIN)/python -m dashboards.render \
+	--prometheus $(PROMETHEUS_URL) --testid $(RUN_ID) --start $$start --end $$(date +%s) $(RUN_DIR)
+
 k6-compose: $(LAB_STAMP)
 	@test -f k6/scenarios/$(SCENARIO).js || { echo "SCENARIO must be one of: $(SCENARIOS)"; exit 2; }
-	$(K6RUN) --compose '$(COMPOSE)'
+	@start=$$(date +%s); $(K6RUN) --compose '$(COMPOSE)'; status=$$?; $(RENDER); exit $$status
 
+# With `make lab` up (its Prometheus answers with the remote-write receiver on), k6 remote-writes
+# there with compose's k6 environment (bench/lab.py k6-env), tagged testid=<date>-<time>-<scenario>.
 k6-local: $(LAB_STAMP)
 	@test -f k6/scenarios/$(SCENARIO).js || { echo "SCENARIO must be one of: $(SCENARIOS)"; exit 2; }
-	$(K6RUN)
+	@start=$$(date +%s); $$($(BIN)/python -m bench.lab k6-env) $(K6RUN); status=$$?; \
+		$(RENDER); exit $$status
 
 k6-all: $(LAB_STAMP)
 	@status=0; for s in $(SCENARIOS); do \
@@ -203,6 +212,17 @@ test-latest: $(STAMP)
 	if [ $$status = 0 ]; then echo "test-latest: the suite PASSED with these versions"; \
 	else echo "test-latest: the suite FAILED (pytest exit $$status) with these versions"; fi; \
 	exit $$status
+
+# The observability stack without Docker (bench/lab.py): Prometheus (Debian's package) with
+# prometheus/prometheus.yml's jobs on localhost, the chat server (CHAT_REPLICAS=N: N processes
+# on a local redis-server), the stockapi. LAB_*_PORT vars move the ports; Ctrl-C stops it all.
+lab: $(LAB_STAMP)
+	$(BIN)/python -m bench.lab
+
+# The seed's story as one chart (bench/story.py): the connection storm ramped to STORY_VUS
+# (default 1000) in global then sharded mode; writes results/story/story.{png,svg,csv,md}.
+story: $(LAB_STAMP)
+	$(BIN)/python -m bench.story
 
 clean:
 	rm -rf $(VENV) $(LATEST) results .pytest_cache

@@ -132,12 +132,21 @@ class Step:
         """What ran out in a step not sustained: ``server``, ``k6`` or neither (other load)."""
         if self.sustained:
             return "—"
-        if self.server_share >= SATURATED:
-            return "server"
         machine = (self.run.server_cpu + self.run.k6_cpu) / (self.run.seconds * self.cpus)
-        if machine >= SATURATED or self.k6_share >= K6_HEAVY:
-            return "k6"
-        return "neither saturated (other load on the machine?)"
+        return limit(self.server_share, self.k6_share, machine)
+
+
+def limit(server_share: float, k6_share: float, machine_share: float) -> str:
+    """What ran out while the load was not carried: ``server`` when its one thread was busy
+    ``SATURATED`` of the time, else ``k6`` when the cores were (``machine_share``, all
+    processes over all cores) or k6 held ``K6_HEAVY`` of them (``k6_share``), else neither
+    (other load on the machine). Shares are CPU seconds per second (over all cores for k6 and
+    the machine)."""
+    if server_share >= SATURATED:
+        return "server"
+    if machine_share >= SATURATED or k6_share >= K6_HEAVY:
+        return "k6"
+    return "neither saturated (other load on the machine?)"
 
 
 def _pct(share: float) -> str:

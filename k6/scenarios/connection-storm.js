@@ -2,20 +2,21 @@
 // Every join and leave is broadcast to the room, so the storm is also a fan-out storm.
 // A few probe users keep chatting through it and measure chat_rtt; the storm users only read.
 //
-// Env: PROFILE, WS_URL, ROOM, RESULTS_DIR, VUS (storm users), PROBES, PROBE_EVERY_MS.
+// Env: PROFILE, WS_URL, ROOM, RESULTS_DIR, VUS (storm users), PROBES, PROBE_EVERY_MS,
+//      RAMP, HOLD, DOWN (the three stages' durations; make story ramps slower).
 import exec from 'k6/execution';
 import { sessionUntil, scenarioEnd } from '../lib/chat.js';
-import { intEnv, parseDuration, pick, roomFor } from '../lib/config.js';
+import { durationEnv, intEnv, pick, roomFor, seconds } from '../lib/config.js';
 import { seedGuards, thresholds } from '../lib/health.js';
 import { summaryWriter, TREND_STATS } from '../lib/summary.js';
 
 const VUS = intEnv('VUS', pick({ full: 1000, smoke: 95 }));
 const PROBES = intEnv('PROBES', 5);
 const PROBE_EVERY_MS = intEnv('PROBE_EVERY_MS', 1000);
-const RAMP = pick({ full: '10s', smoke: '5s' });
-const HOLD = pick({ full: '30s', smoke: '10s' });
-const DOWN = pick({ full: '10s', smoke: '5s' });
-const TOTAL_MS = parseDuration(RAMP) + parseDuration(HOLD) + parseDuration(DOWN);
+const RAMP_MS = durationEnv('RAMP', pick({ full: '10s', smoke: '5s' }));
+const HOLD_MS = durationEnv('HOLD', pick({ full: '30s', smoke: '10s' }));
+const DOWN_MS = durationEnv('DOWN', pick({ full: '10s', smoke: '5s' }));
+const TOTAL_MS = RAMP_MS + HOLD_MS + DOWN_MS;
 const ROOM = roomFor('storm', 0);
 
 const health = { chat: [{}], upgradeRate: 'rate==1' };
@@ -27,9 +28,9 @@ export const options = {
       exec: 'stormUser',
       startVUs: 0,
       stages: [
-        { duration: RAMP, target: VUS },
-        { duration: HOLD, target: VUS },
-        { duration: DOWN, target: 0 },
+        { duration: seconds(RAMP_MS), target: VUS },
+        { duration: seconds(HOLD_MS), target: VUS },
+        { duration: seconds(DOWN_MS), target: 0 },
       ],
       // A VU removed by the ramp-down closes its connection at once.
       gracefulRampDown: '0s',

@@ -1,0 +1,156 @@
+"""``make lab`` (bench/lab.py): compose's observability stack on localhost, without Docker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.lab import (
+    COMPOSE_YML,
+    PROMETHEUS_YML,
+    ROOT,
+    LabError,
+    compose_k6_env,
+    k6_env,
+    prometheus_config,
+    settings_from_env,
+)
+from tests.support.processes import free_port, require_binary
+
+TARGETS = {"chat": ["127.0.0.1:1"], "stockapi": ["127.0.0.1:2"], "prometheus": ["127.0.0.1:3"]}
+START_TIMEOUT = 60.0
+
+
+def test_prometheus_config_points_every_job_at_the_given_targets() -> None:
+    config = prometheus_config(TARGETS)
+    assert {job["job_name"]: job["static_configs"] for job in config["scrape_configs"]} == {
+        name: [{"targets": targets}] for name, targets in TARGETS.items()
+    }
+    assert not any(key.endswith("_sd_configs") for job in config["scrape_configs"] for key in job)
+
+
+def test_prometheus_config_keeps_the_global_settings_and_the_rules() -> None:
+    original = yaml.safe_load(PROMETHEUS_YML.read_text())
+    config = prometheus_config(TARGETS)
+    assert config["global"] == original["global"]
+    assert config["rule_files"] == [str(ROOT / "prometheus" / "rules" / "*.yml")]
+
+
+def test_prometheus_config_names_a_job_without_a_target() -> None:
+    with pytest.raises(LabError, match="'stockapi'"):
+        prometheus_config({"chat": ["127.0.0.1:1"], "prometheus": ["127.0.0.1:3"]})
+
+
+def test_the_generated_config_passes_promtool(tmp_path: Path) -> None:
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(prometheus_config(TARGETS)))
+    done = subprocess.run(
+        [require_binary("promtool"), "check", "config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 2 rule files found" in done.stdout + done.stderr
+
+
+def test_k6_remote_write_environment_is_compose_k6_services() -> None:
+    service = yaml.safe_load(COMPOSE_YML.read_text())["services"]["k6"]
+    env = compose_k6_env("http://127.0.0.1:9999")
+    assert env.pop("K6_OUT") == "experimental-prometheus-rw"
+    assert env.pop("K6_PROMETHEUS_RW_SERVER_URL") == "http://127.0.0.1:9999/api/v1/write"
+    assert env == {
+        k: v
+        for k, v in service["environment"].items()
+        if k.startswith("K6_PROMETHEUS_RW_") and k != "K6_PROMETHEUS_RW_SERVER_URL"
+    }
+
+
+def test_a_bad_port_variable_is_named() -> None:
+    with pytest.raises(LabError, match="LAB_PROMETHEUS_PORT"):
+        settings_from_env({"LAB_PROMETHEUS_PORT": "90x"})
+
+
+def test_global_hub_mode_runs_one_server_as_make_up_does() -> None:
+    settings = settings_from_env({"ROOMHUB_HUB_MODE": "global", "CHAT_REPLICAS": "3"})
+    assert settings.replicas == 1
+
+
+def test_no_remote_write_without_a_lab() -> None:
+    assert k6_env({"LAB_PROMETHEUS_PORT": str(free_port())}) == ""
+
+
+def test_missing_prometheus_is_named_with_its_debian_package(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.lab"],
+        cwd=ROOT,
+        env={**os.environ, "PATH": str(tmp_path), "LAB_DIR": str(tmp_path / "lab")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "apt-get install prometheus" in done.stderr
+
+
+def _wait_for_line(proc: subprocess.Popen, prefix: str) -> list[str]:
+    """Lines printed until one starts with ``prefix``; AssertionError on exit or timeout."""
+    lines: list[str] = []
+    deadline = time.monotonic() + START_TIMEOUT
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        assert line, f"lab exited: {lines}"
+        lines.append(line)
+        if line.startswith(prefix):
+            return lines
+    raise AssertionError(f"no {prefix!r} line within {START_TIMEOUT} s: {lines}")
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2 :].split()[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def test_lab_comes_up_turns_on_k6_remote_write_and_sigterm_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    require_binary("prometheus")
+    ports = {"LAB_CHAT_PORT": free_port(), "LAB_PROMETHEUS_PORT": free_port()}
+    ports |= {"LAB_STOCKAPI_PORT": free_port()}
+    env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "LAB_DIR": str(tmp_path)}
+    with subprocess.Popen(
+        [sys.executable, "-m", "bench.lab"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        try:
+            printed = "".join(_wait_for_line(proc, "load test"))
+            assert all(f":{port}" in printed for port in ports.values()), printed
+            remote_write = k6_env({"LAB_PROMETHEUS_PORT": str(ports["LAB_PROMETHEUS_PORT"])})
+            assert f"127.0.0.1:{ports['LAB_PROMETHEUS_PORT']}/api/v1/write" in remote_write
+            os.killpg(proc.pid, signal.SIGTERM)
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert _group_members(proc.pid) == []
