@@ -11,7 +11,7 @@ new upgrades get 503, outboxes are flushed for a bounded time and clients are cl
 1001. Then it stops listening, finishes and exits 0.
 
 With ``--workers N`` (N > 1) the process supervises N such servers sharing the port
-(``server.supervisor``).
+(``server.ops.supervisor``).
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from .app import create_app, shutdown_connections
-from .auth import mint_token
-from .config import ConfigError, Settings, add_flags, load_settings, unknown_env_vars
-from .logs import setup_logging
-from .supervisor import Announce, print_line, supervise
+from .ops.config import ConfigError, Settings, add_flags, load_settings, unknown_env_vars
+from .ops.logs import setup_logging
+from .ops.supervisor import Announce, print_line, supervise
+from .web.app import create_app, shutdown_connections
+from .web.auth import mint_token
 
 log = logging.getLogger("roomhub")
 

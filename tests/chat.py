@@ -15,7 +15,7 @@ import websockets.asyncio.client as websockets_client
 from prometheus_client import REGISTRY
 from websockets.exceptions import ConnectionClosed
 
-from server.config import Settings
+from server.ops.config import Settings
 
 HUB_MODES = ["sharded", "global"]
 

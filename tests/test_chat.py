@@ -14,13 +14,13 @@ from aiohttp.test_utils import TestClient
 from websockets.frames import Close, Opcode
 from websockets.protocol import Protocol, Side
 
-from server.broker.memory import MemoryBroker
-from server.hub import RoomHub, message_interval, presence_interval
-from server.keys import hubs_key, state_key
-from server.protocol import CloseReason
-from server.room import Join, Room
+from server.rooms.broker.memory import MemoryBroker
+from server.rooms.hub import RoomHub, message_interval, presence_interval
+from server.rooms.room import Join, Room
 from server.stockapi import create_app as create_stockapi
-from server.views import LISTED_ROOMS
+from server.web.keys import hubs_key, state_key
+from server.web.views import LISTED_ROOMS
+from server.wire.protocol import CloseReason
 from tests.chat import (
     HUB_MODES,
     UPGRADE_HEADERS,

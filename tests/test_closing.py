@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-import server.connection
-import server.views
-from server.keys import state_key
-from server.protocol import CloseReason
+import server.transport.connection
+import server.web.views
+from server.web.keys import state_key
+from server.wire.protocol import CloseReason
 from tests.chat import CLIENTS, Peer, settings, wait_until
 
 
@@ -81,14 +81,14 @@ async def test_internal_error_close_1011_arrives_after_the_events_before_it_and_
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    parse = server.views.parse_stock_command
+    parse = server.web.views.parse_stock_command
 
     def failing(text: str) -> str | None:
         if text == "boom":
             raise RuntimeError("injected fault")
         return parse(text)
 
-    monkeypatch.setattr(server.views, "parse_stock_command", failing)
+    monkeypatch.setattr(server.web.views, "parse_stock_command", failing)
     test_server = await make_server(rate_limit=10000, rate_burst=10000)
     peer = await peers(kind, test_server, "r", "err")
     await echoed(peer, "before")
@@ -117,7 +117,7 @@ async def test_writer_failure_closes_that_client_with_1011_and_is_logged_once(
     def failing(*args: Any) -> list[bytes]:
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr(server.connection, "take_batch", failing)
+    monkeypatch.setattr(server.transport.connection, "take_batch", failing)
     with caplog.at_level(logging.ERROR, logger="roomhub.connection"):
         conn.outbox = deque([b'{"type":"error","code":"x","detail":"queued"}'])
         conn.deliver(b"{}", [b"{}"])  # the outbox is not empty: starts the writer task

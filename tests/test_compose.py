@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from bench.server import PYTHONMALLOC
-from server.config import Settings, env_name
+from server.ops.config import Settings, env_name
 from tests.support.processes import require_binary
 from tests.support.promql import ROOT
 

@@ -11,10 +11,10 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, make_mocked_request
 
-from server.app import create_app
-from server.handshake import CHECKS, Check, query_params
-from server.keys import broker_key, state_key
-from server.metrics import REJECT_REASONS
+from server.ops.metrics import REJECT_REASONS
+from server.web.app import create_app
+from server.web.handshake import CHECKS, Check, query_params
+from server.web.keys import broker_key, state_key
 from tests.chat import UPGRADE_HEADERS, WAIT, Client, sample, settings
 from tests.support.docs import code, table
 

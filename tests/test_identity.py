@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server.room import ONLINE_LIMIT, SUFFIX_LIMIT, Join, Room
+from server.rooms.room import ONLINE_LIMIT, SUFFIX_LIMIT, Join, Room
 from tests.chat import HUB_MODES, Client
 from tests.support.promql import ROOT
 
@@ -94,7 +94,9 @@ async def test_welcome_lists_the_members_online_in_join_order(
 async def test_welcome_lists_at_most_the_first_online_limit_names(
     make_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("server.room.ONLINE_LIMIT", 3)  # the test client opens at most 100 sockets
+    monkeypatch.setattr(
+        "server.rooms.room.ONLINE_LIMIT", 3
+    )  # the test client opens at most 100 sockets
     server = await make_server()
     for n in range(3):
         await welcomed(server, "big", f"u{n}")

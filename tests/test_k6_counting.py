@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from server.protocol import ChatMessage, batch, message_event, presence_event, welcome_event
+from server.wire.protocol import ChatMessage, batch, message_event, presence_event, welcome_event
 from tests.support.k6 import CHECKS, K6Run, run_k6
 
 pytestmark = pytest.mark.k6

@@ -1,5 +1,5 @@
-"""The take-over of an accepted upgrade from aiohttp (server/upgrade.py), checked against the
-installed aiohttp: the 101 is right, the socket's bytes reach roomhub's protocol (the early
+"""The take-over of an accepted upgrade from aiohttp (server/transport/upgrade.py), checked against
+the installed aiohttp: the 101 is right, the socket's bytes reach roomhub's protocol (the early
 ones too), nothing else is written, and aiohttp keeps nothing of the connection. Then the
 flow control a connection's writes rely on: asyncio's pause and resume of writing."""
 
@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from server.app import create_app
-from server.connection import Connection
-from server.keys import state_key
-from server.upgrade import accept_key, take_over
+from server.transport.connection import Connection
+from server.transport.upgrade import accept_key, take_over
+from server.web.app import create_app
+from server.web.keys import state_key
 from tests.chat import UPGRADE_HEADERS, WAIT, settings, upgrade_request
 
 RFC_KEY, RFC_ACCEPT = "dGhlIHNhbXBsZSBub25jZQ==", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections import deque
 from itertools import islice
 
-from .. import metrics
+from ...ops import metrics
+from ...wire.protocol import ChatMessage, message_event, presence_event
 from .. import room as room_state
-from ..protocol import ChatMessage, message_event, presence_event
 from ..room import free_name, name_key, new_epoch
 from . import Event, Sink, Welcome
 

@@ -17,17 +17,17 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from . import metrics
-from .auth import Identity, TokenError, TokenVerifier
-from .keys import broker_key, hubs_key, settings_key, state_key, verifier_key
-from .origin import origin_allowed, request_origin
-from .protocol import (
+from ..ops import metrics
+from ..wire.origin import origin_allowed, request_origin
+from ..wire.protocol import (
     ProtocolError,
     validate_epoch,
     validate_room,
     validate_since,
     validate_user,
 )
+from .auth import Identity, TokenError, TokenVerifier
+from .keys import broker_key, hubs_key, settings_key, state_key, verifier_key
 
 log = logging.getLogger("roomhub.handshake")
 

@@ -27,7 +27,9 @@ import logging
 import time
 from collections import deque
 
-from . import metrics
+from ..ops import metrics
+from ..transport.connection import Connection
+from ..wire.protocol import CloseReason, batch, error_event, take_batch, text_frame, welcome_event
 from .broker import (
     Broker,
     BrokerUnavailable,
@@ -37,8 +39,6 @@ from .broker import (
     Welcome,
     encoded_history_seq,
 )
-from .connection import Connection
-from .protocol import CloseReason, batch, error_event, take_batch, text_frame, welcome_event
 from .room import BotEvent, HubItem, Join, Leave, Say
 
 log = logging.getLogger("roomhub.hub")

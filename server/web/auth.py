@@ -22,8 +22,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from .config import ConfigError, Settings
-from .protocol import ProtocolError, validate_room, validate_user
+from ..ops.config import ConfigError, Settings
+from ..wire.protocol import ProtocolError, validate_room, validate_user
 
 MIN_SECRET_BYTES = 32
 """Shortest HS256 secret accepted (RFC 7518 section 3.2: a key of at least the hash size)."""

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..protocol import ChatMessage
+from ...wire.protocol import ChatMessage
 
 
 @dataclass(frozen=True, slots=True)

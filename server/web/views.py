@@ -12,15 +12,14 @@ import aiohttp_jinja2
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from . import metrics
-from .auth import Identity
-from .bot.commands import CommandError, parse_stock_command
-from .bot.stockbot import BotReply
-from .broker import BrokerUnavailable
-from .connection import Connection
-from .handshake import Handshake, refusal
-from .keys import bot_key, broker_key, hubs_key, settings_key, state_key
-from .protocol import (
+from ..bot.commands import CommandError, parse_stock_command
+from ..bot.stockbot import BotReply
+from ..ops import metrics
+from ..rooms.broker import BrokerUnavailable
+from ..rooms.room import BotEvent, Join, Leave, Say
+from ..transport.connection import Connection
+from ..transport.upgrade import take_over
+from ..wire.protocol import (
     CloseReason,
     ProtocolError,
     bot_event,
@@ -29,8 +28,9 @@ from .protocol import (
     parse_frame,
     validate_room,
 )
-from .room import BotEvent, Join, Leave, Say
-from .upgrade import take_over
+from .auth import Identity
+from .handshake import Handshake, refusal
+from .keys import bot_key, broker_key, hubs_key, settings_key, state_key
 
 log = logging.getLogger("roomhub.views")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from yarl import URL
 
-from .origin import parse_origin
+from ..wire.origin import parse_origin
 
 HUB_MODES = ("sharded", "global")
 QUOTE_PROVIDERS = ("stooq", "url", "sim")

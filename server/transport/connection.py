@@ -34,9 +34,9 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import OPEN, Side
 from websockets.protocol import Protocol as Frames
 
-from . import metrics
-from .config import Settings
-from .protocol import PING_FRAME, CloseReason, batch, take_batch, text_frame
+from ..ops import metrics
+from ..ops.config import Settings
+from ..wire.protocol import PING_FRAME, CloseReason, batch, take_batch, text_frame
 
 log = logging.getLogger("roomhub.connection")
 

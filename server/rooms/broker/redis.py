@@ -59,9 +59,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
-from .. import metrics
+from ...ops import metrics
+from ...wire.protocol import ChatMessage, message_event, presence_event
 from .. import room as room_state
-from ..protocol import ChatMessage, message_event, presence_event
 from ..room import SUFFIX_LIMIT, name_key, new_epoch, suffixed
 from . import MESSAGE_PREFIX, BrokerUnavailable, Event, Refused, Sink, Welcome
 

@@ -19,8 +19,8 @@ from collections.abc import Container
 from dataclasses import dataclass
 from itertools import islice
 
-from .connection import Connection
-from .protocol import MAX_USER, ChatMessage, message_event, presence_event, welcome_event
+from ..transport.connection import Connection
+from ..wire.protocol import MAX_USER, ChatMessage, message_event, presence_event, welcome_event
 
 SUFFIX_LIMIT = 100
 """Highest numbered suffix tried for a taken name before a random one (see free_name)."""

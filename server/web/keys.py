@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 import httpx
 from aiohttp import web
 
+from ..bot.stockbot import StockBot
+from ..ops.config import Settings
+from ..rooms.baseline import GlobalHub
+from ..rooms.broker import Broker
+from ..rooms.hub import ShardedHubs
+from ..transport.connection import Connection
 from .auth import TokenVerifier
-from .bot.stockbot import StockBot
-from .broker import Broker
-from .config import Settings
-from .connection import Connection
-from .globalhub import GlobalHub
-from .hub import ShardedHubs
 
 
 @dataclass(slots=True)

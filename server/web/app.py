@@ -14,16 +14,17 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from aiohttp_remotes import XForwardedStrict
 
-from . import heap, metrics
+from ..bot.providers import make_provider
+from ..bot.stockbot import StockBot
+from ..ops import heap, metrics
+from ..ops.config import Settings
+from ..rooms.baseline import GlobalHub
+from ..rooms.broker.memory import MemoryBroker
+from ..rooms.broker.redis import RedisBroker
+from ..rooms.hub import ShardedHubs
+from ..wire.protocol import CloseReason
 from .auth import TokenVerifier
-from .bot.providers import make_provider
-from .bot.stockbot import StockBot
-from .broker.memory import MemoryBroker
-from .broker.redis import RedisBroker
-from .config import Settings
 from .errorpages import error_pages
-from .globalhub import GlobalHub
-from .hub import ShardedHubs
 from .keys import (
     ServerState,
     bot_key,
@@ -34,7 +35,6 @@ from .keys import (
     state_key,
     verifier_key,
 )
-from .protocol import CloseReason
 from .views import VERSION, setup_routes
 
 log = logging.getLogger("roomhub.app")
@@ -252,7 +252,9 @@ def create_app(settings: Settings) -> web.Application:
     if settings.auth == "token":
         app[verifier_key] = TokenVerifier(settings)
     metrics.BUILD_INFO.labels(VERSION, settings.hub_mode).set(1)
-    aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("server", "templates"), autoescape=True)
+    aiohttp_jinja2.setup(
+        app, loader=jinja2.PackageLoader("server.web", "templates"), autoescape=True
+    )
     setup_routes(app)
     app.cleanup_ctx.extend(
         [

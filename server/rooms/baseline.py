@@ -12,9 +12,9 @@ import asyncio
 import logging
 import time
 
-from . import metrics
-from .connection import Connection
-from .protocol import CloseReason, text_frame
+from ..ops import metrics
+from ..transport.connection import Connection
+from ..wire.protocol import CloseReason, text_frame
 from .room import BotEvent, HubItem, Join, Leave, Room, Say
 
 log = logging.getLogger("roomhub.hub")

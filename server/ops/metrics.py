@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
+from ..wire.protocol import CloseReason
 from . import heap
-from .protocol import CloseReason
 
 disable_created_metrics()
 
