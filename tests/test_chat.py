@@ -14,9 +14,10 @@ from aiohttp.test_utils import TestClient
 from websockets.frames import Close, Opcode
 from websockets.protocol import Protocol, Side
 
+from server.rooms.baseline import Room
 from server.rooms.broker.memory import MemoryBroker
 from server.rooms.hub import RoomHub, message_interval, presence_interval
-from server.rooms.room import Join, Room
+from server.rooms.items import Join
 from server.stockapi import create_app as create_stockapi
 from server.web.keys import hubs_key, state_key
 from server.web.views import LISTED_ROOMS

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server.rooms.room import ONLINE_LIMIT, SUFFIX_LIMIT, Join, Room
+from server.rooms.baseline import Room
+from server.rooms.items import Join
+from server.rooms.names import ONLINE_LIMIT, SUFFIX_LIMIT
 from tests.chat import HUB_MODES, Client
 from tests.support.promql import ROOT
 
@@ -95,7 +97,7 @@ async def test_welcome_lists_at_most_the_first_online_limit_names(
     make_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
-        "server.rooms.room.ONLINE_LIMIT", 3
+        "server.rooms.names.ONLINE_LIMIT", 3
     )  # the test client opens at most 100 sockets
     server = await make_server()
     for n in range(3):

@@ -1,7 +1,7 @@
 """Sharded hubs: one :class:`RoomHub` task per room, the design roomhub serves with.
 
 A room's epoch, order, history and member count belong to the instance's broker
-(:mod:`server.broker`: in this process, or Redis shared by every instance). The hub asks it to
+(:mod:`server.rooms.broker`: in this process, or Redis shared by every instance). The hub asks it to
 join, leave, say or publish, and fans out only what the broker hands back, in the broker's
 order, so each member on any instance gets each event once. Each wake-up drains every waiting
 inbox item and hands each member the whole batch of events as one frame, never awaiting a
@@ -12,10 +12,10 @@ Joins and leaves alone may wait longer in a big room (a join storm would otherwi
 frame per join per member), and leave with the next message at the latest. A room empty for
 ``room_grace`` seconds is reaped, and its broker subscription dropped.
 
-Connections post :data:`~server.room.HubItem` values with ``post(room, item)``. A hub that
+Connections post :data:`~server.rooms.items.HubItem` values with ``post(room, item)``. A hub that
 raises closes every member and every connection whose join was still queued with 1011;
 the room starts afresh (a new epoch) on the next join. The single-hub baseline is
-:mod:`server.globalhub`.
+:mod:`server.rooms.baseline`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from .broker import (
     Welcome,
     encoded_history_seq,
 )
-from .room import BotEvent, HubItem, Join, Leave, Say
+from .items import BotEvent, HubItem, Join, Leave, Say
 
 log = logging.getLogger("roomhub.hub")
 
@@ -359,7 +359,7 @@ class ShardedHubs:
 
     def post(self, room: str, item: HubItem) -> bool:
         """Queue ``item`` for ``room``'s hub; return whether a hub took it. Only a
-        :class:`~server.room.Join` starts a hub that is not running."""
+        :class:`~server.rooms.items.Join` starts a hub that is not running."""
         hub = self._hubs.get(room)
         if hub is None:
             if not isinstance(item, Join):

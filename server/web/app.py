@@ -22,6 +22,7 @@ from ..rooms.baseline import GlobalHub
 from ..rooms.broker.memory import MemoryBroker
 from ..rooms.broker.redis import RedisBroker
 from ..rooms.hub import ShardedHubs
+from ..rooms.items import Hubs
 from ..wire.protocol import CloseReason
 from .auth import TokenVerifier
 from .errorpages import error_pages
@@ -100,7 +101,7 @@ async def broker_context(app: web.Application) -> AsyncIterator[None]:
 
 async def hubs_context(app: web.Application) -> AsyncIterator[None]:
     settings, state, broker = app[settings_key], app[state_key], app[broker_key]
-    hubs: ShardedHubs | GlobalHub
+    hubs: Hubs
     if settings.hub_mode == "global":
         hubs = GlobalHub(settings.history_size, settings.max_rooms)
     else:

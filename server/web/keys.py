@@ -10,9 +10,8 @@ from aiohttp import web
 
 from ..bot.stockbot import StockBot
 from ..ops.config import Settings
-from ..rooms.baseline import GlobalHub
 from ..rooms.broker import Broker
-from ..rooms.hub import ShardedHubs
+from ..rooms.items import Hubs
 from ..transport.connection import Connection
 from .auth import TokenVerifier
 
@@ -32,7 +31,7 @@ class ServerState:
 
 settings_key = web.AppKey("settings_key", Settings)
 state_key = web.AppKey("state_key", ServerState)
-hubs_key = web.AppKey("hubs_key", ShardedHubs | GlobalHub)
+hubs_key = web.AppKey("hubs_key", Hubs)
 http_client_key = web.AppKey("http_client_key", httpx.AsyncClient)
 bot_key = web.AppKey("bot_key", StockBot)
 broker_key = web.AppKey("broker_key", Broker)

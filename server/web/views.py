@@ -16,7 +16,7 @@ from ..bot.commands import CommandError, parse_stock_command
 from ..bot.stockbot import BotReply
 from ..ops import metrics
 from ..rooms.broker import BrokerUnavailable
-from ..rooms.room import BotEvent, Join, Leave, Say
+from ..rooms.items import BotEvent, Join, Leave, Say
 from ..transport.connection import Connection
 from ..transport.upgrade import take_over
 from ..wire.protocol import (
