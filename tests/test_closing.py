@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+import server.rooms.dispatch
 import server.transport.connection
-import server.web.views
-from server.web.keys import state_key
+from server.web.keys import registry_key
 from server.wire.protocol import CloseReason
 from tests.chat import CLIENTS, Peer, settings, wait_until
 
@@ -81,14 +81,14 @@ async def test_internal_error_close_1011_arrives_after_the_events_before_it_and_
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    parse = server.web.views.parse_stock_command
+    parse = server.rooms.dispatch.parse_stock_command
 
     def failing(text: str) -> str | None:
         if text == "boom":
             raise RuntimeError("injected fault")
         return parse(text)
 
-    monkeypatch.setattr(server.web.views, "parse_stock_command", failing)
+    monkeypatch.setattr(server.rooms.dispatch, "parse_stock_command", failing)
     test_server = await make_server(rate_limit=10000, rate_burst=10000)
     peer = await peers(kind, test_server, "r", "err")
     await echoed(peer, "before")
@@ -109,10 +109,10 @@ async def test_writer_failure_closes_that_client_with_1011_and_is_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     test_server = await make_server()
-    state = test_server.app[state_key]
+    registry = test_server.app[registry_key]
     peer = await peers(kind, test_server, "r", "w")
     await echoed(peer, "before")
-    (conn,) = state.connections
+    (conn,) = registry.connections
 
     def failing(*args: Any) -> list[bytes]:
         raise RuntimeError("injected fault")
@@ -133,13 +133,13 @@ async def test_slow_consumer_close_1013_follows_what_was_written_before_it(
     make_server: Any, peers: Any, kind: str
 ) -> None:
     test_server = await make_server(outbox_limit=20, rate_limit=10000, rate_burst=10000)
-    state = test_server.app[state_key]
+    registry = test_server.app[registry_key]
     ann = await peers("aiohttp", test_server, "r", "ann")
     await ann.wait_for(lambda e: e["type"] == "welcome")
     slow = await peers(kind, test_server, "r", "slow", read=False)
-    await wait_until(lambda: len(state.connections) == 2)
+    await wait_until(lambda: len(registry.connections) == 2)
     sent = 0
-    while not any(c.close_reason is CloseReason.SLOW_CONSUMER for c in state.connections):
+    while not any(c.close_reason is CloseReason.SLOW_CONSUMER for c in registry.connections):
         assert sent < 5000, "the client that reads nothing was never closed as slow"
         await ann.send("x" * 1900, id=str(sent))
         sent += 1
@@ -159,7 +159,7 @@ async def test_a_client_that_fell_behind_catches_up_in_frames_within_the_cap(
 ) -> None:
     test_server = await make_server(outbox_limit=100000, rate_limit=10000, rate_burst=10000)
     cap = settings().max_frame_size
-    state = test_server.app[state_key]
+    registry = test_server.app[registry_key]
     slow = await peers(kind, test_server, "busy", "slow", read=False)
     talkers = [await peers("aiohttp", test_server, "busy", f"t{i}") for i in range(10)]
     await talkers[-1].wait_for(lambda e: e["type"] == "welcome")
@@ -168,7 +168,7 @@ async def test_a_client_that_fell_behind_catches_up_in_frames_within_the_cap(
         for i, talker in enumerate(talkers):
             await talker.send("\u00e9" * 2000, id=f"{k}-{i}")
         await talkers[0].wait_for(lambda e, last=f"{k}-9": e.get("id") == last)
-    assert max(len(c.outbox or ()) for c in state.connections) > 0, "nobody fell behind"
+    assert max(len(c.outbox or ()) for c in registry.connections) > 0, "nobody fell behind"
     slow.start_reading()
     await slow.wait_for(lambda e: e.get("id") == f"{rounds - 1}-9")
     ids = [e["id"] for e in slow.of("message")]
@@ -213,12 +213,12 @@ async def test_heartbeat_close_1011_reaches_a_stalled_client_once_it_reads_again
     make_server: Any, peers: Any
 ) -> None:
     test_server = await make_server(heartbeat=0.2)
-    state = test_server.app[state_key]
+    registry = test_server.app[registry_key]
     peer = await peers("websockets", test_server, "r", "stalled")
     await echoed(peer, "before")
     peer.stall()
     await wait_until(
-        lambda: any(c.close_reason is CloseReason.HEARTBEAT_TIMEOUT for c in state.connections)
+        lambda: any(c.close_reason is CloseReason.HEARTBEAT_TIMEOUT for c in registry.connections)
     )
     peer.stall(False)
     assert await peer.closed() == (1011, "heartbeat timeout")

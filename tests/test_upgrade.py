@@ -16,7 +16,7 @@ from aiohttp import web
 from server.transport.connection import Connection
 from server.transport.upgrade import accept_key, take_over
 from server.web.app import create_app
-from server.web.keys import state_key
+from server.web.keys import registry_key
 from tests.chat import UPGRADE_HEADERS, WAIT, settings, upgrade_request
 
 RFC_KEY, RFC_ACCEPT = "dGhlIHNhbXBsZSBub25jZQ==", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
@@ -89,7 +89,7 @@ async def test_the_socket_moves_to_the_new_protocol_with_the_bytes_sent_early(
 async def stalled_connection(aiohttp_client: Any) -> tuple[Connection, socket.socket]:
     """A roomhub connection whose client (a 4 KiB receive buffer) does not read."""
     client = await aiohttp_client(create_app(settings()))
-    state = client.server.app[state_key]
+    registry = client.server.app[registry_key]
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
@@ -97,9 +97,9 @@ async def stalled_connection(aiohttp_client: Any) -> tuple[Connection, socket.so
     await loop.sock_connect(sock, (client.host, client.port))
     await loop.sock_sendall(sock, upgrade_request("r", "u"))
     async with asyncio.timeout(WAIT):
-        while not state.connections:
+        while not registry.connections:
             await asyncio.sleep(0.01)
-    (conn,) = state.connections
+    (conn,) = registry.connections
     return conn, sock
 
 

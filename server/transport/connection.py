@@ -1,12 +1,12 @@
 """One client connection after the upgrade: its socket, frames in, events out, the closing
 handshake and the rate limiter.
 
-A :class:`Connection` is the asyncio protocol of its socket (:func:`server.upgrade.take_over`
-hands it over from aiohttp), so an idle connection costs no task. Frames are read with the
+A :class:`Connection` is the asyncio protocol of its socket (:func:`.upgrade.take_over` hands
+it over from aiohttp), so an idle connection costs no task. Frames are read with the
 Sans-I/O ``Protocol`` of the ``websockets`` library (RFC 6455 framing, masking, fragments,
 control frames, the closing handshake; its guide:
 https://websockets.readthedocs.io/en/stable/howto/sansio.html): it answers pings and a
-client's close frame itself. Each whole message goes to the app's :class:`Chat` as it arrives.
+client's close frame itself. Each whole message goes to the app's :class:`Dispatcher` as it arrives.
 
 Hubs hand events to :meth:`Connection.deliver`, which never awaits. When nothing is queued
 and the socket is not backed up, the frame is written at once (the fast path). Otherwise the
@@ -54,8 +54,9 @@ the two is read whole and refused with a proper close handshake; one beyond is c
 once with 1009."""
 
 
-class Chat(Protocol):
-    """What the app does with a connection's messages and its end (``server.views.Chat``)."""
+class Dispatcher(Protocol):
+    """What a connection hands its messages and its end to (the app's
+    :class:`~server.rooms.dispatch.RoomDispatcher`)."""
 
     settings: Settings
 
@@ -91,9 +92,9 @@ class Connection(asyncio.Protocol):
         "_transport",
         "_updated",
         "_writer",
-        "chat",
         "close_reason",
         "closing",
+        "dispatcher",
         "expiry",
         "outbox",
         "quiet_sweeps",
@@ -101,9 +102,9 @@ class Connection(asyncio.Protocol):
         "user",
     )
 
-    def __init__(self, chat: Chat, *, room: str, user: str) -> None:
-        settings = chat.settings
-        self.chat = chat
+    def __init__(self, dispatcher: Dispatcher, *, room: str, user: str) -> None:
+        settings = dispatcher.settings
+        self.dispatcher = dispatcher
         self.room = room
         self.user = user
         self._frames = Frames(
@@ -168,7 +169,7 @@ class Connection(asyncio.Protocol):
                 timer.cancel()
         self._wake_writers()
         reason, code = self._end()
-        self.chat.on_end(self, reason, code)
+        self.dispatcher.on_end(self, reason, code)
 
     def _end(self) -> tuple[CloseReason, int | None]:
         """Why the connection ended, and the close code sent (or the client's, or None)."""
@@ -200,15 +201,15 @@ class Connection(asyncio.Protocol):
                 self._fragments = None
                 self._on_message(opcode, b"".join(parts))
         elif opcode is Opcode.PING and not self.closing:
-            self.chat.on_ping(self)
+            self.dispatcher.on_ping(self)
 
     def _on_message(self, opcode: Opcode, data: bytes) -> None:
         if self.closing:
             return
-        if len(data) > self.chat.settings.max_msg_size:
+        if len(data) > self.dispatcher.settings.max_msg_size:
             self.close(CloseReason.TOO_BIG)
         elif opcode is Opcode.BINARY:
-            self.chat.on_message(self, None)
+            self.dispatcher.on_message(self, None)
         else:
             try:
                 text = data.decode()
@@ -217,11 +218,11 @@ class Connection(asyncio.Protocol):
                 self._frames.fail(1007, f"{exc.reason} at position {exc.start}")
                 self.closing = True
                 return
-            self.chat.on_message(self, text)
+            self.dispatcher.on_message(self, text)
 
     def allow(self) -> bool:
         """Token bucket: ``rate`` frames per second, bursts up to ``burst``."""
-        settings = self.chat.settings
+        settings = self.dispatcher.settings
         now = time.monotonic()
         self._tokens = min(
             settings.rate_burst, self._tokens + (now - self._updated) * settings.rate_limit
@@ -243,7 +244,7 @@ class Connection(asyncio.Protocol):
 
     def deliver(self, wire: bytes, events: list[bytes]) -> int:
         """Hand ``events`` to this client without waiting; ``wire`` is them as one text frame
-        (header and payload, :func:`~server.protocol.text_frame`), written as is when nothing
+        (header and payload, :func:`~server.wire.protocol.text_frame`), written as is when nothing
         waits, so a fan-out builds it once for all recipients.
 
         Returns the number of frames written now (0 or 1); queued events are written later
@@ -257,7 +258,7 @@ class Connection(asyncio.Protocol):
         if self.outbox is None:
             self.outbox = deque()
         self.outbox.extend(events)
-        if len(self.outbox) > self.chat.settings.outbox_limit:
+        if len(self.outbox) > self.dispatcher.settings.outbox_limit:
             log.warning("slow_consumer", extra={"fields": {"room": self.room, "user": self.user}})
             self.close(CloseReason.SLOW_CONSUMER)
         elif self._writer is None:
@@ -296,7 +297,7 @@ class Connection(asyncio.Protocol):
         A connection that is lost ends it quietly; any other exception closes the client with
         1011 and is logged once.
         """
-        max_frame_size = self.chat.settings.max_frame_size
+        max_frame_size = self.dispatcher.settings.max_frame_size
         try:
             while self.outbox and not self._lost:
                 if self._paused:
@@ -384,7 +385,7 @@ class Connection(asyncio.Protocol):
         if self._close_timer is None and not self._lost:
             loop = asyncio.get_running_loop()
             self._close_timer = loop.call_later(
-                self.chat.settings.close_timeout, self._close_timed_out
+                self.dispatcher.settings.close_timeout, self._close_timed_out
             )
 
     def _close_timed_out(self) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp_jinja2
 from aiohttp import web
 
-from .views import VERSION
+from ..ops.version import VERSION
 
 TITLES = {400: "Bad request", 404: "Page not found"}
 """The statuses that get a page, and its heading."""
