@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 import server.rooms.dispatch
-import server.transport.connection
+import server.transport.outbox
 from server.web.keys import registry_key
 from server.wire.protocol import CloseReason
 from tests.chat import CLIENTS, Peer, settings, wait_until
@@ -117,9 +117,9 @@ async def test_writer_failure_closes_that_client_with_1011_and_is_logged_once(
     def failing(*args: Any) -> list[bytes]:
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr(server.transport.connection, "take_batch", failing)
+    monkeypatch.setattr(server.transport.outbox, "take_batch", failing)
     with caplog.at_level(logging.ERROR, logger="roomhub.connection"):
-        conn.outbox = deque([b'{"type":"error","code":"x","detail":"queued"}'])
+        conn.outbox.events = deque([b'{"type":"error","code":"x","detail":"queued"}'])
         conn.deliver(b"{}", [b"{}"])  # the outbox is not empty: starts the writer task
         await peer.flood()
         assert await peer.closed() == (1011, "internal error")
@@ -168,7 +168,7 @@ async def test_a_client_that_fell_behind_catches_up_in_frames_within_the_cap(
         for i, talker in enumerate(talkers):
             await talker.send("\u00e9" * 2000, id=f"{k}-{i}")
         await talkers[0].wait_for(lambda e, last=f"{k}-9": e.get("id") == last)
-    assert max(len(c.outbox or ()) for c in registry.connections) > 0, "nobody fell behind"
+    assert max(len(c.outbox) for c in registry.connections) > 0, "nobody fell behind"
     slow.start_reading()
     await slow.wait_for(lambda e: e.get("id") == f"{rounds - 1}-9")
     ids = [e["id"] for e in slow.of("message")]

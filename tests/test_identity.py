@@ -22,6 +22,9 @@ class Member:
 
     user: str
 
+    def rename(self, user: str) -> None:
+        self.user = user
+
 
 async def welcomed(server: TestClient, room: str, user: str) -> tuple[Client, dict[str, Any]]:
     ws = await server.ws_connect("/ws", params={"room": room, "user": user})

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from server.rooms.baseline import send
 from server.transport.connection import Connection
 from server.transport.upgrade import accept_key, take_over
 from server.web.app import create_app
@@ -107,7 +108,7 @@ async def fill(conn: Connection) -> asyncio.Task[None]:
     """Send 60 KB frames until one send has to wait; that send."""
     chunk = b"\x81\x7e\xea\x60" + b"x" * 60_000
     while True:
-        task = asyncio.create_task(conn.send(chunk))
+        task = asyncio.create_task(send(conn, chunk))
         await asyncio.sleep(0)
         if not task.done():
             return task

@@ -56,7 +56,7 @@ class Room:
         ``item.epoch`` names another epoch than this room's.
         """
         conn = item.conn
-        conn.user = free_name(conn.user, self.names)
+        conn.rename(free_name(conn.user, self.names))
         self.members[conn] = None
         self.names[name_key(conn.user)] = conn
         reset = item.epoch is not None and item.epoch != self.epoch
@@ -82,6 +82,15 @@ class Room:
         event = message_event(self.seq, self.name, conn.user, msg)
         self.history.append((self.seq, event))
         return event
+
+
+async def send(conn: Connection, wire: bytes) -> None:
+    """Write one frame to ``conn``, then wait until its socket takes writes again (one await
+    per send). Raises ``ConnectionResetError`` once it is closing."""
+    if conn.closing:
+        raise ConnectionResetError("connection is closing")
+    conn.outbox.write(wire)
+    await conn.outbox.wait_writable()
 
 
 class GlobalHub:
@@ -152,7 +161,7 @@ class GlobalHub:
             if conn.closing:
                 continue
             try:
-                await conn.send(wire)
+                await send(conn, wire)
             except ConnectionError:
                 continue
             sent += 1

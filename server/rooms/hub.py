@@ -268,7 +268,7 @@ class RoomHub:
         if welcome.epoch != self.epoch:
             self.epoch, self.seq = welcome.epoch, welcome.seq
         self.seq = max(self.seq, welcome.seq)
-        conn.user = welcome.user
+        conn.rename(welcome.user)
         event = welcome_event(
             self.name,
             conn.user,

@@ -123,7 +123,7 @@ async def hubs_context(app: web.Application) -> AsyncIterator[None]:
         connections=lambda: len(registry.connections),
         rooms=hubs.room_count,
         hub_queue_depth=hubs.queue_depth,
-        client_queue_depth=lambda: sum(len(c.outbox or ()) for c in registry.connections),
+        client_queue_depth=lambda: sum(len(c.outbox) for c in registry.connections),
         bot_queue_depth=bot.queue_depth,
         asyncio_tasks=lambda: len(asyncio.all_tasks(loop)),
         broker_subscriptions=(

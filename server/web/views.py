@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from ..rooms.broker import BrokerUnavailable
 from ..rooms.items import Join, Leave
 from ..transport.connection import Connection
 from ..transport.upgrade import take_over
-from ..wire.protocol import CloseReason, ProtocolError, validate_room
+from ..wire.protocol import ProtocolError, validate_room
 from .auth import Identity
 from .handshake import Handshake, refusal
 from .keys import broker_key, dispatcher_key, hubs_key, registry_key, settings_key
@@ -90,7 +89,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if refused is not None:
         return refused
     registry = app[registry_key]
-    conn = Connection(app[dispatcher_key], room=hs.room, user=hs.user)
+    transport = request.transport
+    if transport is None:
+        log.info("upgrade_aborted", extra={"fields": {"room": hs.room, "user": hs.user}})
+        return web.Response(status=400)
+    conn = Connection(app[dispatcher_key], transport, room=hs.room, user=hs.user)
     hubs = app[hubs_key]
     # The join is queued first, so that the room's hub knows the connection before any
     # message it sent early (held there until its welcome); the slot is reserved before the
@@ -106,16 +109,14 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return web.Response(status=400)
     registry.open(conn)
     log.debug("connection_opened", extra={"fields": {"room": hs.room, "user": hs.user}})
-    conn.expiry = _close_at_expiry(conn, hs.identity)
+    _close_at_expiry(conn, hs.identity)
     return response
 
 
-def _close_at_expiry(conn: Connection, identity: Identity | None) -> asyncio.TimerHandle | None:
+def _close_at_expiry(conn: Connection, identity: Identity | None) -> None:
     """With a token that has ``exp``: close ``conn`` with 4001 once the clock passes it."""
-    if identity is None or identity.expires is None:
-        return None
-    delay = max(0.0, identity.expires - time.time())
-    return asyncio.get_running_loop().call_later(delay, conn.close, CloseReason.TOKEN_EXPIRED)
+    if identity is not None and identity.expires is not None:
+        conn.close_at(max(0.0, identity.expires - time.time()))
 
 
 async def per_worker_metrics(request: web.Request) -> web.Response:
