@@ -316,7 +316,7 @@ def load_settings(
         if not (raw or "").strip():
             raw = environ.get(env_name(name))
             source = env_name(name)
-        if not (raw or "").strip():
+        if raw is None or not raw.strip():
             continue
         try:
             values[name] = parse(raw)

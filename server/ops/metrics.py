@@ -15,7 +15,7 @@ from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 from ..wire.protocol import CloseReason
 from . import heap
 
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client: not annotated
 
 HEAP_STATES = ("in_use", "kept")
 CLOSE_REASONS = tuple(reason.label for reason in CloseReason)
@@ -116,7 +116,7 @@ BUILD_INFO = Gauge("chat_build_info", "Build and mode; always 1.", ["version", "
 if heap.AVAILABLE:
     for _state in HEAP_STATES:
         HEAP_BYTES.labels(_state).set_function(
-            lambda state=_state: getattr(heap.heap_stats(), state)
+            lambda state=_state: getattr(heap.heap_stats(), state)  # type: ignore[misc]  # default binds the loop variable
         )
 for _reason in CLOSE_REASONS:
     CONNECTIONS_CLOSED.labels(_reason)

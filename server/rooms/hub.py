@@ -232,12 +232,12 @@ class RoomHub:
                 self.tokens[item.conn] = token
                 broker.join(name, item.conn.user, item.since, item.epoch, token)
             elif isinstance(item, Leave):
-                token = self.tokens.pop(item.conn, None)
+                left = self.tokens.pop(item.conn, None)
                 self.early.pop(item.conn, None)
-                if token is not None:
-                    self.joining.pop(token, None)
+                if left is not None:
+                    self.joining.pop(left, None)
                     self.members.pop(item.conn, None)
-                    broker.leave(name, token)
+                    broker.leave(name, left)
             elif isinstance(item, Welcome):
                 self._on_welcome(item)
             else:

@@ -28,7 +28,7 @@ import asyncio
 import enum
 import logging
 import time
-from typing import Protocol
+from typing import Protocol, cast
 
 from websockets.exceptions import PayloadTooBig
 from websockets.frames import Frame, Opcode
@@ -162,7 +162,8 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         frames = self._frames
         frames.receive_data(data)
-        for frame in frames.events_received():
+        # A bare frame Protocol yields Frames only (Request and Response are a handshake's).
+        for frame in cast(list[Frame], frames.events_received()):
             self._quiet_sweeps = 0
             try:
                 self._on_frame(frame)
@@ -210,14 +211,15 @@ class Connection(asyncio.Protocol):
 
     def _on_frame(self, frame: Frame) -> None:
         opcode = frame.opcode
+        data = cast(bytes, frame.data)  # the frame parser makes bytes
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
             if frame.fin:
-                self._on_message(opcode, frame.data)
+                self._on_message(opcode, data)
             else:
-                self._fragments = (opcode, [frame.data])
+                self._fragments = (opcode, [data])
         elif opcode is Opcode.CONT and self._fragments is not None:
             opcode, parts = self._fragments
-            parts.append(frame.data)
+            parts.append(data)
             if frame.fin:
                 self._fragments = None
                 self._on_message(opcode, b"".join(parts))

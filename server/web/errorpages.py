@@ -20,7 +20,8 @@ def _message(request: web.Request, exc: web.HTTPException) -> str:
     if exc.status == 404:
         return f"There is no page at {request.path}."
     # aiohttp's own text for a bare HTTPBadRequest is "400: Bad Request": say nothing more then.
-    return "" if exc.text.startswith(f"{exc.status}:") else exc.text
+    text = exc.text or ""
+    return "" if text.startswith(f"{exc.status}:") else text
 
 
 @web.middleware

@@ -57,6 +57,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
 from ...ops import metrics
@@ -276,7 +277,7 @@ class _Op:
     """One queued operation: a script call, or a plain command when ``script`` is None."""
 
     kind: str  # metrics.BROKER_OPERATIONS
-    script: aioredis.client.Script | None
+    script: AsyncScript | None
     keys: list[str]
     args: list[object]
     failed: Callable[[], None] | None = None
@@ -419,7 +420,7 @@ class RedisBroker:
             pubsub = self._client.pubsub()
             reader: asyncio.Task[None] | None = None
             try:
-                await pubsub.connect()
+                await pubsub.connect()  # type: ignore[no-untyped-call]  # redis-py: not annotated
                 self._pubsub = pubsub
                 reader = asyncio.create_task(self._read(pubsub), name="broker-reader")
                 await self._subscribe([self._instance_channel, *map(channel, self._sinks)])
@@ -719,7 +720,7 @@ class RedisBroker:
                 if op.script is None:
                     pipe.execute_command(*op.command)
                 else:
-                    pipe.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
+                    pipe.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)  # type: ignore[arg-type]  # args: str, int, float
             return await pipe.execute(raise_on_error=False)
 
     # -- queries ----------------------------------------------------------------------------
