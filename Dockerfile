@@ -11,9 +11,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 ENV PYTHONMALLOC=malloc
 
 WORKDIR /app
+# The serve lock (make lock): the same versions, from the same files, as tested.
+COPY requirements/serve.txt ./requirements/
+RUN pip install --require-hashes -r requirements/serve.txt
 COPY pyproject.toml README.md ./
 COPY server ./server
-RUN pip install . && useradd --system --uid 10001 roomhub
+RUN pip install --no-deps . && useradd --system --uid 10001 roomhub
 
 USER roomhub
 EXPOSE 8080 8081

@@ -9,18 +9,23 @@ PYMALLOC := PYTHONMALLOC=malloc
 # docker compose v2, else the v1 docker-compose command.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
 
-.PHONY: run run-lab test lint install clean
+.PHONY: run run-lab test lint install clean lock test-latest
 .PHONY: up down logs dashboards
 
+# Every install reads a lock (requirements/*.txt, made by `make lock`): each package pinned
+# with the hashes of its files on PyPI, so pip installs nothing unlisted and nothing altered.
+PIP_LOCKED := $(BIN)/pip install -q --require-hashes -r
+
 # What serving needs (make run, run-lab); the test and dev extras come on top (STAMP).
-$(SERVE_STAMP): pyproject.toml
+$(SERVE_STAMP): pyproject.toml requirements/serve.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e .
+	$(PIP_LOCKED) requirements/serve.txt
+	$(BIN)/pip install -q --no-deps -e .
 	touch $(SERVE_STAMP)
 
-$(STAMP): $(SERVE_STAMP)
-	$(BIN)/pip install -q -e '.[test,dev]'
+$(STAMP): $(SERVE_STAMP) requirements/dev.txt
+	$(PIP_LOCKED) requirements/dev.txt
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -127,5 +132,45 @@ bench: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak
 
+# The locks, one per install set: serve (the package's dependencies), test (serve and the test
+# extra) and, for every other extra in pyproject.toml, test and that extra (dev.txt: test and
+# dev). Each set is resolved within the pins of the one before, so the sets agree. Pins already
+# in a lock are kept while pyproject.toml allows them; UPGRADE=1 takes the newest instead.
+# Python 3.11 on Linux x86_64 (CI and the image), from PyPI whatever pip or uv are set to use;
+# 3.11.7 as on CI (before 3.11.3 redis would also need async-timeout).
+UV_PYPI := --no-config --default-index https://pypi.org/simple
+EXTRAS = $(shell $(PYTHON) -c 'import tomllib; \
+	print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"])')
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml -q $(UV_PYPI) --python-version 3.11.7 \
+	--python-platform x86_64-unknown-linux-gnu --generate-hashes \
+	--custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade)
+lock: $(STAMP)
+	$(UV_COMPILE) -o requirements/serve.txt
+	$(UV_COMPILE) -c requirements/serve.txt --extra test -o requirements/test.txt
+	for extra in $(filter-out test,$(EXTRAS)); do \
+		$(UV_COMPILE) -c requirements/test.txt --extra test --extra $$extra \
+			-o requirements/$$extra.txt || exit 1; \
+	done
+
+# The suite in a throwaway venv (.venv-latest) of the newest versions pyproject.toml allows,
+# no lock: which of them differ from requirements/test.txt, and whether the suite passes with
+# them. Not part of .ci/run. PYTEST_ARGS picks tests (default: the whole suite).
+LATEST := .venv-latest
+test-latest: $(STAMP)
+	rm -rf $(LATEST)
+	$(BIN)/uv venv -q --python $(PYTHON) $(LATEST)
+	$(BIN)/uv pip compile pyproject.toml -q $(UV_PYPI) --extra test \
+		--python $(LATEST)/bin/python -o $(LATEST)/requirements.txt
+	$(BIN)/uv pip install -q $(UV_PYPI) --python $(LATEST)/bin/python \
+		-r $(LATEST)/requirements.txt
+	$(BIN)/uv pip install -q $(UV_PYPI) --python $(LATEST)/bin/python --no-deps -e .
+	@$(BIN)/python requirements/drift.py requirements/test.txt $(LATEST)/requirements.txt \
+		> $(LATEST)/drift.txt; cat $(LATEST)/drift.txt
+	@$(LATEST)/bin/python -m pytest -q $(PYTEST_ARGS); status=$$?; \
+	echo; cat $(LATEST)/drift.txt; \
+	if [ $$status = 0 ]; then echo "test-latest: the suite PASSED with these versions"; \
+	else echo "test-latest: the suite FAILED (pytest exit $$status) with these versions"; fi; \
+	exit $$status
+
 clean:
-	rm -rf $(VENV) results .pytest_cache
+	rm -rf $(VENV) $(LATEST) results .pytest_cache

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -38,17 +39,21 @@ def free_port() -> int:
 
 
 def wait_http_ok(
-    url: str, timeout: float = START_TIMEOUT, proc: subprocess.Popen | None = None
+    url: str,
+    timeout: float = START_TIMEOUT,
+    proc: subprocess.Popen | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> None:
     """Poll ``url`` until it answers 200; ``TimeoutError`` after ``timeout`` seconds,
-    ``RuntimeError`` if ``proc`` exits first."""
+    ``RuntimeError`` if ``proc`` exits first. ``context``: how an ``https`` URL's certificate
+    is checked (default: the system's trusted authorities)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
         with (
             contextlib.suppress(OSError, urllib.error.URLError),
-            urllib.request.urlopen(url, timeout=1) as response,
+            urllib.request.urlopen(url, timeout=1, context=context) as response,
         ):
             if response.status == 200:
                 return

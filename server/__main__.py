@@ -10,6 +10,9 @@ On SIGTERM or SIGINT the server keeps listening while it drains: ``/readyz`` ans
 new upgrades get 503, outboxes are flushed for a bounded time and clients are closed with
 1001. Then it stops listening, finishes and exits 0.
 
+An installed aiohttp that lacks a part ``server/transport/upgrade.py`` relies on stops start-up the
+same way, with exit code 2 and a message naming its version and the range roomhub supports.
+
 With ``--workers N`` (N > 1) the process supervises N such servers sharing the port
 (``server.ops.supervisor``).
 """
@@ -33,6 +36,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from .ops.config import ConfigError, Settings, add_flags, load_settings, unknown_env_vars
 from .ops.logs import setup_logging
 from .ops.supervisor import Announce, print_line, supervise
+from .transport.upgrade import seam_problem
 from .web.app import create_app, shutdown_connections
 from .web.auth import mint_token
 
@@ -182,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         except ValueError as exc:
             parser.exit(2, f"roomhub token: {exc}\n")
         return
+    problem = seam_problem()
+    if problem:  # before any worker starts or anything listens
+        parser.exit(2, f"roomhub: {problem}\n")
     flags = vars(parsed)
     flags.pop("command")
     try:

@@ -8,13 +8,24 @@ of Playwright's auto-retrying expectations with a deadline.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ipaddress
+import itertools
 import re
+import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from playwright.sync_api import (
     Browser,
     BrowserContext,
@@ -27,7 +38,14 @@ from playwright.sync_api import (
 
 from server.web.auth import mint_token
 from tests.support.docs import ROOT
-from tests.support.processes import Process, free_port, require_binary, run_server, wait_http_ok
+from tests.support.processes import (
+    Process,
+    RedisServer,
+    free_port,
+    require_binary,
+    run_server,
+    wait_http_ok,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -140,23 +158,31 @@ def test_message_typed_in_one_page_appears_in_the_other(open_room: OpenRoom) -> 
     expect(bob.locator("#log li.msg").last.locator(".user")).to_have_text("alice")
 
 
-def chat_at_the_domain(browser: Browser, port: int) -> None:
-    """Alice and Bob chat on ``http://chat.example.com/rooms/x``, which Chromium resolves to
-    ``127.0.0.1:port``. The browser sends ``Host: chat.example.com`` (port 80 left out) and
-    ``Origin: http://chat.example.com``."""
-    resolve = f"--host-resolver-rules=MAP chat.example.com:80 127.0.0.1:{port}"
+def chat_at_the_domain(browser: Browser, port: int, scheme: str = "http") -> None:
+    """Alice and Bob chat on ``{scheme}://chat.example.com/rooms/x``, which Chromium resolves
+    to ``127.0.0.1:port``. The browser sends ``Host: chat.example.com`` (the scheme's default
+    port left out) and ``Origin: {scheme}://chat.example.com``; over ``https`` it takes the
+    test's self-signed certificate."""
+    default_port = {"http": 80, "https": 443}[scheme]
+    args = [
+        *CHROMIUM_ARGS,
+        f"--host-resolver-rules=MAP chat.example.com:{default_port} 127.0.0.1:{port}",
+    ]
+    if scheme == "https":
+        args.append("--ignore-certificate-errors")
     domain = browser.browser_type.launch(
-        executable_path=require_binary("chromium"), headless=True, args=[*CHROMIUM_ARGS, resolve]
+        executable_path=require_binary("chromium"), headless=True, args=args
     )
+    ws_scheme = {"http": "ws", "https": "wss"}[scheme]
     try:
         pages = []
         for user in ("alice", "bob"):
             page = domain.new_context().new_page()
             page.set_default_timeout(TIMEOUT_MS)
             sockets = opened_websockets(page)
-            page.goto(f"http://chat.example.com/rooms/x?user={user}")
+            page.goto(f"{scheme}://chat.example.com/rooms/x?user={user}")
             expect(page.locator("#status")).to_have_attribute("data-state", "online")
-            assert sockets == [f"ws://chat.example.com/ws?room=x&user={user}"]
+            assert sockets == [f"{ws_scheme}://chat.example.com/ws?room=x&user={user}"]
             pages.append(page)
         alice, bob = pages
         send(alice, "hello from chat.example.com")
@@ -181,6 +207,49 @@ def test_the_page_chats_through_nginx_set_up_as_docs_protocol_md_says(
         chat_at_the_domain(browser, port)
 
 
+def test_an_https_page_chats_through_nginx_ending_tls_with_default_settings(
+    browser: Browser, tmp_path: Path
+) -> None:
+    # nginx ends TLS and passes the browser's Host (chat.example.com) on over plain HTTP; the
+    # page's Origin is https://chat.example.com. No trusted proxy, no allow-list.
+    certificate = self_signed_certificate(tmp_path, "chat.example.com")
+    with (
+        run_server(tmp_path, quote_provider="sim") as server,
+        run_nginx(tmp_path, documented_location(upstream=server.url), certificate) as port,
+    ):
+        chat_at_the_domain(browser, port, "https")
+
+
+def self_signed_certificate(tmp: Path, host: str) -> tuple[Path, Path]:
+    """A P-256 key and a self-signed certificate for ``host`` and 127.0.0.1, valid for a day,
+    as PEM files ``(certificate, key)`` in ``tmp``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    names = [x509.DNSName(host), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp / "tls.crt", tmp / "tls.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
 def documented_location(upstream: str) -> str:
     """The nginx ``location`` block of docs/protocol.md, proxying to ``upstream``."""
     doc = (ROOT / "docs/protocol.md").read_text()
@@ -190,9 +259,17 @@ def documented_location(upstream: str) -> str:
 
 
 @contextlib.contextmanager
-def run_nginx(tmp: Path, location: str) -> Iterator[int]:
-    """nginx on a free loopback port serving ``location``; yields the port."""
+def run_nginx(tmp: Path, location: str, tls: tuple[Path, Path] | None = None) -> Iterator[int]:
+    """nginx on a free loopback port serving ``location``, over TLS with the ``(certificate,
+    key)`` files ``tls`` if given; yields the port."""
     port = free_port()
+    listen = f"listen 127.0.0.1:{port};"
+    context = None
+    if tls is not None:
+        listen = (
+            f"listen 127.0.0.1:{port} ssl; ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]};"
+        )
+        context = ssl.create_default_context(cafile=tls[0])
     conf = tmp / "nginx.conf"
     conf.write_text(
         f"""daemon off;
@@ -206,7 +283,7 @@ http {{
     proxy_temp_path {tmp}/proxy;
     map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
     server {{
-        listen 127.0.0.1:{port};
+        {listen}
         {location}
     }}
 }}
@@ -216,7 +293,8 @@ http {{
         [require_binary("nginx"), "-p", str(tmp), "-c", str(conf), "-e", f"{tmp}/nginx-error.log"]
     )
     try:
-        wait_http_ok(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        scheme = "http" if tls is None else "https"
+        wait_http_ok(f"{scheme}://127.0.0.1:{port}/healthz", proc=proc, context=context)
         yield port
     finally:
         proc.terminate()
@@ -434,7 +512,7 @@ def test_room_page_stops_with_an_explanation_when_the_server_refuses_every_upgra
 
         expect(page.locator("#status")).to_have_attribute("data-state", "offline")
         expect(page.locator("#log li.error .text")).to_have_text(
-            re.compile("server refused the connection or could not be reached")
+            re.compile(r"the server refused the connection\. Check the name and the room")
         )
         expect(page.get_by_role("button", name="Reconnect")).to_be_visible()
         assert len(sockets) == 3
@@ -705,3 +783,174 @@ def test_text_lost_when_the_connection_drops_is_sent_again_after_reconnect(
     expect(alice.locator("#log li.msg.own .text")).to_have_text(["before", "in transit"])
     expect(alice.locator("#log li.waiting")).to_have_count(0)
     expect(bob.locator("#log li.msg .text")).to_have_text(["before", "in transit"])
+
+
+def test_a_message_over_the_servers_byte_limit_stays_in_the_box_and_the_connection_stays_up(
+    tmp_path: Path, contexts: Callable[[], BrowserContext]
+) -> None:
+    with run_server(tmp_path, quote_provider="sim", max_msg_size=1000) as server:
+        page = contexts().new_page()
+        sockets = opened_websockets(page)
+        page.goto(f"{server.url}/rooms/big?user=alice")
+        expect(page.locator("#status")).to_have_attribute("data-state", "online")
+        text = "x" * 1500
+
+        send(page, text)
+
+        expect(page.locator("#log li.error .badge")).to_have_text(["too big"])
+        expect(page.locator("#log li.error .text")).to_contain_text(["takes at most 1,000"])
+        expect(page.get_by_label("Message", exact=True)).to_have_value(text)
+        send(page, "short")  # still the first connection: its echo comes back on it
+        expect(message_texts(page, "short")).to_have_count(1)
+        assert len(sockets) == 1
+
+
+def test_text_over_the_servers_character_limit_stays_whole_in_the_box(
+    open_room: OpenRoom,
+) -> None:
+    page = open_room("long", "alice")
+    text = "y" * 40_000  # pasted: the box cuts nothing
+
+    send(page, text)
+
+    expect(page.locator("#log li.error .badge")).to_have_text(["too long"])
+    expect(page.locator("#log li.error .text")).to_contain_text(["40,000 characters"])
+    expect(page.get_by_label("Message", exact=True)).to_have_value(text)
+    expect(page.locator("#log li.msg")).to_have_count(0)
+
+
+def raise_limit(frame: str | bytes) -> str | bytes:
+    """``frame`` with any ``welcome.limits.max_message_bytes`` raised to 1 MB."""
+    data = orjson.loads(frame)
+    for event in data if isinstance(data, list) else [data]:
+        if event.get("type") == "welcome":
+            event.setdefault("limits", {})["max_message_bytes"] = 1_000_000
+    return orjson.dumps(data).decode()
+
+
+def test_a_message_the_server_closes_on_as_too_big_goes_back_to_the_box_and_is_not_resent(
+    tmp_path: Path, contexts: Callable[[], BrowserContext]
+) -> None:
+    # The page is told a higher limit than the server applies (as behind a proxy that takes
+    # less), so the message leaves and the server closes the connection with 1009.
+    with run_server(tmp_path, quote_provider="sim", max_msg_size=1000) as server:
+        page = contexts().new_page()
+        closes: list[int | None] = []
+
+        def route(socket: WebSocketRoute) -> None:
+            upstream = socket.connect_to_server()
+            upstream.on_message(lambda frame: socket.send(raise_limit(frame)))
+            upstream.on_close(lambda code, reason: (closes.append(code), socket.close(code=code)))
+
+        page.route_web_socket(re.compile(r"/ws\?"), route)
+        page.goto(f"{server.url}/rooms/big?user=alice")
+        expect(page.locator("#status")).to_have_attribute("data-state", "online")
+        text = "z" * 1500
+
+        send(page, text)
+
+        expect(page.locator("#log li.error .badge")).to_have_text(["too big"])
+        expect(page.get_by_label("Message", exact=True)).to_have_value(text)
+        expect(page.locator("#status")).to_have_attribute("data-state", "online")
+        send(page, "after")  # a resent big text would leave before it, and close again
+        expect(message_texts(page, "after")).to_have_count(1)
+        assert closes == [1009]
+        send(page, text)  # and the page now knows not to send it
+        expect(page.locator("#log li.error .badge")).to_have_text(["too big", "too big"])
+        expect(page.get_by_label("Message", exact=True)).to_have_value(text)
+        assert closes == [1009]
+
+
+OPEN_TIMES = """
+window.openTimes = [];
+const Native = window.WebSocket;
+window.WebSocket = class extends Native {
+  constructor(...args) {
+    super(...args);
+    window.openTimes.push(performance.now());
+  }
+};
+Math.random = () => 0.999;  // each reconnect waits the longest its attempt allows
+"""
+"""Init script: records when the page opens each WebSocket, and fixes the backoff's jitter."""
+
+
+def test_reconnects_back_off_while_each_connection_ends_right_after_its_welcome(
+    live_server: Process, contexts: Callable[[], BrowserContext]
+) -> None:
+    page = contexts().new_page()
+    page.add_init_script(OPEN_TIMES)
+
+    def route(socket: WebSocketRoute) -> None:
+        upstream = socket.connect_to_server()
+
+        def forward(frame: str | bytes) -> None:
+            socket.send(frame)
+            if '"welcome"' in str(frame):
+                socket.close(code=1011, reason="gone at once")
+
+        upstream.on_message(forward)
+
+    page.route_web_socket(re.compile(r"/ws\?"), route)
+    page.goto(f"{live_server.url}/rooms/flaky?user=alice")
+
+    page.wait_for_function("() => window.openTimes.length >= 5", timeout=30_000)
+    opens = page.evaluate("window.openTimes")
+    gaps = [later - earlier for earlier, later in itertools.pairwise(opens[:5])]
+    # Waits of 0.999 x 0.5, 1, 2 and 4 s: never shorter (timers do not fire early).
+    for gap, least in zip(gaps, (499, 999, 1998, 3996), strict=True):
+        assert gap >= least, gaps
+
+
+def test_reconnect_delays_grow_from_half_a_second_to_a_30_second_ceiling_with_full_jitter(
+    live_server: Process, contexts: Callable[[], BrowserContext]
+) -> None:
+    page = contexts().new_page()
+    page.goto(f"{live_server.url}/")
+    delays = page.evaluate(
+        """async () => {
+          const { reconnectDelay } = await import("/static/backoff.js");
+          const attempts = [...Array(12).keys()];
+          return [0, 0.5, 0.999999].map((r) => attempts.map((n) => reconnectDelay(n, () => r)));
+        }"""
+    )
+    ceilings = [min(30_000, 500 * 2**n) for n in range(12)]
+    assert delays[0] == [0] * 12
+    assert delays[1] == [ceiling / 2 for ceiling in ceilings]
+    assert delays[2] == pytest.approx([ceiling * 0.999999 for ceiling in ceilings])
+
+
+def test_with_the_broker_down_the_page_says_the_server_is_unavailable_and_joins_once_it_is_back(
+    tmp_path: Path, redis_server: RedisServer, contexts: Callable[[], BrowserContext]
+) -> None:
+    with run_server(tmp_path, quote_provider="sim", broker=redis_server.url) as server:
+        redis_server.stop()
+        wait_status(f"{server.url}/readyz", 503)
+        page = contexts().new_page()
+
+        page.goto(f"{server.url}/rooms/outage?user=alice")
+
+        notice = page.locator("#log li.error .text")
+        expect(notice).to_have_text(
+            [re.compile(r"^The server is unavailable: its message broker is down\. .*retrying")]
+        )
+        expect(page.locator("#status")).to_have_text(re.compile(r"unavailable, retrying in \d+s"))
+        redis_server.start()
+        expect(page.locator("#status")).to_have_attribute("data-state", "online", timeout=40_000)
+        expect(notice).to_have_count(1)  # said once, not once per attempt
+        expect(page.locator("#log")).not_to_contain_text("Check the name")
+
+
+def wait_status(url: str, status: int, timeout: float = 10) -> None:
+    """Poll ``url`` until it answers HTTP ``status``; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                got = response.status
+        except urllib.error.HTTPError as exc:
+            got = exc.code
+        if got == status:
+            return
+        assert time.monotonic() < deadline, f"{url} still answers {got}, not {status}"
+        time.sleep(0.1)

@@ -76,10 +76,23 @@ async def test_welcome_names_room_user_epoch_seq_and_members(
     assert welcome == {
         "type": "welcome", "room": "r1", "user": "ann", "seq": 0, "members": 1, "online": ["ann"],
         "reset": False,
+        "limits": {
+            "max_message_bytes": 32768, "max_text_chars": 2000, "rate_limit": 5.0,
+            "rate_burst": 10,
+        },
         "history": [],
     }  # fmt: skip
     other = await (await connect(server, "r1", "bob")).next_of("welcome")
     assert other["epoch"] == epoch
+
+
+@pytest.mark.parametrize("hub_mode", HUB_MODES)
+async def test_welcome_tells_the_limits_the_server_applies(make_server: Any, hub_mode: str) -> None:
+    server = await make_server(hub_mode=hub_mode, max_msg_size=1000, rate_limit=2.5, rate_burst=3)
+    limits = (await (await connect(server, "r1", "ann")).next_of("welcome"))["limits"]
+    assert limits == {
+        "max_message_bytes": 1000, "max_text_chars": 2000, "rate_limit": 2.5, "rate_burst": 3
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("hub_mode", HUB_MODES)

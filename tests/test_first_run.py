@@ -1,4 +1,4 @@
-"""What a new user meets first: `make run` installs only what serving needs."""
+"""What a new user meets first: `make run` installs only what serving needs, from its lock."""
 
 from __future__ import annotations
 
@@ -25,13 +25,16 @@ def planned_installs(target: str, tmp_venv: str) -> list[str]:
 
 
 @pytest.mark.parametrize("target", ["run", "run-lab"])
-def test_serving_targets_install_the_package_without_extras(target: str, tmp_path: Path) -> None:
+def test_serving_targets_install_the_serve_lock_then_the_package_alone(
+    target: str, tmp_path: Path
+) -> None:
     installs = planned_installs(target, str(tmp_path / "venv"))
-    assert installs[-1].endswith("pip install -q -e .")
-    assert not any("[test" in line or "dev]" in line for line in installs)
+    assert installs[-2].endswith("pip install -q --require-hashes -r requirements/serve.txt")
+    assert installs[-1].endswith("pip install -q --no-deps -e .")
+    assert not any(lock in line for line in installs for lock in ("test.txt", "dev.txt", "["))
 
 
-@pytest.mark.parametrize("target", ["test", "lint"])
-def test_test_and_lint_add_the_extras(target: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", ["test", "lint", "install"])
+def test_test_and_lint_add_the_dev_lock(target: str, tmp_path: Path) -> None:
     installs = planned_installs(target, str(tmp_path / "venv"))
-    assert installs[-1].endswith("pip install -q -e '.[test,dev]'")
+    assert installs[-1].endswith("pip install -q --require-hashes -r requirements/dev.txt")

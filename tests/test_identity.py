@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from server.ops.config import Settings
 from server.rooms.baseline import Room
 from server.rooms.items import Join
 from server.rooms.names import ONLINE_LIMIT, SUFFIX_LIMIT
@@ -18,9 +20,10 @@ from tests.support.promql import ROOT
 
 @dataclass(eq=False)
 class Member:
-    """What a room needs of a connection to name it."""
+    """What a room needs of a connection to name it and welcome it."""
 
     user: str
+    dispatcher: Any = field(default_factory=lambda: SimpleNamespace(settings=Settings()))
 
     def rename(self, user: str) -> None:
         self.user = user

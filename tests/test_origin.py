@@ -1,4 +1,4 @@
-"""The Origin policy: RFC 6454 origins, the server's own page, the allow-list."""
+"""The Origin policy: RFC 6454 origins, the server's own page (host or strict), the allow-list."""
 
 from __future__ import annotations
 
@@ -50,22 +50,45 @@ def authority(draw: st.DrawFn, scheme: str, host: str, port: int) -> str:
     return shuffle_case(draw, host)
 
 
-@given(st.data(), pages())
-def test_the_servers_own_page_is_always_allowed(data: st.DataObject, page: Any) -> None:
+CHECKS = ("host", "strict")
+
+
+@pytest.mark.parametrize("check", CHECKS)
+@given(data=st.data(), page=pages())
+def test_the_servers_own_page_is_always_allowed(data: st.DataObject, page: Any, check: str) -> None:
     scheme, host, port = page
     origin = f"{shuffle_case(data.draw, scheme)}://{authority(data.draw, scheme, host, port)}"
-    own = request_origin(scheme, authority(data.draw, scheme, host, port))
-    assert own is not None
-    assert origin_allowed(origin, own, ())
-    assert origin_allowed(origin + "/", own, ())
+    own = authority(data.draw, scheme, host, port)  # the Host header the browser sends
+    assert origin_allowed(origin, scheme, own, (), check)
+    assert origin_allowed(origin + "/", scheme, own, (), check)
+
+
+@given(st.data(), pages(), st.sampled_from(["http", "https"]))
+def test_host_check_allows_the_servers_host_and_port_whatever_the_scheme(
+    data: st.DataObject, page: Any, scheme_seen: str
+) -> None:
+    scheme, host, port = page
+    origin = f"{scheme}://{authority(data.draw, scheme, host, port)}"
+    assert origin_allowed(origin, scheme_seen, f"{host}:{port}", ())
 
 
 @given(st.data(), pages(), pages())
-def test_another_origin_is_never_allowed(data: st.DataObject, page: Any, other: Any) -> None:
+def test_host_check_refuses_another_host_or_port(
+    data: st.DataObject, page: Any, other: Any
+) -> None:
+    assume(
+        parse_origin(f"http://{other[1]}:{other[2]}") != parse_origin(f"http://{page[1]}:{page[2]}")
+    )
+    origin = f"{other[0]}://{authority(data.draw, *other)}"
+    assert not origin_allowed(origin, page[0], f"{page[1]}:{page[2]}", ())
+
+
+@given(st.data(), pages(), pages())
+def test_strict_check_refuses_another_origin(data: st.DataObject, page: Any, other: Any) -> None:
     own = request_origin(page[0], authority(data.draw, *page))
     assume(parse_origin(f"{other[0]}://{other[1]}:{other[2]}") != own)
     origin = f"{other[0]}://{authority(data.draw, *other)}"
-    assert not origin_allowed(origin, own, ())
+    assert not origin_allowed(origin, page[0], authority(data.draw, *page), (), "strict")
 
 
 @pytest.mark.parametrize(
@@ -86,24 +109,73 @@ def test_forms_of_one_origin_are_one_origin(origin: str, host: str) -> None:
 @pytest.mark.parametrize(
     ("origin", "host"),
     [
-        ("https://chat.example.com", "chat.example.com"),  # another scheme and port
-        ("https://chat.example.com", "chat.example.com:443"),  # another scheme
+        ("https://chat.example.com", "chat.example.com"),  # TLS ends at the proxy
+        ("http://chat.example.com", "chat.example.com"),
+        ("https://chat.example.com", "chat.example.com:443"),
+        ("https://CHAT.example.com:443", "chat.example.com"),
+        ("https://chat.example.com:8443", "chat.example.com:8443"),
+        ("https://xn--bcher-kva.example", "bücher.example"),
+        ("https://[::1]:8080", "[0:0::1]:8080"),
+    ],
+)
+def test_host_check_allows_the_host_and_port_of_the_host_header(origin: str, host: str) -> None:
+    assert origin_allowed(origin, "http", host, ())
+
+
+@pytest.mark.parametrize(
+    ("origin", "host"),
+    [
+        ("https://chat.example.com", "chat.example.com:80"),  # port 443 against 80
+        ("http://chat.example.com", "chat.example.com:443"),  # port 80 against 443
+        ("https://chat.example.com:8443", "chat.example.com"),  # 8443 against 443
         ("http://chat.example.com:8080", "chat.example.com"),
-        ("http://chat.example.com.evil.example", "chat.example.com"),
-        ("http://evil.example", "chat.example.com"),
+        ("https://chat.example.com.evil.example", "chat.example.com"),
+        ("https://evil.example", "chat.example.com"),
+        ("ws://chat.example.com", "chat.example.com"),  # not a page's scheme
         ("null", "chat.example.com"),
         ("http://chat.example.com/page", "chat.example.com"),
         ("http://user@chat.example.com", "chat.example.com"),
     ],
 )
-def test_other_origins_and_non_origins_are_refused(origin: str, host: str) -> None:
-    assert not origin_allowed(origin, request_origin("http", host), ())
+@pytest.mark.parametrize("check", CHECKS)
+def test_other_origins_and_non_origins_are_refused(origin: str, host: str, check: str) -> None:
+    assert not origin_allowed(origin, "http", host, (), check)
+
+
+@pytest.mark.parametrize(
+    ("origin", "host"),
+    [
+        ("https://chat.example.com", "chat.example.com"),  # another scheme and port
+        ("https://chat.example.com", "chat.example.com:443"),  # another scheme
+    ],
+)
+def test_strict_check_refuses_the_https_page_when_the_request_came_as_http(
+    origin: str, host: str
+) -> None:
+    assert not origin_allowed(origin, "http", host, (), "strict")
+    assert origin_allowed(origin, "https", host, (), "strict")
 
 
 def test_allow_list_entries_are_compared_as_origins() -> None:
     allowed = load_settings({"ROOMHUB_ALLOWED_ORIGINS": "https://Chat.Example.com:443/"})
-    assert origin_allowed("https://chat.example.com", None, allowed.allowed_origins)
-    assert not origin_allowed("http://chat.example.com", None, allowed.allowed_origins)
+    assert origin_allowed("https://chat.example.com", "http", "x", allowed.allowed_origins)
+    assert not origin_allowed("http://chat.example.com", "http", "x", allowed.allowed_origins)
+
+
+def test_an_allow_list_replaces_the_own_page_rule() -> None:
+    listed = ("https://elsewhere.example",)
+    assert not origin_allowed("http://chat.example.com", "http", "chat.example.com", listed)
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_origin_check_is_host_or_strict(check: str) -> None:
+    assert load_settings({}).origin_check == "host"
+    assert load_settings({"ROOMHUB_ORIGIN_CHECK": check.upper()}).origin_check == check
+
+
+def test_another_origin_check_stops_start_up() -> None:
+    with pytest.raises(ConfigError, match="ROOMHUB_ORIGIN_CHECK='scheme': must be one of host"):
+        load_settings({"ROOMHUB_ORIGIN_CHECK": "scheme"})
 
 
 def test_an_allow_list_entry_that_is_not_an_origin_stops_start_up() -> None:
@@ -112,19 +184,22 @@ def test_an_allow_list_entry_that_is_not_an_origin_stops_start_up() -> None:
 
 
 @pytest.mark.parametrize(
-    ("host", "origin", "status"),
+    ("check", "host", "origin", "status"),
     [
-        ("chat.example.com", "http://chat.example.com", 101),
-        ("chat.example.com", "http://CHAT.EXAMPLE.COM:80", 101),
-        ("chat.example.com:80", "http://chat.example.com", 101),
-        ("chat.example.com", "https://chat.example.com", 403),
-        ("chat.example.com", "http://other.example.com", 403),
+        ("host", "chat.example.com", "http://chat.example.com", 101),
+        ("host", "chat.example.com", "http://CHAT.EXAMPLE.COM:80", 101),
+        ("host", "chat.example.com:80", "http://chat.example.com", 101),
+        ("host", "chat.example.com", "https://chat.example.com", 101),  # TLS ends at a proxy
+        ("host", "chat.example.com", "https://evil.example.com", 403),
+        ("host", "chat.example.com", "http://other.example.com", 403),
+        ("strict", "chat.example.com", "http://chat.example.com", 101),
+        ("strict", "chat.example.com", "https://chat.example.com", 403),
     ],
 )
 async def test_upgrade_on_a_standard_port_behind_a_domain(
-    aiohttp_client: Any, host: str, origin: str, status: int
+    aiohttp_client: Any, check: str, host: str, origin: str, status: int
 ) -> None:
-    server: TestClient = await aiohttp_client(create_app(settings()))
+    server: TestClient = await aiohttp_client(create_app(settings(origin_check=check)))
     headers = {**UPGRADE_HEADERS, "Host": host, "Origin": origin}
     response = await server.get("/ws", params={"room": "r1"}, headers=headers)
     assert response.status == status
@@ -153,8 +228,10 @@ async def test_a_trusted_proxys_forwarded_scheme_and_host_let_the_https_page_in(
     assert response.status == 101
 
 
-async def test_forwarded_headers_are_ignored_by_default(aiohttp_client: Any) -> None:
-    server: TestClient = await aiohttp_client(create_app(settings()))
+@pytest.mark.parametrize("check", CHECKS)
+async def test_forwarded_headers_are_ignored_by_default(aiohttp_client: Any, check: str) -> None:
+    # The Host is the test server's own 127.0.0.1:port, not the page's chat.example.com.
+    server: TestClient = await aiohttp_client(create_app(settings(origin_check=check)))
     response = await server.get("/ws", params={"room": "r1"}, headers=BROWSER_BEHIND_PROXY)
     assert response.status == 403
 

@@ -24,6 +24,7 @@ from server.wire.protocol import (
     ProtocolError,
     batch,
     frame_header,
+    limits_of,
     message_event,
     parse_frame,
     text_frame,
@@ -176,11 +177,17 @@ def test_batch_is_the_event_itself_or_a_json_array() -> None:
     assert orjson.loads(batch([a, b])) == [{"type": "join"}, {"type": "leave"}]
 
 
-def test_welcome_embeds_encoded_history() -> None:
+def test_welcome_embeds_limits_and_encoded_history() -> None:
     history = [orjson.dumps({"type": "message", "seq": 1})]
-    assert orjson.loads(welcome_event("r", "u", "e1", 1, 2, ["u", "v"], True, history)) == {
+    limits = limits_of(Settings(max_msg_size=1000, rate_limit=2.5, rate_burst=3))
+    welcome = welcome_event("r", "u", "e1", 1, 2, ["u", "v"], True, limits, history)
+    assert orjson.loads(welcome) == {
         "type": "welcome", "room": "r", "user": "u", "epoch": "e1", "seq": 1, "members": 2,
-        "online": ["u", "v"], "reset": True, "history": [{"type": "message", "seq": 1}],
+        "online": ["u", "v"], "reset": True,
+        "limits": {
+            "max_message_bytes": 1000, "max_text_chars": 2000, "rate_limit": 2.5, "rate_burst": 3
+        },
+        "history": [{"type": "message", "seq": 1}],
     }  # fmt: skip
 
 

@@ -1,24 +1,32 @@
 """The take-over of an accepted upgrade from aiohttp (server/transport/upgrade.py), checked against
 the installed aiohttp: the 101 is right, the socket's bytes reach roomhub's protocol (the early
 ones too), nothing else is written, and aiohttp keeps nothing of the connection. Then the
-flow control a connection's writes rely on: asyncio's pause and resume of writing."""
+flow control a connection's writes rely on: asyncio's pause and resume of writing. Last, the
+start-up check of the aiohttp parts the take-over touches."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
+import tomllib
 import weakref
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
+from packaging.requirements import Requirement
 
 from server.rooms.baseline import send
 from server.transport.connection import Connection
-from server.transport.upgrade import accept_key, take_over
+from server.transport.upgrade import accept_key, seam_problem, supported_aiohttp, take_over
 from server.web.app import create_app
 from server.web.keys import registry_key
 from tests.chat import UPGRADE_HEADERS, WAIT, settings, upgrade_request
+from tests.support.promql import ROOT
 
 RFC_KEY, RFC_ACCEPT = "dGhlIHNhbXBsZSBub25jZQ==", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 """RFC 6455 section 1.3's worked example."""
@@ -141,3 +149,47 @@ async def test_a_waiting_send_raises_when_the_client_goes_away(aiohttp_client: A
     async with asyncio.timeout(WAIT):
         with pytest.raises(ConnectionError):
             await waiting
+
+
+def test_the_installed_aiohttp_has_every_part_the_take_over_touches() -> None:
+    assert seam_problem() is None
+
+
+def test_the_supported_aiohttp_range_is_the_one_pyproject_declares() -> None:
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (aiohttp_range,) = (Requirement(r) for r in declared if Requirement(r).name == "aiohttp")
+    assert Requirement(supported_aiohttp()).specifier == aiohttp_range.specifier
+
+
+WITHOUT_MESSAGE_TAIL = """\
+from aiohttp.web_protocol import RequestHandler
+
+del RequestHandler._message_tail
+"""
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"ROOMHUB_HOST": "127.0.0.1", "ROOMHUB_PORT": "0", "ROOMHUB_METRICS_PORT": "0"},
+        {"ROOMHUB_WORKERS": "2"},  # refused for want of Redis, had the check not come first
+    ],
+    ids=["one-process", "workers"],
+)
+def test_an_aiohttp_without_a_seam_stops_start_up_with_exit_2_naming_versions(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "sitecustomize.py").write_text(WITHOUT_MESSAGE_TAIL)
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "serve"],
+        env={**env, "PATH": "", "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"roomhub: aiohttp {aiohttp.__version__} lacks RequestHandler._message_tail, which "
+        f"server/transport/upgrade.py hands the WebSocket over with; roomhub supports "
+        f"{supported_aiohttp()}\n"
+    )

@@ -18,7 +18,7 @@ from typing import Any
 
 from yarl import URL
 
-from ..wire.origin import parse_origin
+from ..wire.origin import ORIGIN_CHECKS, parse_origin
 
 HUB_MODES = ("sharded", "global")
 QUOTE_PROVIDERS = ("stooq", "url", "sim")
@@ -59,6 +59,11 @@ class Settings:
     max_rooms: int = _setting(10000, "rooms at once; a join that would open one more gets HTTP 503")
     allowed_origins: tuple[str, ...] = _setting(
         (), "comma-separated origins allowed to connect; empty: the request's own origin; *: any"
+    )
+    origin_check: str = _setting(
+        "host",
+        "with allowed_origins empty, the Origin of the server's own page: host (its host and port "
+        "are the request's Host, whatever its scheme) or strict (its scheme too)",
     )
     trusted_proxies: tuple[str, ...] = _setting(
         (),
@@ -242,6 +247,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "max_connections": _positive_int,
     "max_rooms": _positive_int,
     "allowed_origins": _origins,
+    "origin_check": _choice(ORIGIN_CHECKS),
     "trusted_proxies": _addresses,
     "heartbeat": _heartbeat,
     "room_grace": _float,

@@ -21,6 +21,7 @@ from ..transport.connection import Connection
 from ..wire.protocol import (
     ChatMessage,
     CloseReason,
+    limits_of,
     message_event,
     presence_event,
     text_frame,
@@ -64,8 +65,9 @@ class Room:
         history = [event for seq, event in self.history if since is None or seq > since]
         members = len(self.members)
         online = [member.user for member in islice(self.members, member_names.ONLINE_LIMIT)]
+        limits = limits_of(conn.dispatcher.settings)
         welcome = welcome_event(
-            self.name, conn.user, self.epoch, self.seq, members, online, reset, history
+            self.name, conn.user, self.epoch, self.seq, members, online, reset, limits, history
         )
         return welcome, presence_event("join", conn.user, members)
 

@@ -29,7 +29,15 @@ from collections import deque
 
 from ..ops import metrics
 from ..transport.connection import Connection
-from ..wire.protocol import CloseReason, batch, error_event, take_batch, text_frame, welcome_event
+from ..wire.protocol import (
+    CloseReason,
+    batch,
+    error_event,
+    limits_of,
+    take_batch,
+    text_frame,
+    welcome_event,
+)
 from .broker import (
     Broker,
     BrokerUnavailable,
@@ -277,6 +285,7 @@ class RoomHub:
             welcome.members,
             welcome.online,
             welcome.reset,
+            limits_of(conn.dispatcher.settings),
             welcome.history,
         )
         conn.send_event(event)

@@ -30,8 +30,7 @@ import logging
 import time
 from typing import Protocol, cast
 
-from websockets.exceptions import PayloadTooBig
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import OPEN, Side
 from websockets.protocol import Protocol as Frames
 
@@ -194,14 +193,20 @@ class Connection(asyncio.Protocol):
         self.dispatcher.on_end(self, reason, code)
 
     def _end(self) -> tuple[CloseReason, int | None]:
-        """Why the connection ended, and the close code sent (or the client's, or None)."""
+        """Why the connection ended, and the close code sent (or the client's, or None).
+
+        Reads the frame reader's public outcome only: with the socket gone its stream has
+        ended (``receive_eof``), so ``close_exc`` says which close frames went each way.
+        """
         if self._reason is not None:
             return self._reason, self._reason.code
         frames = self._frames
-        if frames.close_rcvd_then_sent and frames.close_rcvd is not None:
-            return CloseReason.NORMAL, frames.close_rcvd.code
-        code = frames.close_sent.code if frames.close_sent is not None else None
-        if isinstance(frames.parser_exc, PayloadTooBig):
+        frames.receive_eof()
+        closed = frames.close_exc
+        if closed.rcvd_then_sent and closed.rcvd is not None:
+            return CloseReason.NORMAL, closed.rcvd.code
+        code = closed.sent.code if closed.sent is not None else None
+        if code == CloseCode.MESSAGE_TOO_BIG:  # sent only when a frame is over the read limit
             return CloseReason.TOO_BIG, code
         if code is not None:
             return CloseReason.PROTOCOL_ERROR, code

@@ -7,7 +7,9 @@ once instead of living as long as the WebSocket (they were 13.4 KB of a 15.7 KB 
 connection, docs/memory.md).
 
 aiohttp has no public call for this. It relies on three facts of aiohttp 3.14, which
-tests/test_upgrade.py checks against the installed version:
+tests/test_upgrade.py checks against the installed version (pyproject.toml keeps aiohttp to
+the 3.14 series, and :func:`seam_problem`, called at start-up, names any of the parts it
+touches that the installed aiohttp lacks; docs/memory.md says why and the way out):
 
 - ``RequestHandler.connection_lost()`` drops the handler's hold on the connection and takes
   it off the server's list; with its ``transport`` set to None first, it closes nothing;
@@ -21,11 +23,48 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import re
+from importlib import metadata
 
+import aiohttp
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 """RFC 6455 section 1.3: appended to ``Sec-WebSocket-Key`` before hashing."""
+
+
+SEAMS = (
+    (web.BaseRequest, "transport"),
+    (web.BaseRequest, "protocol"),
+    (RequestHandler, "_message_tail"),
+    (RequestHandler, "transport"),
+    (RequestHandler, "connection_lost"),
+)
+"""The parts of aiohttp :func:`take_over` touches: the request's transport and handler (its
+``RequestHandler``), the handler's early bytes, transport and ``connection_lost``."""
+
+
+def supported_aiohttp() -> str:
+    """The aiohttp versions roomhub declares (pyproject.toml, via the installed metadata),
+    e.g. ``aiohttp<3.15,>=3.14.5``."""
+    for requirement in metadata.requires("roomhub") or ():
+        if re.match(r"aiohttp(?![\w.-])", requirement):
+            return requirement.replace(" ", "")
+    raise LookupError("roomhub's metadata names no aiohttp requirement")
+
+
+def seam_problem() -> str | None:
+    """None when the installed aiohttp has every part in :data:`SEAMS`; otherwise a one-line
+    message naming the missing ones, the installed aiohttp version and the supported range."""
+    missing = [f"{cls.__name__}.{name}" for cls, name in SEAMS if not hasattr(cls, name)]
+    if not missing:
+        return None
+    return (
+        f"aiohttp {aiohttp.__version__} lacks {', '.join(missing)}, which "
+        f"server/transport/upgrade.py hands the WebSocket over with; roomhub supports "
+        f"{supported_aiohttp()}"
+    )
 
 
 def accept_key(key: str) -> str:

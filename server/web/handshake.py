@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from ..ops import metrics
-from ..wire.origin import origin_allowed, request_origin
+from ..wire.origin import origin_allowed
 from ..wire.protocol import (
     ProtocolError,
     validate_epoch,
@@ -167,9 +167,10 @@ def _epoch(hs: Handshake) -> None:
 
 def _origin(hs: Handshake) -> None:
     request = hs.request
-    own = request_origin(request.scheme, request.host)
-    allowed = request.app[settings_key].allowed_origins
-    if not origin_allowed(request.headers.get("Origin"), own, allowed):
+    settings = request.app[settings_key]
+    origin = request.headers.get("Origin")
+    allowed, check = settings.allowed_origins, settings.origin_check
+    if not origin_allowed(origin, request.scheme, request.host, allowed, check):
         raise ProtocolError("bad_origin", "origin not allowed")
 
 

@@ -6,6 +6,12 @@ shortest form, and the port with the scheme's default filled in when it is left 
 ``http``/``ws``, 443 for ``https``/``wss``). Two origins are the same when the triples are equal
 (RFC 6454 section 5), so ``https://Chat.Example.com:443`` and ``https://chat.example.com`` are
 one origin.
+
+Which ``Origin`` is the server's own page (``ROOMHUB_ORIGIN_CHECK``, docs/protocol.md "Origin
+policy"): by default (``host``) one whose host and port are the request's ``Host``, whatever
+its scheme, the rule of gorilla/websocket's ``checkSameOrigin`` and Django Channels'
+``AllowedHostsOriginValidator``: a TLS-terminating proxy passes on the browser's ``Host`` over
+plain HTTP, so the scheme the server sees is not the page's. ``strict`` compares the scheme too.
 """
 
 from __future__ import annotations
@@ -16,6 +22,12 @@ from yarl import URL
 
 Origin = tuple[str, str, int | None]
 """``(scheme, host, port)``; ``port`` is None only for a scheme without a known default."""
+
+ORIGIN_CHECKS = ("host", "strict")
+"""Values of ``ROOMHUB_ORIGIN_CHECK``: how the server tells its own page's ``Origin``."""
+
+PAGE_SCHEMES = ("http", "https")
+"""Schemes a page served by roomhub (directly or through a proxy) can have."""
 
 
 @lru_cache(maxsize=256)
@@ -51,12 +63,31 @@ def request_origin(scheme: str, host: str) -> Origin | None:
     return parse_origin(f"{scheme}://{host}")
 
 
-def origin_allowed(header: str | None, own: Origin | None, allowed: tuple[str, ...]) -> bool:
-    """Whether a WebSocket upgrade with ``Origin: header`` may go ahead.
+def is_own_page(origin: Origin, scheme: str, host: str, check: str = "host") -> bool:
+    """Whether ``origin`` is the page of the server that got a request made with ``scheme`` to
+    the ``Host`` header value ``host``.
+
+    ``check`` ``host``: ``origin`` is ``http`` or ``https`` and its host and port equal
+    ``host``'s, whatever ``scheme`` is. A ``host`` without a port stands for the default port of
+    the origin's scheme, since browsers leave the default port out of both ``Origin`` (RFC 6454
+    section 6.2) and ``Host`` (RFC 9110 section 7.2): ``https://chat.example.com`` matches
+    ``chat.example.com`` and ``chat.example.com:443``, not ``chat.example.com:80``.
+    ``check`` ``strict``: ``origin`` is the request's own origin, :func:`request_origin`.
+    """
+    if check == "strict":
+        return origin == request_origin(scheme, host)
+    return origin[0] in PAGE_SCHEMES and origin == request_origin(origin[0], host)
+
+
+def origin_allowed(
+    header: str | None, scheme: str, host: str, allowed: tuple[str, ...], check: str = "host"
+) -> bool:
+    """Whether a WebSocket upgrade with ``Origin: header``, made with ``scheme`` to the ``Host``
+    header value ``host``, may go ahead.
 
     ``header`` None (no ``Origin``: not a browser) is always allowed. With an empty
-    ``allowed`` only the request's own origin ``own`` is; otherwise only the listed origins,
-    compared as origins; the entry ``*`` allows any.
+    ``allowed`` only the server's own page is (:func:`is_own_page` with ``check``); otherwise
+    only the listed origins, compared as origins; the entry ``*`` allows any.
     """
     if header is None or "*" in allowed:
         return True
@@ -65,4 +96,4 @@ def origin_allowed(header: str | None, own: Origin | None, allowed: tuple[str, .
         return False
     if allowed:
         return origin in map(parse_origin, allowed)
-    return origin == own
+    return is_own_page(origin, scheme, host, check)

@@ -15,6 +15,7 @@ import unicodedata
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 import orjson
 
@@ -215,6 +216,42 @@ def presence_event(kind: str, user: str, members: int) -> bytes:
     return encode({"type": kind, "user": user, "members": members, "ts": now_ms()})
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one connection may send, told to the client in ``welcome.limits`` so that it can
+    refuse locally what the server would refuse (docs/protocol.md, "welcome").
+
+    ``max_message_bytes``: UTF-8 bytes of one client message (the whole JSON text); a bigger
+    one closes the connection with 1009. ``max_text_chars``: Unicode code points of ``text``;
+    more gets ``error`` ``too_long``. ``rate_limit``: frames per second the token bucket
+    refills; ``rate_burst``: frames it holds (``error`` ``rate_limited`` beyond).
+    """
+
+    max_message_bytes: int
+    max_text_chars: int
+    rate_limit: float
+    rate_burst: int
+
+
+class LimitSettings(Protocol):
+    """What :func:`limits_of` reads of the server's settings
+    (:class:`server.ops.config.Settings`, which this layer does not import)."""
+
+    @property
+    def max_msg_size(self) -> int: ...
+
+    @property
+    def rate_limit(self) -> float: ...
+
+    @property
+    def rate_burst(self) -> int: ...
+
+
+def limits_of(settings: LimitSettings) -> Limits:
+    """The :class:`Limits` a server with ``settings`` applies to every connection."""
+    return Limits(settings.max_msg_size, MAX_TEXT, settings.rate_limit, settings.rate_burst)
+
+
 def welcome_event(
     room: str,
     user: str,
@@ -223,10 +260,12 @@ def welcome_event(
     members: int,
     online: list[str],
     reset: bool,
+    limits: Limits,
     history: list[bytes],
 ) -> bytes:
     """The first event on a connection. ``members``: how many are in the room; ``online``:
-    names of (the first of) them; ``history``: encoded ``message`` events, oldest first."""
+    names of (the first of) them; ``limits``: what the connection may send; ``history``:
+    encoded ``message`` events, oldest first."""
     head = orjson.dumps(
         {
             "type": "welcome",
@@ -237,6 +276,7 @@ def welcome_event(
             "members": members,
             "online": online,
             "reset": reset,
+            "limits": limits,
         }
     )
     return head[:-1] + b',"history":[' + b",".join(history) + b"]}"

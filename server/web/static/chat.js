@@ -1,12 +1,15 @@
 // The room page: one WebSocket speaking protocol v1 (docs/protocol.md).
 // Every piece of user text goes into the page through textContent, never as markup.
 
+import { reconnectDelay } from "./backoff.js";
+import { messageProblem, utf8Bytes } from "./limits.js";
 import { nameProblem, rememberName, storedName, trimName } from "./names.js";
 import { rememberToken, storedToken, tokenProblem } from "./tokens.js";
 
-const BACKOFF_BASE_MS = 500;
-const BACKOFF_CAP_MS = 10_000;
-const MAX_ATTEMPTS = 40; // about five minutes of retries, then "offline" and a button
+// Reconnect attempts in a row before "offline" and a button: about five minutes (once at the
+// 30 s ceiling, an attempt waits 15 s on average).
+const MAX_ATTEMPTS = 25;
+const STABLE_MS = 10_000; // a connection that stayed up this long starts the backoff afresh
 // Attempts that fail before opening, while none of this page's connections has opened yet,
 // before the page stops retrying: the browser cannot tell an HTTP 4xx/5xx answer to the upgrade from an unreachable server.
 const MAX_FIRST_ATTEMPTS = 3;
@@ -39,15 +42,20 @@ const state = {
   socket: null,
   lastSeq: 0, // highest message seq shown; anything at or below it is a duplicate
   epoch: "", // the room epoch lastSeq counts in (welcome.epoch)
-  attempt: 0, // retries since the last welcome (or Reconnect)
+  attempt: 0, // reconnects since the last connection that stayed up (or Reconnect)
   opened: false, // some connection of this page has opened
+  connects: 0, // connections this page started: tells a stale close apart
+  welcomedAt: 0, // when the current connection got its welcome (0: none yet)
+  limits: null, // what the server takes from a connection (welcome.limits, less tooBig)
+  tooBig: Infinity, // the smallest message (UTF-8 bytes) refused with 1009: never sent again
+  outage: "", // why the server said it is unavailable, while it does
   retryTimer: 0,
   countdownTimer: 0,
   sent: 0,
   pending: new Map(), // command id -> its <li>, until the bot answers
   mine: new Set(), // ids of the messages this page sent: what "own" means, never the name
   typed: 0, // texts the user sent: each one's place in the order they were typed
-  unconfirmed: new Map(), // id -> {text, order} sent and neither echoed nor refused yet
+  unconfirmed: new Map(), // id -> {text, order, bytes} sent, neither echoed nor refused yet
   waiting: [], // {text, order, item} refused as rate_limited, resent in typing order
   resendTimer: 0,
   members: 0,
@@ -185,15 +193,49 @@ function refused(ev) {
     command.remove();
   }
   if (ev.code !== "rate_limited") {
-    if (!textInput.value) {
-      textInput.value = text;
-      updateSend();
-    }
+    giveBack(text);
     return false;
   }
   wait(text, order);
   scheduleResend(RESEND_MS);
   return true;
+}
+
+// Puts text the server will not take back into the box, unless the user typed something new.
+function giveBack(text) {
+  if (textInput.value) return;
+  textInput.value = text;
+  updateSend();
+}
+
+function showProblem(code, detail) {
+  const item = el("li", "error");
+  item.append(el("span", "badge", code.replaceAll("_", " ")), el("span", "text", detail));
+  append(item);
+}
+
+// The server (or a proxy on the way) closed with 1009: a message was bigger than it takes,
+// although the page checks welcome.limits. The biggest text still unconfirmed is that message:
+// it goes back to the box with the reason, and from now on nothing that big is sent.
+function refusedAsTooBig() {
+  let biggest = null;
+  for (const [id, sent] of state.unconfirmed) {
+    if (!biggest || sent.bytes > biggest.sent.bytes) biggest = { id, sent };
+  }
+  if (!biggest) {
+    showProblem("too_big", "The server closed the connection: a message was too big for it.");
+    return;
+  }
+  state.unconfirmed.delete(biggest.id);
+  const { text, bytes } = biggest.sent;
+  state.tooBig = Math.min(state.tooBig, bytes);
+  setLimits(state.limits);
+  showProblem(
+    "too_big",
+    `The server refused this message as too big (${bytes.toLocaleString("en")} bytes as sent). ` +
+      "Shorten it and send it again.",
+  );
+  giveBack(text);
 }
 
 // Shows `text` as waiting in the log and queues it for scheduleResend, in typing order: a
@@ -218,18 +260,29 @@ function scheduleResend(delay) {
     if (!online() || !state.waiting.length) return;
     const { text, order, item } = state.waiting.shift();
     item.remove();
-    transmit(text, order);
+    const problem = transmit(text, order);
+    if (problem) {
+      showProblem(problem.code, problem.detail);
+      giveBack(text);
+    }
     scheduleResend(RESEND_MS);
   }, delay);
 }
 
 function showError(ev) {
   if (refused(ev)) return;
-  const item = el("li", "error");
-  const code = String(ev.code || "error").replaceAll("_", " ");
-  item.append(el("span", "badge", code), el("span", "text", ev.detail || ""));
-  append(item);
+  showProblem(String(ev.code || "error"), ev.detail || "");
   settle(ev.reply_to, "failed");
+}
+
+// What the page lets through: the server's limits (none known: no check) less what a 1009
+// taught it.
+function setLimits(given) {
+  const limits = given && typeof given === "object" ? given : {};
+  state.limits = {
+    max_text_chars: limits.max_text_chars ?? Infinity,
+    max_message_bytes: Math.min(limits.max_message_bytes ?? Infinity, state.tooBig - 1),
+  };
 }
 
 function onWelcome(ev) {
@@ -240,6 +293,7 @@ function onWelcome(ev) {
     notice("The room restarted: messages sent while you were away may be missing.", Date.now());
   }
   if (typeof ev.epoch === "string") state.epoch = ev.epoch;
+  setLimits(ev.limits);
   state.user = ev.user;
   meEl.textContent = `as ${ev.user}`;
   meEl.hidden = false;
@@ -253,7 +307,8 @@ function onWelcome(ev) {
     ev.reset || (history.length ? history[0].seq <= state.lastSeq + 1 : ev.seq <= state.lastSeq);
   for (const message of history) showMessage(message);
   requeueUnconfirmed(covered);
-  state.attempt = 0;
+  state.welcomedAt = Date.now();
+  state.outage = "";
   setStatus("online");
 }
 
@@ -300,6 +355,7 @@ function clearTimers() {
 
 function connect() {
   clearTimers();
+  state.connects += 1;
   setStatus("connecting");
   const params = new URLSearchParams(
     tokenMode ? { room, token: state.token } : { room, user: state.requested },
@@ -311,7 +367,9 @@ function connect() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const socket = new WebSocket(`${scheme}//${location.host}/ws?${params}`);
   state.socket = socket;
+  let opened = false;
   socket.addEventListener("open", () => {
+    opened = true;
     state.opened = true;
   });
   socket.addEventListener("message", (event) => {
@@ -325,13 +383,15 @@ function connect() {
       if (ev && typeof ev === "object") handle(ev);
     }
   });
-  socket.addEventListener("close", (event) => onClose(socket, event));
+  socket.addEventListener("close", (event) => onClose(socket, event, opened));
 }
 
-function onClose(socket, event) {
+function onClose(socket, event, opened) {
   if (socket !== state.socket) return;
   state.socket = null;
   if (statusEl.dataset.state === "online") notice("Connection lost.", Date.now());
+  if (state.welcomedAt && Date.now() - state.welcomedAt >= STABLE_MS) state.attempt = 0;
+  state.welcomedAt = 0;
   for (const id of [...state.pending.keys()]) settle(id, "lost");
   if (event.code === TOKEN_EXPIRED || (tokenMode && tokenProblem(state.token))) {
     clearTimers();
@@ -340,31 +400,71 @@ function onClose(socket, event) {
     goOffline(`The server closed the connection: ${event.reason || "policy violation"}.`);
   } else if (!navigator.onLine) {
     goOffline("No network connection.");
+  } else if (!opened) {
+    notOpened();
+  } else {
+    if (event.code === 1009) refusedAsTooBig();
+    scheduleReconnect();
+  }
+}
+
+// What the server says of itself: "ready", the status of a 503 from /readyz
+// ("broker_unavailable", "shutting_down", ...), or "unreachable" when nothing answers.
+async function serverState() {
+  try {
+    const response = await fetch("/readyz", { cache: "no-store" });
+    if (response.status !== 503) return "ready";
+    const body = await response.json().catch(() => ({}));
+    return typeof body.status === "string" ? body.status : "unavailable";
+  } catch {
+    return "unreachable";
+  }
+}
+
+const OUTAGES = {
+  broker_unavailable: "The server is unavailable: its message broker is down.",
+  shutting_down: "The server is unavailable: it is restarting.",
+  unreachable: "The server cannot be reached.",
+};
+
+// A connection that never opened: the browser cannot read the HTTP answer to the upgrade, so
+// the page asks /readyz whether the server is unavailable (then it retries with backoff)
+// or up and refusing this page's request (then, before any connection opened, it stops).
+async function notOpened() {
+  const connects = state.connects;
+  setStatus("reconnecting", "reconnecting");
+  const why = await serverState();
+  if (state.connects !== connects || state.socket) return; // Reconnect was pressed meanwhile
+  if (why !== "ready") {
+    if (state.outage !== why) {
+      const what = OUTAGES[why] || `The server is unavailable (${why}).`;
+      notice(`${what} The page keeps retrying and joins once it is back.`, Date.now(), "error");
+      state.outage = why;
+    }
+    scheduleReconnect("unavailable, retrying");
   } else if (!state.opened && state.attempt + 1 >= MAX_FIRST_ATTEMPTS) {
     goOffline(
-      "Could not connect: the server refused the connection or could not be reached. " +
+      "Could not connect: the server refused the connection. " +
         (tokenMode
           ? "Check the token (valid, not expired, allowed in this room), or try Reconnect later."
           : "Check the name and the room, or try Reconnect later."),
     );
   } else {
-    if (event.code === 1009) notice("That message was too big for the server.", Date.now(), "error");
     scheduleReconnect();
   }
 }
 
-function scheduleReconnect() {
+function scheduleReconnect(label = "reconnecting") {
   if (state.attempt >= MAX_ATTEMPTS) {
     goOffline("The server is unreachable.");
     return;
   }
-  const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** state.attempt);
-  const delay = ceiling / 2 + (Math.random() * ceiling) / 2;
+  const delay = reconnectDelay(state.attempt);
   const due = Date.now() + delay;
   state.attempt += 1;
   const tick = () => {
     const seconds = Math.max(1, Math.ceil((due - Date.now()) / 1000));
-    setStatus("reconnecting", `reconnecting in ${seconds}s`);
+    setStatus("reconnecting", `${label} in ${seconds}s`);
   };
   tick();
   state.countdownTimer = setInterval(tick, 1000);
@@ -409,13 +509,25 @@ function start(name) {
   connect();
 }
 
+// The frame that would carry `text` now, with its id and its size in UTF-8 bytes.
+function outgoing(text) {
+  const id = `${pageId}-${state.sent + 1}`;
+  const frame = JSON.stringify({ type: "message", text, id, sent: Date.now() });
+  return { id, frame, bytes: utf8Bytes(frame) };
+}
+
+// Sends `text` unless the server's limits would refuse it; returns that problem
+// ({code, detail}), or null once sent.
 function transmit(text, order) {
+  const { id, frame, bytes } = outgoing(text);
+  const problem = messageProblem(text, bytes, state.limits);
+  if (problem) return problem;
   state.sent += 1;
-  const id = `${pageId}-${state.sent}`;
-  state.socket.send(JSON.stringify({ type: "message", text, id, sent: Date.now() }));
+  state.socket.send(frame);
   state.mine.add(id);
-  state.unconfirmed.set(id, { text, order });
+  state.unconfirmed.set(id, { text, order, bytes });
   if (COMMAND.test(text)) showCommand(id, text);
+  return null;
 }
 
 composer.addEventListener("submit", (event) => {
@@ -423,9 +535,16 @@ composer.addEventListener("submit", (event) => {
   const text = textInput.value.trim();
   const socket = state.socket;
   if (!text || !socket || socket.readyState !== WebSocket.OPEN) return;
-  state.typed += 1;
-  if (state.waiting.length) wait(text, state.typed); // behind text already refused
-  else transmit(text, state.typed);
+  const order = state.typed + 1;
+  const problem = state.waiting.length
+    ? messageProblem(text, outgoing(text).bytes, state.limits)
+    : transmit(text, order);
+  if (problem) {
+    showProblem(problem.code, problem.detail); // the text stays in the box
+    return;
+  }
+  state.typed = order;
+  if (state.waiting.length) wait(text, order); // behind text already refused
   textInput.value = "";
   updateSend();
 });
