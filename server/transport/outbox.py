@@ -30,6 +30,11 @@ class Flow(enum.Enum):
     LOST = "lost"  # the socket is gone (connection_lost)
 
 
+# The members as plain names: on Python 3.11 each ``Flow.X`` costs a class lookup (~0.1 µs),
+# and offer() checks the flow once per recipient of every fan-out.
+WRITABLE, PAUSED, LOST = Flow.WRITABLE, Flow.PAUSED, Flow.LOST
+
+
 class Outbox:
     """The events (encoded, bytes) waiting for one client over ``transport``.
 
@@ -43,7 +48,7 @@ class Outbox:
         self.transport = transport
         self.events: deque[bytes] | None = None
         self._writer: asyncio.Task[None] | None = None
-        self._flow = Flow.WRITABLE
+        self._flow = WRITABLE
         self._drained: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
@@ -56,12 +61,12 @@ class Outbox:
 
     @property
     def lost(self) -> bool:
-        return self._flow is Flow.LOST
+        return self._flow is LOST
 
     def offer(self, wire: bytes, events: list[bytes]) -> int:
         """Write ``wire`` (``events`` as one frame) now if nothing waits and the socket takes
         writes, else queue ``events``. Returns the frames written now (0 or 1)."""
-        if not self.events and self._writer is None and self._flow is Flow.WRITABLE:
+        if not self.events and self._writer is None and self._flow is WRITABLE:
             self.transport.write(wire)
             return 1
         if self.events is None:
@@ -90,8 +95,8 @@ class Outbox:
     ) -> None:
         error: Exception | None = None
         try:
-            while self.events and self._flow is not Flow.LOST:
-                if self._flow is Flow.PAUSED:
+            while self.events and self._flow is not LOST:
+                if self._flow is PAUSED:
                     await self.wait_writable()
                     continue
                 self.transport.write(text_frame(batch(take_batch(self.events, max_frame_size))))
@@ -112,16 +117,16 @@ class Outbox:
             await asyncio.wait([writer], timeout=budget)
 
     def pause(self) -> None:
-        if self._flow is Flow.WRITABLE:
-            self._flow = Flow.PAUSED
+        if self._flow is WRITABLE:
+            self._flow = PAUSED
 
     def resume(self) -> None:
-        if self._flow is Flow.PAUSED:
-            self._flow = Flow.WRITABLE
+        if self._flow is PAUSED:
+            self._flow = WRITABLE
         self._wake()
 
     def lose(self) -> None:
-        self._flow = Flow.LOST
+        self._flow = LOST
         self._wake()
 
     def _wake(self) -> None:
@@ -133,9 +138,9 @@ class Outbox:
     async def wait_writable(self) -> None:
         """Wait while asyncio's flow control holds writes back. Raises
         ``ConnectionResetError`` when the socket is lost before or while waiting."""
-        if self._flow is Flow.PAUSED:
+        if self._flow is PAUSED:
             if self._drained is None:
                 self._drained = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._drained)
-        if self._flow is Flow.LOST:
+        if self._flow is LOST:
             raise ConnectionResetError("connection lost")

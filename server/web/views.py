@@ -90,9 +90,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return refused
     registry = app[registry_key]
     transport = request.transport
-    if transport is None:
-        log.info("upgrade_aborted", extra={"fields": {"room": hs.room, "user": hs.user}})
-        return web.Response(status=400)
+    if transport is None:  # the client went away before the handler ran
+        return _aborted(hs)
     conn = Connection(app[dispatcher_key], transport, room=hs.room, user=hs.user)
     hubs = app[hubs_key]
     # The join is queued first, so that the room's hub knows the connection before any
@@ -105,12 +104,17 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     except ConnectionError:
         registry.release()
         hubs.post(hs.room, Leave(conn))
-        log.info("upgrade_aborted", extra={"fields": {"room": hs.room, "user": hs.user}})
-        return web.Response(status=400)
+        return _aborted(hs)
     registry.open(conn)
     log.debug("connection_opened", extra={"fields": {"room": hs.room, "user": hs.user}})
     _close_at_expiry(conn, hs.identity)
     return response
+
+
+def _aborted(hs: Handshake) -> web.Response:
+    """The answer to an upgrade whose client went away during it (never read), logged."""
+    log.info("upgrade_aborted", extra={"fields": {"room": hs.room, "user": hs.user}})
+    return web.Response(status=400)
 
 
 def _close_at_expiry(conn: Connection, identity: Identity | None) -> None:
