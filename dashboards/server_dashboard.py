@@ -349,8 +349,9 @@ def build() -> Dashboard:
     board.with_panel(
         graph(
             "Broker up",
-            "1 while the instance reaches its broker (always 1 with the memory broker), 0 while "
-            "Redis is unavailable: /readyz answers 503 and RoomhubBrokerDown fires after 1 m.",
+            "1 while the instance reaches Redis, 0 while Redis is unavailable: /readyz answers "
+            "503 and RoomhubBrokerDown fires after 1 m. No series with the memory broker, which "
+            "has no broker connection.",
             "short",
             query(f"max by (instance) (chat_broker_up{{{SEL}}})", "{{instance}}"),
             width=6,
@@ -381,7 +382,7 @@ def build() -> Dashboard:
             "Broker errors by operation",
             "Broker operations refused or failed per second while Redis was unavailable, by "
             "operation; Broker reconnects counts recoveries; subscriptions are the room "
-            "channels each instance listens to.",
+            "channels each instance listens to. Redis broker only.",
             "ops",
             query(rate("chat_broker_errors_total", "operation"), "{{operation}}"),
             query(rate("chat_broker_reconnects_total"), "reconnects"),

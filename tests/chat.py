@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,8 @@ import orjson
 import websockets.asyncio.client as websockets_client
 from prometheus_client import REGISTRY
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import Protocol as WebSocketProtocol
+from websockets.protocol import Side
 
 from server.ops.config import Settings
 
@@ -108,6 +111,39 @@ def raw_client_that_never_reads(host: str, port: int, room: str) -> socket.socke
     sock.connect((host, port))
     sock.sendall(upgrade_request(room, "slow"))
     return sock
+
+
+TCP_CLOSE = 7
+TCP_CLOSE_WAIT = 8
+"""Linux TCP states (include/net/tcp_states.h): CLOSE_WAIT once the peer's FIN has arrived,
+CLOSE after a reset."""
+
+
+def tcp_info(sock: socket.socket) -> tuple[int, int]:
+    """``(state, unacked)`` of ``sock`` from Linux ``TCP_INFO`` (struct tcp_info: ``tcpi_state``
+    is its first byte, ``tcpi_unacked`` the u32 at offset 24): what the kernel knows, whether
+    or not the application has read."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 28)
+    return info[0], int.from_bytes(info[24:28], sys.byteorder)
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    """Read a blocking socket until the peer's end of stream (at most ``WAIT`` s per read)."""
+    sock.settimeout(WAIT)
+    stream = bytearray()
+    while data := sock.recv(65536):
+        stream += data
+    return bytes(stream)
+
+
+def close_read(stream: bytes) -> tuple[int, str] | None:
+    """The close frame a raw client read: ``stream`` is all it received (the 101 response,
+    then frames); the frames are parsed by the ``websockets`` Sans-I/O client protocol.
+    Returns ``(code, reason)``, or None when no close frame came."""
+    frames = WebSocketProtocol(Side.CLIENT, max_size=None)
+    frames.receive_data(stream.partition(b"\r\n\r\n")[2])
+    close = frames.close_rcvd
+    return None if close is None else (close.code, close.reason)
 
 
 CLIENTS = ["aiohttp", "websockets"]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +18,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from server.bot.commands import STOCK_PREFIX, CommandError, parse_stock_command
+from server.bot.commands import (
+    COMMANDS,
+    STOCK_PREFIX,
+    CommandError,
+    HelpReply,
+    help_reply,
+    parse_stock_command,
+)
 from server.bot.providers import (
     QuoteProvider,
     UnknownSymbol,
@@ -31,7 +41,7 @@ from server.web.app import create_app as chat_app
 from server.web.keys import bot_key, hubs_key
 from tests.chat import Client, wait_until
 from tests.chat import settings as chat_settings
-from tests.support.processes import free_port
+from tests.support.processes import free_port, run_server
 
 UNAVAILABLE = "Quote service unavailable for {}, try again later"
 
@@ -135,6 +145,29 @@ def test_prefix_is_case_insensitive() -> None:
 @pytest.mark.parametrize("text", ["hello", "stock=aapl", "see /stock=aapl", "/stocks=aapl", ""])
 def test_text_without_the_prefix_is_not_a_command(text: str) -> None:
     assert parse_stock_command(text) is None
+
+
+@pytest.mark.parametrize("text", ["/help", "  /HELP ", "/Help me"])
+def test_help_lists_the_commands(text: str) -> None:
+    assert help_reply(text) == HelpReply(COMMANDS, True)
+
+
+@pytest.mark.parametrize(
+    ("text", "word"),
+    [
+        ("/nope", "/nope"),
+        (" /nope 1 2", "/nope"),
+        ("/stocks=aapl", "/stocks"),
+        ("/x-y_z", "/x-y_z"),
+    ],
+)
+def test_an_unknown_command_word_is_named_before_the_list(text: str, word: str) -> None:
+    assert help_reply(text) == HelpReply(f"Unknown command {word}. {COMMANDS}", False)
+
+
+@pytest.mark.parametrize("text", ["hello", "/usr/bin is a path", "/ that", "/1st", "a /help", ""])
+def test_a_chat_message_is_no_command(text: str) -> None:
+    assert help_reply(text) is None
 
 
 @pytest.mark.parametrize(
@@ -506,3 +539,25 @@ async def test_reply_for_a_room_reaped_meanwhile_counts_dropped(
     release_slow(quotes)
     await wait_until(lambda: commands("dropped") == before["dropped"] + 1)
     assert commands("ok") == before["ok"]
+
+
+def test_an_unresolvable_quote_host_logs_how_to_run_offline(tmp_path: Path) -> None:
+    """Start-up resolves the quote host in the background; the warning comes as a JSON log
+    line naming ``ROOMHUB_QUOTE_PROVIDER=sim``, and the server serves meanwhile (run_server
+    waits for it to answer /healthz)."""
+    with run_server(tmp_path, quote_provider="stooq", quote_url="https://nonexistent.invalid") as s:
+        deadline = time.monotonic() + 10
+        while '"quote_host_unresolved"' not in s.output():
+            assert time.monotonic() < deadline, "no quote_host_unresolved warning"
+            time.sleep(0.05)
+        (line,) = [
+            json.loads(line)
+            for line in s.output().splitlines()
+            if '"quote_host_unresolved"' in line
+        ]
+    assert (line["level"], line["logger"], line["host"]) == (
+        "warning",
+        "roomhub.bot",
+        "nonexistent.invalid",
+    )
+    assert "ROOMHUB_QUOTE_PROVIDER=sim" in line["hint"]

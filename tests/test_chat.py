@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from websockets.frames import Close, Opcode
 from websockets.protocol import Protocol, Side
 
+from server.bot.commands import COMMANDS
 from server.rooms.baseline import Room
 from server.rooms.broker.memory import MemoryBroker
 from server.rooms.hub import RoomHub, message_interval, presence_interval
@@ -459,6 +460,32 @@ async def test_bot_reply_is_broadcast_to_the_room_and_command_is_not_stored(
     welcome = await (await connect(server, "r1", "cat")).next_of("welcome")
     assert welcome["history"] == []
     assert welcome["seq"] == 0
+
+
+async def test_help_gets_a_bot_reply_listing_the_commands_to_the_sender_only(
+    server: TestClient,
+) -> None:
+    ann = await joined(server, "r1", "ann")
+    bob = await joined(server, "r1", "bob")
+    await ann.say("/help", id="h1")
+    reply = await ann.next_of("bot")
+    assert (reply["user"], reply["ok"], reply["reply_to"]) == ("stockbot", True, "h1")
+    assert reply["text"] == COMMANDS
+    await ann.say("after", id="a1")
+    seen = await bob.next(lambda e: e["type"] in ("bot", "message"))
+    assert seen.get("id") == "a1", "the help reply reached another member"
+
+
+async def test_an_unknown_command_gets_a_bot_reply_naming_it_and_is_not_stored(
+    server: TestClient,
+) -> None:
+    ann = await joined(server, "r1", "ann")
+    await ann.say("/nope now", id="n1")
+    reply = await ann.next_of("bot")
+    assert (reply["ok"], reply["reply_to"]) == (False, "n1")
+    assert reply["text"] == f"Unknown command /nope. {COMMANDS}"
+    welcome = await (await connect(server, "r1", "cat")).next_of("welcome")
+    assert (welcome["seq"], welcome["history"]) == (0, [])
 
 
 async def test_room_list_holds_rooms_with_members_busiest_first(server: TestClient) -> None:

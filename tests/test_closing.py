@@ -9,18 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections import deque
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from websockets.frames import Frame, Opcode
 
 import server.rooms.dispatch
 import server.transport.outbox
 from server.web.keys import registry_key
 from server.wire.protocol import CloseReason
-from tests.chat import CLIENTS, Peer, settings, wait_until
+from tests.chat import (
+    CLIENTS,
+    TCP_CLOSE,
+    TCP_CLOSE_WAIT,
+    Peer,
+    close_read,
+    raw_client_that_never_reads,
+    read_to_end,
+    settings,
+    tcp_info,
+    upgrade_request,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -236,3 +250,41 @@ async def test_heartbeat_keeps_an_idle_client_that_answers_pings(
     await echoed(other, "after")
     await idle.wait_for(lambda e: e.get("id") == "after")
     assert idle.code is None
+
+
+async def test_a_client_that_reads_after_the_close_timeout_still_gets_its_close_frame(
+    make_server: Any,
+) -> None:
+    """A raw client sends a message too big, then reads nothing: at ``close_timeout`` the
+    server ends TCP with a FIN, behind the close frame, which the client's kernel holds for
+    it; no reset, which would drop it."""
+    test_server = await make_server(close_timeout=0.3, max_msg_size=1000)
+    with socket.create_connection((test_server.host, test_server.port)) as sock:
+        too_big = Frame(Opcode.TEXT, b"x" * 2000).serialize(mask=True, extensions=[])
+        sock.sendall(upgrade_request("late", "lou") + too_big)
+        await wait_until(lambda: tcp_info(sock)[0] == TCP_CLOSE_WAIT)  # the server's FIN
+        stream = await asyncio.to_thread(read_to_end, sock)
+    assert close_read(stream) == (1009, "message too big")
+
+
+async def test_a_client_whose_buffers_are_full_is_reset_at_the_close_timeout(
+    make_server: Any, peers: Any
+) -> None:
+    """A client that stopped reading, with its receive buffer and the server's send buffer
+    full: what is left cannot be written, so the close timeout resets it (its TCP state goes
+    to CLOSE at once) rather than queueing a FIN behind bytes that will never leave."""
+    test_server = await make_server(close_timeout=0.3, rate_limit=10000, rate_burst=10000)
+    registry = test_server.app[registry_key]
+    ann = await peers("aiohttp", test_server, "full", "ann")
+    await ann.wait_for(lambda e: e["type"] == "welcome")
+    sock = raw_client_that_never_reads(test_server.host, test_server.port, "full")
+    with sock:
+        await wait_until(lambda: len(registry.connections) == 2)
+        sent = 0
+        while not any(c.closing for c in registry.connections):  # closed as a slow consumer
+            assert sent < 20000, "the client that reads nothing was never closed"
+            await ann.send("x" * 1900, id=str(sent))
+            sent += 1
+            if sent % 20 == 0:
+                await asyncio.sleep(0.01)
+        await wait_until(lambda: tcp_info(sock)[0] == TCP_CLOSE)

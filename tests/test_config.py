@@ -241,3 +241,21 @@ def test_start_prints_the_url_and_warns_once_per_unknown_roomhub_variable() -> N
     assert [(w["level"], w["env"], w["did_you_mean"]) for w in warnings] == [
         ("warning", "ROOMHUB_PORTT", "ROOMHUB_PORT")
     ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "missing", "given"),
+    [
+        ({"port": "8090"}, "ROOMHUB_METRICS_PORT (--metrics-port)", "ROOMHUB_PORT"),
+        ({"port": "0", "metrics_port": "9100"}, "ROOMHUB_PORT (--port)", "ROOMHUB_METRICS_PORT"),
+    ],
+)
+def test_workers_without_a_fixed_port_name_only_the_port_missing(
+    flags: dict[str, str], missing: str, given: str
+) -> None:
+    env = {"ROOMHUB_WORKERS": "2", "ROOMHUB_BROKER": "redis://127.0.0.1:6379/0"}
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env, flags)
+    message = str(raised.value)
+    assert f"needs a fixed {missing}:" in message
+    assert f"{given} (" not in message

@@ -18,7 +18,7 @@ from websockets.protocol import Protocol, Side
 
 from server.web.app import create_app
 from server.wire.protocol import frame_header
-from tests.chat import WAIT, Client, settings, upgrade_request
+from tests.chat import WAIT, Client, sample, settings, upgrade_request, wait_until
 from tests.support.docs import ROOT
 
 PROTOCOL_DOC = (ROOT / "docs/protocol.md").read_text()
@@ -217,4 +217,26 @@ async def test_a_message_sent_with_the_upgrade_request_is_broadcast_after_the_we
         "early 1",
         "early 2",
     ]
+    writer.close()
+
+
+async def test_a_close_frame_between_fragments_is_answered_1002_and_counted_as_protocol_error(
+    aiohttp_client: Any,
+) -> None:
+    """RFC 6455 section 5.4: a fragmented message may be interleaved with control frames, but
+    a close frame before its last fragment leaves it incomplete: a protocol error."""
+    server: TestClient = await aiohttp_client(create_app(settings()))
+    reader, writer, wire = await joined_raw(server, "interrupted")
+    closed = "chat_connections_closed_total"
+    before = {label: sample(closed, reason=label) for label in ("normal", "protocol_error")}
+    writer.write(
+        client_frame(Opcode.TEXT, b'{"type":"mess', fin=False)
+        + client_frame(Opcode.CLOSE, (1000).to_bytes(2, "big"))
+    )
+    await read_until(reader, wire, lambda f: False)  # to the server's end of the stream
+    close = strict_read([bytes(wire)])[-1]
+    assert (close.opcode, int.from_bytes(close.data[:2], "big")) == (Opcode.CLOSE, 1002)
+    await wait_until(lambda: sample(closed, reason="protocol_error") > before["protocol_error"])
+    assert sample(closed, reason="protocol_error") == before["protocol_error"] + 1
+    assert sample(closed, reason="normal") == before["normal"]
     writer.close()

@@ -15,12 +15,15 @@ import pytest
 from tests.chat import (
     CLIENTS,
     UPGRADE_HEADERS,
+    WAIT,
     Client,
     Peer,
+    close_read,
     raw_client_that_never_reads,
+    read_to_end,
     upgrade_request,
 )
-from tests.support.processes import run_server
+from tests.support.processes import Process, run_server
 
 
 async def test_sigterm_closes_clients_with_1001_and_exits_0(tmp_path: Path) -> None:
@@ -37,6 +40,64 @@ async def test_sigterm_closes_clients_with_1001_and_exits_0(tmp_path: Path) -> N
         assert codes == [1001, 1001, 1001]
         assert await asyncio.to_thread(server.proc.wait, 15) == 0
     assert '"reason":"shutdown"' in server.output()
+
+
+LATE_READERS = 20
+
+
+async def test_sigterm_gives_1001_to_members_that_read_after_the_close_timeout(
+    tmp_path: Path,
+) -> None:
+    """Members that get to their socket 1.5 s after SIGTERM, past ``close_timeout`` (0.5 s) but
+    within ``shutdown_timeout`` (4 s): the closing handshake waits for them. An aiohttp client
+    that finds the server's FIN before it answers the close frame reports 1006 (its answer
+    cannot be written), so TCP must still be open when they read."""
+    settings = {"quote_provider": "sim", "close_timeout": 0.5, "shutdown_timeout": 4}
+    with run_server(tmp_path, **settings) as server:
+        async with aiohttp.ClientSession() as session:
+            members = [
+                await session.ws_connect(f"{server.ws_url}?room=late&user=m{i}")
+                for i in range(LATE_READERS)
+            ]
+            server.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(1.5)  # the members' lateness: what this test is about
+            codes = []
+            for member in members:
+                async with asyncio.timeout(5):
+                    while (await member.receive()).type == aiohttp.WSMsgType.TEXT:
+                        pass
+                codes.append(member.close_code)
+        assert codes == [1001] * LATE_READERS
+        assert await asyncio.to_thread(server.proc.wait, 15) == 0
+
+
+async def test_sigterm_close_frame_reaches_raw_readers_after_the_server_exits(
+    tmp_path: Path,
+) -> None:
+    """Sockets that read nothing until the server process has exited: at the end of the
+    shutdown budget TCP ended with a FIN, so their kernels still hold every frame sent, the
+    1001 close frame last."""
+    settings = {"quote_provider": "sim", "close_timeout": 10, "shutdown_timeout": 1}
+    with run_server(tmp_path, **settings) as server:
+        socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(5)]
+        for i, sock in enumerate(socks):
+            sock.sendall(upgrade_request("gone", f"r{i}"))
+        await asyncio.to_thread(wait_for_members, server, 5)
+        server.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(server.proc.wait, 15) == 0
+        closes = []
+        for sock in socks:
+            with sock:
+                closes.append(close_read(await asyncio.to_thread(read_to_end, sock)))
+    assert closes == [(1001, "server shutdown")] * 5
+
+
+def wait_for_members(server: Process, count: int) -> None:
+    """Until the server counts ``count`` open connections (``WAIT`` s at most)."""
+    deadline = time.monotonic() + WAIT
+    while server.metrics()["chat_connections"] < count:
+        assert time.monotonic() < deadline, "the members never joined"
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("kind", CLIENTS)

@@ -18,7 +18,8 @@ from server.ops.metrics import (
 from server.web.app import create_app
 from server.wire.protocol import CloseReason
 from tests.chat import Client, settings
-from tests.support.docs import code, table
+from tests.support.docs import code, redis_only_metrics, table
+from tests.support.processes import RedisServer
 
 OVERVIEW = table("docs/metrics.md", "## Overview")
 LABEL_VALUES = {  # each label's values, as the code has them (close reasons: see below)
@@ -61,8 +62,8 @@ async def families(server: TestClient) -> dict[str, str]:
 async def test_every_documented_metric_is_exported_with_its_type(aiohttp_client: Any) -> None:
     server = await aiohttp_client(create_app(settings()))
     exported = await families(server)
-    expected = documented()
-    assert len(expected) == 26
+    expected = {k: v for k, v in documented().items() if k not in redis_only_metrics()}
+    assert len(expected) == 24
     assert {name: exported.get(name) for name in expected} == expected
     chat = {name for name in exported if name.startswith("chat_")}
     assert chat == expected.keys(), "a chat_ metric is exported but not documented"
@@ -145,7 +146,7 @@ async def test_traffic_moves_every_metric_by_exactly_what_it_caused(aiohttp_clie
     }
     assert during["chat_rooms"] == 1
     assert during["chat_asyncio_tasks"] > 0
-    assert during['chat_build_info{hub_mode="sharded",version="0.1.0"}'] == 1
+    assert during['chat_build_info{broker="memory",hub_mode="sharded",version="0.1.0"}'] == 1
     await ann.close()
     async with asyncio.timeout(5):
         while (
@@ -185,3 +186,33 @@ async def test_heap_bytes_in_use_grow_with_what_the_server_holds(aiohttp_client:
     grown = during['chat_heap_bytes{state="in_use"}'] - before['chat_heap_bytes{state="in_use"}']
     assert grown >= 16 * 1024 * 1024
     assert during['chat_heap_bytes{state="kept"}'] >= 0
+
+
+async def test_memory_broker_exports_no_broker_connection_series(aiohttp_client: Any) -> None:
+    """With the memory broker there is no broker connection: no ``chat_broker_up`` (which would
+    claim one) and no ``chat_broker_subscriptions``; ``chat_build_info`` names the broker."""
+    server = await aiohttp_client(create_app(settings()))
+    exported = await families(server)
+    assert redis_only_metrics() == {"chat_broker_up", "chat_broker_subscriptions"}
+    assert not redis_only_metrics() & exported.keys()
+    samples = await scrape(server)
+    assert [name for name in samples if name.startswith("chat_build_info")] == [
+        'chat_build_info{broker="memory",hub_mode="sharded",version="0.1.0"}'
+    ]
+
+
+async def test_redis_broker_exports_its_link_and_names_the_broker_kind_only(
+    aiohttp_client: Any, redis_server: RedisServer
+) -> None:
+    server = await aiohttp_client(create_app(settings(broker=redis_server.url)))
+    async with asyncio.timeout(5):
+        while (samples := await scrape(server)).get("chat_broker_up") != 1:
+            await asyncio.sleep(0.01)
+    ann = Client(await server.ws_connect("/ws", params={"room": "r", "user": "ann"}))
+    await ann.next_of("welcome")
+    samples = await scrape(server)
+    assert samples["chat_broker_subscriptions"] == 1
+    assert [name for name in samples if name.startswith("chat_build_info")] == [
+        'chat_build_info{broker="redis",hub_mode="sharded",version="0.1.0"}'
+    ]
+    await ann.close()

@@ -38,3 +38,22 @@ async def test_websocket_refusals_stay_json_for_browsers_too(make_server: Any) -
     server = await make_server()
     response = await server.get("/ws", params={"room": "bad room"}, headers=HTML)
     assert (response.status, response.content_type) == (400, "application/json")
+
+
+@pytest.mark.parametrize("accept", ["*/*", HTML["Accept"]])
+@pytest.mark.parametrize("path", ["/api/rooms/lobby", "/api/nowhere", "/api/"])
+async def test_unknown_api_paths_answer_a_json_404(
+    make_server: Any, path: str, accept: str
+) -> None:
+    server = await make_server()
+    response = await server.get(path, headers={"Accept": accept})
+    assert (response.status, response.content_type) == (404, "application/json")
+    assert await response.json() == {"error": "not_found", "detail": f"no API endpoint at {path}"}
+
+
+async def test_a_wrong_method_on_the_api_answers_a_json_405(make_server: Any) -> None:
+    server = await make_server()
+    response = await server.post("/api/rooms")
+    assert (response.status, response.content_type) == (405, "application/json")
+    assert response.headers["Allow"] == "GET,HEAD"
+    assert (await response.json())["error"] == "method_not_allowed"

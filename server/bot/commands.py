@@ -1,4 +1,5 @@
-"""Parse ``/stock=CODE`` chat commands into Stooq symbols.
+"""Parse chat commands: ``/stock=CODE`` into Stooq symbols; ``/help`` and unknown ``/words``
+into the bot's list of commands.
 
 Stooq symbol conventions (https://stooq.com): US tickers carry a ``.US`` suffix
 (``aapl.us``), indices start with ``^`` and carry no suffix (``^spx``). A bare code such as
@@ -8,6 +9,7 @@ Stooq symbol conventions (https://stooq.com): US tickers carry a ``.US`` suffix
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 STOCK_PREFIX = "/stock="
 MAX_CODE_LENGTH = 20
@@ -15,6 +17,11 @@ US_SUFFIX = ".US"
 
 # An optional leading '^', then ASCII letters/digits, with inner '.' or '-' (BRK-B.US).
 _CODE = re.compile(r"\^?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+# A command word opening a message: '/', an ASCII letter, then letters, digits, '_' or '-',
+# ending the message or followed by white space or '=' ("/usr/bin is a path" is none).
+_COMMAND = re.compile(r"/[A-Za-z][A-Za-z0-9_-]*(?=$|\s|=)")
+
+COMMANDS = "Commands: /stock=CODE gets a stock quote (e.g. /stock=AAPL); /help shows this list."
 
 
 class CommandError(ValueError):
@@ -59,3 +66,30 @@ def stooq_symbol(code: str) -> str:
     if symbol.startswith("^") or "." in symbol:
         return symbol
     return symbol + US_SUFFIX
+
+
+@dataclass(frozen=True, slots=True)
+class HelpReply:
+    """The bot's answer to ``/help`` (``ok``) or to an unknown command (not ``ok``)."""
+
+    text: str
+    ok: bool
+
+
+def help_reply(text: str) -> HelpReply | None:
+    """The answer to a chat message whose first word is a command other than ``/stock=``.
+
+    ``text`` is a chat message that :func:`parse_stock_command` found no ``/stock=`` command
+    in. After trimming, it opens with a command word when it starts with ``/``, an ASCII
+    letter, then letters, digits, ``_`` or ``-``, up to its end, white space or ``=``;
+    compared case-insensitively, ``/help`` gets :data:`COMMANDS`, another (``/nope``,
+    ``/stocks=aapl``) is named as unknown before them. Returns None for a chat message
+    (``hi``, ``/usr/bin is a path``, ``/ that``).
+    """
+    found = _COMMAND.match(text.strip())
+    if found is None:
+        return None
+    word = found.group()
+    if word.lower() == "/help":
+        return HelpReply(COMMANDS, True)
+    return HelpReply(f"Unknown command {word}. {COMMANDS}", False)

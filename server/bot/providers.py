@@ -15,12 +15,19 @@ numeric Close is treated as the service being unavailable, never as a price.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+import socket
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import quote
 
 import httpx
+
+log = logging.getLogger("roomhub.bot")
+
+OFFLINE_HINT = "no network? ROOMHUB_QUOTE_PROVIDER=sim answers /stock= offline"
 
 CSV_HEADER = "Symbol,Date,Time,Open,High,Low,Close,Volume"
 CSV_FIELDS = tuple(CSV_HEADER.split(","))
@@ -125,3 +132,25 @@ def make_provider(kind: str, base_url: str, client: httpx.AsyncClient) -> QuoteP
     if kind == "sim":
         return SimProvider()
     raise ValueError(f"unknown quote provider {kind!r}; expected stooq, url or sim")
+
+
+def check_quote_host(base_url: str) -> threading.Thread:
+    """Resolve the host of ``base_url`` once, in a daemon thread; when it does not resolve,
+    log ``quote_host_unresolved`` at warning with :data:`OFFLINE_HINT`.
+
+    A thread of its own, so that start-up does not wait for the resolver, the event loop is
+    never blocked by it, and the process can exit while a resolver hangs (the loop's default
+    executor would be waited for). Returns the started thread.
+    """
+    host = httpx.URL(base_url).host
+
+    def resolve() -> None:
+        try:
+            socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            fields = {"host": host, "error": str(exc), "hint": OFFLINE_HINT}
+            log.warning("quote_host_unresolved", extra={"fields": fields})
+
+    thread = threading.Thread(target=resolve, name="quote-host-check", daemon=True)
+    thread.start()
+    return thread

@@ -355,10 +355,16 @@ def _check_together(settings: Settings) -> None:
             f"ROOMHUB_WORKERS={settings.workers} with ROOMHUB_BROKER=memory: workers share "
             "rooms only through Redis; set ROOMHUB_BROKER to a redis:// URL"
         )
-    if settings.workers > 1 and (settings.port == 0 or settings.metrics_port == 0):
+    unset = [
+        f"{env_name(name)} ({flag_name(name)})"
+        for name in ("port", "metrics_port")
+        if getattr(settings, name) == 0
+    ]
+    if settings.workers > 1 and unset:
         raise ConfigError(
-            f"ROOMHUB_WORKERS={settings.workers} needs a fixed ROOMHUB_PORT and "
-            "ROOMHUB_METRICS_PORT (each worker serves /metrics on its own port)"
+            f"ROOMHUB_WORKERS={settings.workers} needs a fixed {' and '.join(unset)}: the "
+            "workers share the port, and each serves /metrics on its own port from "
+            "ROOMHUB_METRICS_PORT up"
         )
     if settings.metrics_port and settings.metrics_port + settings.workers > 65536:
         raise ConfigError(

@@ -8,9 +8,11 @@ registers with :func:`set_scrape_sources`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from ..wire.protocol import CloseReason
 from . import heap
@@ -91,7 +93,6 @@ HEAP_BYTES = Gauge(
     "C heap (glibc malloc): bytes in use, and bytes kept free but not given back.",
     ["state"],
 )
-BROKER_UP = Gauge("chat_broker_up", "1 while the broker can carry operations, else 0.")
 BROKER_PUBLISH = Histogram(
     "chat_broker_publish_seconds",
     "Broker operation handed to Redis to its reply (one pipelined batch, per operation).",
@@ -108,10 +109,43 @@ BROKER_ERRORS = Counter(
     ["operation"],
 )
 BROKER_RECONNECTS = Counter("chat_broker_reconnects", "Reconnections to the broker after a loss.")
-BROKER_SUBSCRIPTIONS = Gauge(
-    "chat_broker_subscriptions", "Room channels this instance is subscribed to."
+BUILD_INFO = Gauge(
+    "chat_build_info",
+    "Build, hub mode and broker kind; always 1.",
+    ["version", "hub_mode", "broker"],
 )
-BUILD_INFO = Gauge("chat_build_info", "Build and mode; always 1.", ["version", "hub_mode"])
+
+
+class BrokerLink(Collector):
+    """``chat_broker_up`` and ``chat_broker_subscriptions``, read at scrape time from the Redis
+    broker handed to :meth:`watch`. With the memory broker there is no broker connection to
+    describe, so neither series is exported (an absent series, not a constant 1)."""
+
+    def __init__(self) -> None:
+        self.broker: Callable[[], tuple[bool, int]] | None = None
+
+    def watch(self, state: Callable[[], tuple[bool, int]] | None) -> None:
+        """Export from ``state() -> (up, subscriptions)``; None: stop exporting."""
+        self.broker = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self.broker is None:
+            return
+        up, subscriptions = self.broker()
+        yield GaugeMetricFamily(
+            "chat_broker_up",
+            "1 while the Redis broker can carry operations, else 0.",
+            value=1 if up else 0,
+        )
+        yield GaugeMetricFamily(
+            "chat_broker_subscriptions",
+            "Room channels this instance is subscribed to in Redis.",
+            value=subscriptions,
+        )
+
+
+BROKER_LINK = BrokerLink()
+REGISTRY.register(BROKER_LINK)
 
 if heap.AVAILABLE:
     for _state in HEAP_STATES:
@@ -138,7 +172,6 @@ def set_scrape_sources(
     client_queue_depth: Callable[[], float],
     bot_queue_depth: Callable[[], float],
     asyncio_tasks: Callable[[], float],
-    broker_subscriptions: Callable[[], float],
 ) -> None:
     """Point the state gauges at callbacks evaluated on each scrape."""
     CONNECTIONS.set_function(connections)
@@ -147,4 +180,3 @@ def set_scrape_sources(
     CLIENT_QUEUE_DEPTH.set_function(client_queue_depth)
     BOT_QUEUE_DEPTH.set_function(bot_queue_depth)
     ASYNCIO_TASKS.set_function(asyncio_tasks)
-    BROKER_SUBSCRIPTIONS.set_function(broker_subscriptions)

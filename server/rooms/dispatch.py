@@ -5,7 +5,8 @@ connection of one server. Each data message and each ping takes a rate-limit tok
 message is then parsed (:func:`~server.wire.protocol.parse_frame`), and a chat message goes
 to its room's hub as :class:`~server.rooms.items.Say`, a ``/stock=CODE`` command to the
 stock bot (whose reply comes back to the room as :class:`~server.rooms.items.BotEvent`),
-anything else back to the client as an ``error`` event. A connection's end leaves its room
+``/help`` or an unknown command to a bot reply for the sender only, anything else back to the
+client as an ``error`` event. A connection's end leaves its room
 and frees its slot in the registry.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from ..bot.commands import CommandError, parse_stock_command
+from ..bot.commands import CommandError, help_reply, parse_stock_command
 from ..bot.stockbot import BotReply, StockBot
 from ..ops import metrics
 from ..ops.config import Settings
@@ -69,13 +70,17 @@ class RoomDispatcher:
         except CommandError as exc:
             _on_invalid(conn, "bad_command", str(exc), msg.id)
             return
-        hubs = self.hubs
+        hubs, bot = self.hubs, self.bot
         if symbol is None:
-            metrics.MESSAGES_RECEIVED.labels("message").inc()
-            hubs.post(conn.room, Say(conn, msg))
+            answer = help_reply(msg.text)
+            if answer is None:
+                metrics.MESSAGES_RECEIVED.labels("message").inc()
+                hubs.post(conn.room, Say(conn, msg))
+            else:  # /help or an unknown command: answered to the sender only
+                metrics.MESSAGES_RECEIVED.labels("command").inc()
+                conn.send_event(bot_event(bot.name, answer.text, answer.ok, msg.id, conn.user))
             return
         metrics.MESSAGES_RECEIVED.labels("command").inc()
-        bot = self.bot
         room = conn.room
 
         def deliver(reply: BotReply) -> bool:

@@ -18,8 +18,11 @@ An outbox that grows past its limit marks a slow consumer, which is closed with 
 A close the server starts (:meth:`Connection.close`) sends the close frame after every event
 already queued (1013 drops the outbox first). Frames that arrive after it are read and
 discarded until the client's close frame, then TCP ends with a FIN. A client that does not
-answer within ``close_timeout`` seconds is half-closed then, or reset if it has stopped
-reading altogether.
+answer within ``close_timeout`` seconds gets :meth:`Connection.end_tcp`: a FIN when all the
+server wrote is in the kernel, which still delivers it, close frame included, to a client
+that reads late; a reset only when bytes are left that the kernel would not take (the client
+stopped reading and its buffers are full), so that such a client is cut at once rather than
+held by the kernel.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import socket
+import struct
 import time
 from typing import Protocol, cast
 
@@ -50,6 +55,9 @@ PING_AFTER_SWEEPS = 3
 """Heartbeat sweeps without a frame from the client before it is pinged; one more closes it.
 Sweeps come every half ``ROOMHUB_HEARTBEAT`` and a frame may arrive just before one, so the
 third is the first to prove ``ROOMHUB_HEARTBEAT`` seconds of silence (at most 1.5 times that)."""
+
+RESET_ON_CLOSE = struct.pack("ii", 1, 0)
+"""``SO_LINGER`` on, 0 seconds: closing the socket sends a TCP reset (socket(7))."""
 
 READ_LIMIT_FACTOR = 4
 """The frame reader's own message limit, as a multiple of ``max_msg_size``: a message between
@@ -210,7 +218,9 @@ class Connection(asyncio.Protocol):
         frames = self._frames
         frames.receive_eof()
         closed = frames.close_exc
-        if closed.rcvd_then_sent and closed.rcvd is not None:
+        # The client's close, answered with its own close frame, unless it broke the protocol
+        # (a close frame between two fragments is answered 1002): then what the server sent.
+        if closed.rcvd_then_sent and closed.rcvd is not None and closed.sent == closed.rcvd:
             return CloseReason.NORMAL, closed.rcvd.code
         code = closed.sent.code if closed.sent is not None else None
         if code == CloseCode.MESSAGE_TOO_BIG:  # sent only when a frame is over the read limit
@@ -327,11 +337,12 @@ class Connection(asyncio.Protocol):
 
     # -- closing --------------------------------------------------------------------------
 
-    def close(self, reason: CloseReason) -> None:
+    def close(self, reason: CloseReason, timeout: float | None = None) -> None:
         """Start closing with ``reason`` (its code, text and metric label); first reason wins.
 
         The close frame follows every event already queued, except for ``SLOW_CONSUMER``,
-        which drops the outbox. Never awaits.
+        which drops the outbox. The client has ``timeout`` seconds (default
+        ``close_timeout``) to answer it before TCP is ended. Never awaits.
         """
         if self.closing:
             return
@@ -339,13 +350,31 @@ class Connection(asyncio.Protocol):
         self._reason = reason
         if reason is CloseReason.SLOW_CONSUMER:
             self.outbox.clear()
-        self._start_close_timer()
+        self._start_close_timer(timeout)
         if not self.outbox.writing or reason is CloseReason.SLOW_CONSUMER:
             self._send_close()
 
-    def abort(self) -> None:
-        """Reset the connection at once (shutdown, after its grace period)."""
-        self.outbox.transport.abort()
+    def end_tcp(self) -> None:
+        """End TCP now (the close timeout, or the end of the shutdown budget).
+
+        When everything written has reached the kernel: a FIN after it; the kernel still
+        delivers what it holds, close frame included, to a client that reads late. When bytes
+        are left in the transport's buffer, the kernel would not take them (the client stopped
+        reading and its buffers are full): a reset (``SO_LINGER`` 0), which drops them and
+        what the kernel holds, and frees the socket at once. asyncio's own ``abort()`` would
+        only close the socket, and the kernel would keep it, unsent bytes and all, for as long
+        as it probes the client's zero window."""
+        if self.state is CLOSED:
+            return
+        transport = self.outbox.transport
+        if transport.get_write_buffer_size():
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
+            transport.abort()
+        else:
+            transport.write_eof()
+            transport.close()
 
     def _send_close(self) -> None:
         reason = self._reason
@@ -370,19 +399,11 @@ class Connection(asyncio.Protocol):
         if frames.state is not FRAMES_OPEN:
             self._closing()
 
-    def _start_close_timer(self) -> None:
+    def _start_close_timer(self, timeout: float | None = None) -> None:
+        """Call :meth:`end_tcp` in ``timeout`` seconds (default ``close_timeout``)."""
         if self._close_timer is None and self.state is not CLOSED:
             loop = asyncio.get_running_loop()
             self._close_timer = loop.call_later(
-                self.dispatcher.settings.close_timeout, self._close_timed_out
+                self.dispatcher.settings.close_timeout if timeout is None else timeout,
+                self.end_tcp,
             )
-
-    def _close_timed_out(self) -> None:
-        """The client did not finish the handshake in time: half-close, or reset a client that
-        has stopped reading (its unread bytes would never reach it anyway)."""
-        transport = self.outbox.transport
-        if transport.get_write_buffer_size():
-            transport.abort()
-        elif not transport.is_closing():
-            transport.write_eof()
-            transport.close()

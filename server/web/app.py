@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from aiohttp_remotes import XForwardedStrict
 
-from ..bot.providers import make_provider
+from ..bot.providers import check_quote_host, make_provider
 from ..bot.stockbot import StockBot
 from ..ops import heap, metrics
 from ..ops.config import Settings
@@ -73,6 +73,8 @@ async def http_client_context(app: web.Application) -> AsyncIterator[None]:
 async def bot_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     provider = make_provider(settings.quote_provider, settings.quote_url, app[http_client_key])
+    if not provider.simulated:
+        check_quote_host(settings.quote_url)
     bot = StockBot(
         provider,
         workers=settings.bot_workers,
@@ -98,7 +100,11 @@ async def broker_context(app: web.Application) -> AsyncIterator[None]:
     )
     await broker.start()
     app[broker_key] = broker
+    if isinstance(broker, RedisBroker):
+        metrics.BROKER_LINK.watch(lambda: (broker.ready, broker.subscriptions()))
     yield
+    if isinstance(broker, RedisBroker):
+        metrics.BROKER_LINK.watch(None)
     await broker.close()
 
 
@@ -126,9 +132,6 @@ async def hubs_context(app: web.Application) -> AsyncIterator[None]:
         client_queue_depth=lambda: sum(len(c.outbox) for c in registry.connections),
         bot_queue_depth=bot.queue_depth,
         asyncio_tasks=lambda: len(asyncio.all_tasks(loop)),
-        broker_subscriptions=(
-            broker.subscriptions if isinstance(broker, RedisBroker) else hubs.room_count
-        ),
     )
     yield
     await hubs.stop()
@@ -198,9 +201,12 @@ async def heap_context(app: web.Application) -> AsyncIterator[None]:
 
 
 async def shutdown_connections(app: web.Application) -> None:
-    """Turn ``/readyz`` to 503 and refuse new upgrades, flush outboxes for half of
-    ``shutdown_timeout``, then close every connection with 1001 and wait the other half for
-    the closing handshakes; reset the connections still open after that. Idempotent."""
+    """Turn ``/readyz`` to 503 and refuse new upgrades, flush outboxes for up to half of
+    ``shutdown_timeout``, then close every connection with 1001 and give the closing
+    handshakes the rest of it. Then end TCP on the connections still open
+    (:meth:`~server.transport.connection.Connection.end_tcp`): a FIN, so that a client that
+    reads late still gets its 1001, or a reset where bytes are left that the kernel would not
+    take. Idempotent."""
     settings, registry = app[settings_key], app[registry_key]
     if registry.draining and not registry.connections:
         return
@@ -208,13 +214,16 @@ async def shutdown_connections(app: web.Application) -> None:
     log.info("shutdown", extra={"fields": {"connections": len(conns)}})
     if not conns:
         return
-    budget = max(settings.shutdown_timeout / 2, 0.1)
-    await asyncio.gather(*(c.flush(budget) for c in conns))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(settings.shutdown_timeout, 0.2)
+    await asyncio.gather(*(c.flush(settings.shutdown_timeout / 2) for c in conns))
+    remaining = max(deadline - loop.time(), 0.1)
     for conn in conns:
-        conn.close(CloseReason.SHUTDOWN)
-    if not await registry.drained(budget):
+        conn.close(CloseReason.SHUTDOWN, remaining)
+    if not await registry.drained(remaining):
         for conn in list(registry.connections):
-            conn.abort()
+            conn.end_tcp()
+        await asyncio.sleep(0)  # their connection_lost callbacks run now
 
 
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -251,7 +260,10 @@ def create_app(settings: Settings) -> web.Application:
     app[registry_key] = ConnectionRegistry()
     if settings.auth == "token":
         app[verifier_key] = TokenVerifier(settings)
-    metrics.BUILD_INFO.labels(VERSION, settings.hub_mode).set(1)
+    metrics.BUILD_INFO.clear()
+    metrics.BUILD_INFO.labels(
+        VERSION, settings.hub_mode, "redis" if settings.redis else "memory"
+    ).set(1)
     aiohttp_jinja2.setup(
         app, loader=jinja2.PackageLoader("server.web", "templates"), autoescape=True
     )

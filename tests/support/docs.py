@@ -43,3 +43,10 @@ def table(doc: str, anchor: str, index: int = 0) -> list[dict[str, str]]:
 def code(cell: str) -> str:
     """The text of a cell written as one code span: ``"`bad_room`"`` → ``"bad_room"``."""
     return cell.strip().removeprefix("`").removesuffix("`")
+
+
+def redis_only_metrics() -> set[str]:
+    """Metrics the overview table of docs/metrics.md marks "Redis broker only": a server on
+    the memory broker does not export them."""
+    rows = table("docs/metrics.md", "## Overview")
+    return {row["metric"].split("`")[1] for row in rows if "Redis broker only" in row["type"]}

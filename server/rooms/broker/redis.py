@@ -509,7 +509,6 @@ class RedisBroker:
 
     def _set_up(self, up: bool) -> None:
         self._up = up
-        metrics.BROKER_UP.set(1 if up else 0)
 
     def _resync(self) -> None:
         """After a reconnect: rewrite this instance's presence, then hand each room its history."""
