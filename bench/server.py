@@ -138,18 +138,28 @@ def spawn(
     running.stop()
 
 
+LAB_UNLIMITED = (
+    "ROOMHUB_MAX_CONNECTIONS_PER_ADDRESS",
+    "ROOMHUB_UPGRADE_RATE",
+    "ROOMHUB_NEW_ROOMS_PER_MINUTE",
+)
+"""Per-address limits turned off (0) unless set: every load client here is one address."""
+
+
 @contextlib.contextmanager
 def serve(
     log: Path, module: str = "server", env: dict[str, str] | None = None, **settings: object
 ) -> Iterator[Process]:
     """``python -m <module> serve`` on a free port; ``settings`` become ``ROOMHUB_*`` vars,
-    ``env`` is added to the environment. Output goes to ``log``; ready once ``/readyz``
-    answers 200. Runs with ``PYTHONMALLOC``.
+    ``env`` is added to the environment (the :data:`LAB_UNLIMITED` limits are off unless set).
+    Output goes to ``log``; ready once ``/readyz`` answers 200. Runs with ``PYTHONMALLOC``.
     """
     port = free_port()
     env = {**(env or {}), **{f"ROOMHUB_{k.upper()}": str(v) for k, v in settings.items()}}
     env["PYTHONMALLOC"] = os.environ.get("PYTHONMALLOC") or PYTHONMALLOC
     env.setdefault("ROOMHUB_HOST", "127.0.0.1")
+    for name in LAB_UNLIMITED:
+        env.setdefault(name, "0")
     env["ROOMHUB_PORT"] = str(port)
     with spawn(["-m", module, "serve"], port, "/readyz", log, env) as process:
         yield process

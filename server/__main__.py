@@ -36,6 +36,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from .ops.config import ConfigError, Settings, add_flags, load_settings, unknown_env_vars
 from .ops.logs import setup_logging
 from .ops.supervisor import Announce, print_line, supervise
+from .transport.deadline import listen
 from .transport.upgrade import seam_problem
 from .web.app import create_app, shutdown_connections
 from .web.auth import mint_token
@@ -100,10 +101,14 @@ def listening_line(host: str, port: int) -> str:
     return f"roomhub listening on http://{shown}:{port}"
 
 
-async def _listen(runner: web.AppRunner, host: str, port: int, names: str, reuse: bool) -> None:
-    """Start a site; raises :class:`ConfigError` naming ``names`` when it cannot listen."""
+async def _listen(
+    runner: web.AppRunner, settings: Settings, port: int, names: str, reuse: bool
+) -> asyncio.Server:
+    """Listen with the handshake deadline (:func:`server.transport.deadline.listen`); raises
+    :class:`ConfigError` naming ``names`` when it cannot."""
+    host = settings.host
     try:
-        await web.TCPSite(runner, host, port, reuse_port=reuse or None).start()
+        return await listen(runner, host, port, settings.handshake_timeout, reuse)
     except OSError as exc:
         await runner.cleanup()
         raise ConfigError(
@@ -125,20 +130,24 @@ async def serve(settings: Settings, worker: int = 0, announce: Announce = print_
     )
     await runner.setup()
     reuse = settings.workers > 1
-    await _listen(runner, settings.host, settings.port, "ROOMHUB_HOST/ROOMHUB_PORT", reuse)
+    site = await _listen(runner, settings, settings.port, "ROOMHUB_HOST/ROOMHUB_PORT", reuse)
     # Everything made so far lives as long as the process: keep it out of the garbage
     # collector's full collections, which then cost in proportion to the connections only.
     gc.collect()
     gc.freeze()
-    host, port = runner.addresses[0][:2]
-    metrics_runner = None
+    host, port = site.sockets[0].getsockname()[:2]
+    metrics_runner = metrics_site = None
     if settings.metrics_port:
-        metrics_app = web.Application()
+        metrics_app = web.Application(
+            handler_args={"keepalive_timeout": settings.handshake_timeout}
+        )
         metrics_app.router.add_get("/metrics", make_aiohttp_handler())
         metrics_runner = web.AppRunner(metrics_app, handle_signals=False, access_log=None)
         await metrics_runner.setup()
         metrics_port = settings.metrics_port + worker
-        await _listen(metrics_runner, settings.host, metrics_port, "ROOMHUB_METRICS_PORT", False)
+        metrics_site = await _listen(
+            metrics_runner, settings, metrics_port, "ROOMHUB_METRICS_PORT", False
+        )
     announce(listening_line(host, port))
     log.info(
         "listening",
@@ -157,8 +166,10 @@ async def serve(settings: Settings, worker: int = 0, announce: Announce = print_
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await shutdown_connections(app)
+    site.close()
     await runner.cleanup()
-    if metrics_runner is not None:
+    if metrics_runner is not None and metrics_site is not None:
+        metrics_site.close()
         await metrics_runner.cleanup()
     log.info("stopped", extra={"fields": {"worker": worker}})
 

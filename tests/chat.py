@@ -24,7 +24,17 @@ HUB_MODES = ["sharded", "global"]
 
 WAIT = 5.0  # seconds any single expected event may take
 
-TEST_SETTINGS = Settings(host="127.0.0.1", port=0, quote_provider="sim", room_grace=0.2)
+# Every client of the suite comes from 127.0.0.1: the per-address limits are off unless a
+# test turns one on (tests/test_door.py).
+TEST_SETTINGS = Settings(
+    host="127.0.0.1",
+    port=0,
+    quote_provider="sim",
+    room_grace=0.2,
+    max_connections_per_address=0,
+    upgrade_rate=0,
+    new_rooms_per_minute=0,
+)
 
 
 def settings(**overrides: Any) -> Settings:

@@ -46,17 +46,10 @@ from tests.support.processes import (
     run_server,
     wait_http_ok,
 )
+from tests.support.screenshot import CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TIMEOUT_MS = 10_000
 QUOTE = re.compile(r"^AAPL\.US quote is \$\d+\.\d\d per share$")
 REFUSED_NAMES = [

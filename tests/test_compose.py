@@ -9,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import subprocess
 
 import pytest
 import yaml
 
-from bench.server import PYTHONMALLOC
+from bench import k6run
+from bench.server import PYTHONMALLOC, free_port
 from server.ops.config import Settings, env_name
 from tests.support.processes import require_binary
 from tests.support.promql import ROOT
@@ -32,9 +34,16 @@ FIXED = {
 }
 # Settings compose defaults itself (to the server's default) rather than leaving unset.
 DEFAULTED = {"ROOMHUB_HUB_MODE", "ROOMHUB_LOG_LEVEL"}
-# Settings compose defaults to a value of the stack's own: replicas share rooms through Redis.
-STACK_DEFAULTS = {"ROOMHUB_BROKER": "redis://redis:6379/0"}
+# Settings compose defaults to a value of the stack's own: replicas share rooms through Redis,
+# and the per-address limits are off (every client comes through nginx; k6 is one address).
+STACK_DEFAULTS = {
+    "ROOMHUB_BROKER": "redis://redis:6379/0",
+    "ROOMHUB_MAX_CONNECTIONS_PER_ADDRESS": "0",
+    "ROOMHUB_UPGRADE_RATE": "0",
+    "ROOMHUB_NEW_ROOMS_PER_MINUTE": "0",
+}
 NGINX_CONF = ROOT / "nginx" / "nginx.conf"
+PROMETHEUS = ROOT / "prometheus"
 
 
 def shell_env(**env: str) -> dict[str, str]:
@@ -116,7 +125,7 @@ def test_the_chat_environment_names_every_server_setting() -> None:
 
 
 def test_every_setting_the_stack_does_not_fix_passes_through_from_the_shell() -> None:
-    shell = {name: f"from-shell-{n}" for n, name in enumerate(SETTINGS)}
+    shell = {name: f"/from-shell-{n}" for n, name in enumerate(SETTINGS)}  # a path too
     chat = resolved(**shell)["services"]["chat"]["environment"]
     assert {name for name in shell if chat[name] == shell[name]} == set(SETTINGS) - set(FIXED)
 
@@ -262,3 +271,120 @@ def test_k6_results_go_to_the_chosen_results_dir() -> None:
 def test_the_image_runs_python_on_the_allocator_the_benchmarks_measure() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert f"ENV PYTHONMALLOC={PYTHONMALLOC}\n" in dockerfile
+
+
+def test_services_that_build_the_image_tag_it_apart() -> None:
+    images = [service["image"] for service in services().values() if "build" in service]
+    assert len(images) == len(set(images)) == 2, images
+
+
+def test_the_token_public_key_is_mounted_read_only_at_the_path_the_server_reads() -> None:
+    chat = resolved(ROOMHUB_TOKEN_PUBLIC_KEY="/home/alice/keys/roomhub.pem")["services"]["chat"]
+    assert chat["environment"]["ROOMHUB_TOKEN_PUBLIC_KEY"] == "/home/alice/keys/roomhub.pem"
+    assert "/home/alice/keys/roomhub.pem:/home/alice/keys/roomhub.pem:ro" in chat["volumes"]
+
+
+def test_without_a_token_public_key_nothing_is_mounted_where_the_server_would_read() -> None:
+    chat = resolved()["services"]["chat"]
+    assert chat["environment"]["ROOMHUB_TOKEN_PUBLIC_KEY"] is None
+    assert "/dev/null:/run/roomhub/no-public-key:ro" in chat["volumes"]
+
+
+def worker_config(tmp_path, workers: str) -> subprocess.CompletedProcess:
+    """prometheus/workers.sh over the repo's prometheus.yml into ``tmp_path``, beside a copy
+    of the rules (so promtool can check the result)."""
+    shutil.copytree(PROMETHEUS / "rules", tmp_path / "rules", dirs_exist_ok=True)
+    return subprocess.run(
+        [
+            "sh",
+            str(PROMETHEUS / "workers.sh"),
+            str(PROMETHEUS / "prometheus.yml"),
+            str(tmp_path / "prometheus.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "ROOMHUB_WORKERS": workers},
+    )
+
+
+def chat_ports(config) -> list[int]:
+    (job,) = [job for job in yaml.safe_load(config.read_text())["scrape_configs"]
+              if job["job_name"] == "chat"]  # fmt: skip
+    assert {entry["names"][0] for entry in job["dns_sd_configs"]} == {"chat"}
+    return [entry["port"] for entry in job["dns_sd_configs"]]
+
+
+@pytest.mark.parametrize(("workers", "ports"), [("1", [9100]), ("3", [9100, 9101, 9102])])
+def test_prometheus_scrapes_the_metrics_port_of_every_worker(tmp_path, workers, ports) -> None:
+    assert worker_config(tmp_path, workers).returncode == 0
+    assert chat_ports(tmp_path / "prometheus.yml") == ports
+    check = subprocess.run(
+        [require_binary("promtool"), "check", "config", str(tmp_path / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_prometheus_worker_ports_refuse_a_worker_count_that_is_no_whole_number(tmp_path) -> None:
+    done = worker_config(tmp_path, "two")
+    assert done.returncode == 2
+    assert "ROOMHUB_WORKERS must be a whole number >= 1, got 'two'" in done.stderr
+
+
+def test_prometheus_starts_on_the_config_with_every_workers_port() -> None:
+    prometheus = resolved(ROOMHUB_WORKERS="4")["services"]["prometheus"]
+    assert prometheus["environment"]["ROOMHUB_WORKERS"] == "4"
+    script = " ".join(prometheus["entrypoint"])
+    assert "workers.sh /etc/prometheus/prometheus.yml /tmp/prometheus.yml" in script
+    assert "--config.file=/tmp/prometheus.yml" in prometheus["command"]
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in prometheus["volumes"]}
+    assert mounts["/etc/prometheus/workers.sh"] == str(PROMETHEUS / "workers.sh")
+
+
+def make_up(*urls: str, timeout: int) -> subprocess.CompletedProcess:
+    """``make up`` with a no-op compose command: only its wait for ``urls`` runs."""
+    return subprocess.run(
+        [
+            require_binary("make"),
+            "--no-print-directory",
+            "up",
+            "COMPOSE=true",
+            f"READY_URLS={' '.join(urls)}",
+            f"UP_TIMEOUT={timeout}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout + 30,
+    )
+
+
+def test_make_up_prints_the_urls_once_the_services_answer(live_server) -> None:
+    done = make_up(f"{live_server.url}/readyz", f"{live_server.url}/healthz", timeout=20)
+    assert done.returncode == 0, done.stderr
+    assert "grafana     http://localhost:3000" in done.stdout
+
+
+def test_make_up_fails_naming_a_service_that_does_not_answer_in_time(live_server) -> None:
+    silent = f"http://127.0.0.1:{free_port()}/readyz"
+    done = make_up(f"{live_server.url}/readyz", silent, timeout=3)
+    assert done.returncode != 0
+    assert f"make up: {silent} did not answer within 3 s" in done.stderr
+    assert "http://localhost:3000" not in done.stdout
+
+
+def test_make_k6_in_the_stack_hands_the_run_to_the_k6_service(tmp_path) -> None:
+    out = tmp_path / "20260101-120000-spike"
+    command, env = k6run.compose_run("docker compose", "spike", "smoke", out, out.name)
+    assert command == ["docker", "compose", "--profile", "loadtest", "run", "--rm", "k6"]
+    k6 = resolved(**env, K6_WEB_DASHBOARD_PERIOD="2s")["services"]["k6"]
+    assert k6["command"][-1] == "/scripts/scenarios/spike.js"
+    assert f"testid={out.name}" in k6["command"]
+    assert f"{out}:/results:rw" in k6["volumes"]
+    assert k6["user"] == env["K6_USER"]
+    assert k6["environment"]["PROFILE"] == "smoke"
+    assert k6["environment"]["K6_WEB_DASHBOARD_PERIOD"] == "2s"
+    assert k6["environment"]["K6_WEB_DASHBOARD_EXPORT"] == "/results/spike-report.html"

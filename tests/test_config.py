@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from server.ops.config import ConfigError, Settings, env_name, flag_name, load_settings
-from tests.support.docs import table
+from tests.support.docs import ROOT, table
 
 
 def test_defaults_serve_sharded_on_8080() -> None:
@@ -159,9 +159,8 @@ def test_bad_value_stops_start_up_stating_what_is_accepted(name: str, raw: str, 
     assert f"{name}={raw!r}: must be {says}" in result.stderr
 
 
-def test_readme_example_of_a_bad_value_is_the_message_start_up_prints() -> None:
-    with open("README.md", encoding="utf-8") as readme:
-        text = readme.read()
+def test_documented_example_of_a_bad_value_is_the_message_start_up_prints() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text()
     example = re.search(r"`roomhub: invalid setting (ROOMHUB_\w+)='(.*?)': (.*?)`", text)
     assert example is not None
     with pytest.raises(ConfigError) as raised:
@@ -203,8 +202,8 @@ def test_port_in_use_stops_start_up_with_exit_code_2_naming_the_setting() -> Non
     assert "Traceback" not in result.stderr
 
 
-def test_readme_lists_every_setting_with_its_env_var_flag_and_default() -> None:
-    rows = table("README.md", "## Configuration")
+def test_the_configuration_page_lists_every_setting_with_its_env_var_flag_and_default() -> None:
+    rows = table("docs/configuration.md", "# Configuration")
     documented = [(r["environment variable"], r["flag"], r["default"]) for r in rows]
     assert documented == [
         (f"`{env_name(f.name)}`", f"`{flag_name(f.name)}`", _documented_default(f.default))

@@ -37,9 +37,10 @@ def panel_titles() -> set[str]:
     return {panel["title"] for name in DASHBOARDS for panel in panels(load_dashboard(name))}
 
 
-def readme_observe_section() -> str:
-    readme = (ROOT / "README.md").read_text()
-    return readme.split("\n## Observe a load test\n", 1)[1].split("\n## ", 1)[0]
+def observe_section() -> str:
+    """docs/loadlab.md from "Observe a load test" on: what each scenario shows on which panel."""
+    doc = (ROOT / "docs" / "loadlab.md").read_text()
+    return doc.split("\n## Observe a load test\n", 1)[1]
 
 
 def datasource_uid() -> str:
@@ -181,8 +182,8 @@ def test_provider_loads_dashboards_from_the_compose_mount() -> None:
         assert f"{provider['options']['path']}/{path.name}" in targets
 
 
-def test_every_panel_the_readme_names_in_italics_exists() -> None:
-    italics = re.findall(r"(?<![*\w])\*([^*\s][^*]*?)\*(?![*\w])", readme_observe_section())
+def test_every_panel_the_load_lab_page_names_in_italics_exists() -> None:
+    italics = re.findall(r"(?<![*\w])\*([^*\s][^*]*?)\*(?![*\w])", observe_section())
     assert italics
     assert {" ".join(name.split()) for name in italics} - panel_titles() == set()
 

@@ -53,15 +53,21 @@ async def request_failing(make_server: Any, failing: Collection[Check]) -> Clien
     names = {c.run.__name__.removeprefix("_") for c in failing}
     known = {"upgrade", "version", "room", "user", "since", "epoch", "origin", "not_draining"}
     tokens = {"token_present", "token_valid", "token_fresh", "token_room"}
-    allowed = known | tokens | {"below_capacity", "broker_ready", "room_limit"}
+    door = {"upgrade_rate", "address_below_cap", "new_room_rate"}
+    allowed = known | tokens | door | {"below_capacity", "broker_ready", "room_limit"}
     assert names <= allowed, "teach request_failing"
     full, rooms_full = "below_capacity" in names, "room_limit" in names
     server: TestClient = await make_server(
         max_connections=1 if full else 10,
         max_rooms=1 if rooms_full else 10,
+        # The first connection below takes the one upgrade, slot or new room there is.
+        upgrade_rate=0.01,
+        upgrade_burst=1 if "upgrade_rate" in names else 10,
+        max_connections_per_address=1 if "address_below_cap" in names else 10,
+        new_rooms_per_minute=1 if "new_room_rate" in names else 10,
         **({"auth": "token", "token_secret": SECRET} if names & tokens else {}),
     )
-    if full or rooms_full:
+    if full or rooms_full or names & door:
         first = {"room": "other", "user": "first"}
         if names & tokens:
             first["token"] = jwt.encode({"sub": "first"}, SECRET, algorithm="HS256")

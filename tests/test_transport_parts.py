@@ -17,24 +17,24 @@ from tests.chat import WAIT, settings
 
 
 def test_a_full_bucket_lets_a_burst_through_then_refuses() -> None:
-    bucket = TokenBucket(3, now=0.0)
-    assert [bucket.take(1.0, 3, now=0.0) for _ in range(4)] == [True, True, True, False]
+    bucket = TokenBucket(1.0, 3, now=0.0)
+    assert [bucket.take(0.0) for _ in range(4)] == [True, True, True, False]
 
 
 def test_the_bucket_refills_at_its_rate() -> None:
-    bucket = TokenBucket(1, now=0.0)
-    assert bucket.take(2.0, 1, now=0.0)
-    assert not bucket.take(2.0, 1, now=0.25)  # half a token
-    assert bucket.take(2.0, 1, now=0.5)
+    bucket = TokenBucket(2.0, 1, now=0.0)
+    assert bucket.take(0.0)
+    assert not bucket.take(0.25)  # half a token
+    assert bucket.take(0.5)
 
 
 def test_strikes_count_refusals_in_a_row_until_a_frame_goes_through() -> None:
-    bucket = TokenBucket(1, now=0.0)
-    bucket.take(1.0, 1, now=0.0)
-    bucket.take(1.0, 1, now=0.0)
-    bucket.take(1.0, 1, now=0.0)
+    bucket = TokenBucket(1.0, 1, now=0.0)
+    bucket.take(0.0)
+    bucket.take(0.0)
+    bucket.take(0.0)
     assert bucket.strikes == 2
-    bucket.take(1.0, 1, now=1.0)
+    bucket.take(1.0)
     assert bucket.strikes == 0
 
 

@@ -1,7 +1,11 @@
 // End-of-test summary: the full k6 summary data as JSON, a short readable text and an HTML
 // page with every threshold as PASS/FAIL, written to RESULTS_DIR/<scenario>-summary.json,
 // .txt and .html (the directory must exist: k6 can't create it); the text also goes to stdout
-// and ends with the paths written.
+// and ends with the paths written, the web dashboard's report (K6_WEB_DASHBOARD_EXPORT) too.
+//
+// k6 passes a threshold on a metric with no samples. Here a threshold on a trend with no
+// samples (values.count 0: keep `count` in summaryTrendStats, as TREND_STATS does) is a FAIL,
+// in the JSON too; k6's exit code doesn't know it (`make k6` exits 99 for it, bench/k6run.py).
 import { PROFILE, RESULTS_DIR, WS_URL } from './config.js';
 import { BREAKDOWNS, TALLY } from './health.js';
 
@@ -18,9 +22,14 @@ export const TREND_STATS = ['avg', 'min', 'med', 'p(90)', 'p(95)', 'p(99)', 'max
 // A `handleSummary` for the scenario called `scenario`.
 export function summaryWriter(scenario) {
   return (data) => {
+    failEmptyTrends(data);
     const base = `${RESULTS_DIR}/${scenario}-summary`;
     const paths = ['json', 'txt', 'html'].map((ext) => `${base}.${ext}`);
-    const text = `${textSummary(scenario, data)}\nwritten: ${paths.join(' ')}\n`;
+    const written = [...paths];
+    if (__ENV.K6_WEB_DASHBOARD === 'true' && __ENV.K6_WEB_DASHBOARD_EXPORT) {
+      written.push(__ENV.K6_WEB_DASHBOARD_EXPORT);
+    }
+    const text = `${textSummary(scenario, data)}\nwritten: ${written.join(' ')}\n`;
     return {
       [paths[0]]: JSON.stringify(data, null, 2),
       [paths[1]]: text,
@@ -28,6 +37,17 @@ export function summaryWriter(scenario) {
       stdout: text,
     };
   };
+}
+
+// Marks every threshold of a trend that has no samples as failed (ok: false), in place.
+export function failEmptyTrends(data) {
+  for (const metric of Object.values(data.metrics)) {
+    if (metric.type === 'trend' && metric.values.count === 0) {
+      for (const result of Object.values(metric.thresholds || {})) {
+        result.ok = false;
+      }
+    }
+  }
 }
 
 // "profile smoke, 100 VUs max, 30.3 s, ws://..., VUS=40": what the run was, in one line.
@@ -93,7 +113,8 @@ export function thresholdRows(data) {
     const metric = data.metrics[name];
     for (const [expression, result] of realThresholds(metric)) {
       const key = (expression.match(/^\s*([a-z]+(?:\([\d.]+\))?)/) || [])[1];
-      const observed = formatValue(metric, key, metric.values[key]);
+      const empty = metric.type === 'trend' && metric.values.count === 0;
+      const observed = empty ? 'no samples' : formatValue(metric, key, metric.values[key]);
       rows.push({ ok: result.ok, metric: name, expression, key, observed });
     }
   }

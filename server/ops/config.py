@@ -57,6 +57,21 @@ class Settings:
     rate_burst: int = _setting(10, "frames a connection may send at once")
     max_connections: int = _setting(10000, "open WebSocket connections; more get HTTP 503")
     max_rooms: int = _setting(10000, "rooms at once; a join that would open one more gets HTTP 503")
+    handshake_timeout: float = _setting(
+        10.0,
+        "seconds a client has to send its whole request header (an upgrade or any HTTP "
+        "request) after connecting or after its previous answer; then the socket is closed",
+    )
+    max_connections_per_address: int = _setting(
+        500, "open WebSocket connections from one client address; more get HTTP 429 (0: off)"
+    )
+    upgrade_rate: float = _setting(
+        20.0, "upgrade requests per second from one client address; more get HTTP 429 (0: off)"
+    )
+    upgrade_burst: int = _setting(100, "upgrade requests one client address may send at once")
+    new_rooms_per_minute: int = _setting(
+        60, "rooms one client address may open per minute; more get HTTP 429 (0: off)"
+    )
     allowed_origins: tuple[str, ...] = _setting(
         (), "comma-separated origins allowed to connect; empty: the request's own origin; *: any"
     )
@@ -246,6 +261,11 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "rate_burst": _positive_int,
     "max_connections": _positive_int,
     "max_rooms": _positive_int,
+    "handshake_timeout": _positive_float,
+    "max_connections_per_address": _int,
+    "upgrade_rate": _float,
+    "upgrade_burst": _positive_int,
+    "new_rooms_per_minute": _int,
     "allowed_origins": _origins,
     "origin_check": _choice(ORIGIN_CHECKS),
     "trusted_proxies": _addresses,

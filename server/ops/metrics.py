@@ -30,6 +30,9 @@ REJECT_REASONS = (
     "token_invalid",
     "token_expired",
     "room_not_allowed",
+    "upgrade_rate",
+    "address_connections",
+    "room_rate",
 )
 MESSAGE_KINDS = ("message", "command", "invalid")
 BOT_RESULTS = ("ok", "unknown_symbol", "upstream_error", "timeout", "rejected", "dropped")
@@ -54,6 +57,11 @@ HANDSHAKES_REJECTED = Counter(
     "chat_handshakes_rejected",
     "Upgrade requests refused before the upgrade, by reason.",
     ["reason"],
+)
+HANDSHAKE_TIMEOUTS = Counter(
+    "chat_handshake_timeouts",
+    "Connections closed because their first request header was not complete within "
+    "ROOMHUB_HANDSHAKE_TIMEOUT seconds of connecting (nothing sent counts too).",
 )
 MESSAGES_RECEIVED = Counter("chat_messages_received", "Client frames received, by kind.", ["kind"])
 EVENTS_DELIVERED = Counter(

@@ -109,6 +109,10 @@ class GlobalHub:
         self._rooms: dict[str, Room] = {}
         self._task: asyncio.Task[None] | None = None
 
+    def __contains__(self, room: str) -> bool:
+        """Whether ``room`` is open (a join there opens no new room)."""
+        return room in self._rooms
+
     def admit(self, room: str) -> bool:
         """Whether a client may join ``room``: it exists, or one more fits under ``max_rooms``."""
         return room in self._rooms or len(self._rooms) < self.max_rooms

@@ -10,7 +10,8 @@ room (:func:`message_interval`: a fan-out costs a write per member, whatever it 
 under load, events that arrive in between leave together; a quiet room fans out at once.
 Joins and leaves alone may wait longer in a big room (a join storm would otherwise cost a
 frame per join per member), and leave with the next message at the latest. A room empty for
-``room_grace`` seconds is reaped, and its broker subscription dropped.
+``room_grace`` seconds is reaped, and its broker subscription dropped; one that never had a
+message is reaped as soon as it is empty.
 
 Connections post :data:`~server.rooms.items.HubItem` values with ``post(room, item)``. A hub that
 raises closes every member and every connection whose join was still queued with 1011;
@@ -160,7 +161,8 @@ class RoomHub:
 
     async def run(self, grace: float, interval: float) -> None:
         """Subscribe, then serve the inbox until the room has had no connection for ``grace``
-        seconds. Raises :class:`BrokerUnavailable` when the subscription cannot be made.
+        seconds (at once if it never had a message). Raises :class:`BrokerUnavailable` when
+        the subscription cannot be made.
 
         Messages and bot replies fan out :func:`message_interval` (at least ``interval``)
         seconds after the previous fan-out; presence-only batches wait
@@ -185,8 +187,10 @@ class RoomHub:
                 elif self.tokens:
                     await self._wake.wait()
                 else:
+                    # A room that never had a message keeps nothing worth a grace period,
+                    # and must not hold a slot under ROOMHUB_MAX_ROOMS for one.
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(grace):
+                        async with asyncio.timeout(grace if self.seq else 0):
                             await self._wake.wait()
                     if not self.inbox and not self.tokens:
                         return
@@ -355,6 +359,10 @@ class ShardedHubs:
         self.max_rooms = max_rooms
         self.max_frame_size = max_frame_size
         self._hubs: dict[str, RoomHub] = {}
+
+    def __contains__(self, room: str) -> bool:
+        """Whether ``room``'s hub runs (a join there opens no new room)."""
+        return room in self._hubs
 
     def admit(self, room: str) -> bool:
         """Whether a client may join ``room``: its hub runs, or one more fits under

@@ -53,6 +53,10 @@ HubItem = Join | Leave | Say | BotEvent
 class Hubs(Protocol):
     """The hubs of one server, whatever ``ROOMHUB_HUB_MODE`` runs them."""
 
+    def __contains__(self, room: str) -> bool:
+        """Whether ``room`` is open here (a join there opens no new room)."""
+        ...
+
     def admit(self, room: str) -> bool:
         """Whether a client may join ``room`` under ``max_rooms`` (a new room may start now)."""
         ...

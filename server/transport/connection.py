@@ -44,6 +44,7 @@ from ..ops import metrics
 from ..ops.config import Settings
 from ..wire.protocol import PING_FRAME, CloseReason, text_frame
 from .bucket import TokenBucket
+from .limits import Address
 from .outbox import Outbox
 
 log = logging.getLogger("roomhub.connection")
@@ -96,7 +97,8 @@ CONNECTING, OPEN, CLOSING, CLOSED = State.CONNECTING, State.OPEN, State.CLOSING,
 
 
 class Connection(asyncio.Protocol):
-    """A joined WebSocket client on ``transport``, the socket of its accepted upgrade.
+    """A joined WebSocket client on ``transport``, the socket of its accepted upgrade, from
+    ``address`` (its per-address limits entry, :mod:`.limits`; None: those limits are off).
 
     ``state`` is its life (:class:`State`); ``close_reason`` the reason the server closed it
     with, if it did (the first reason wins); ``outbox`` what waits to be written.
@@ -111,6 +113,7 @@ class Connection(asyncio.Protocol):
         "_quiet_sweeps",
         "_reason",
         "_user",
+        "address",
         "dispatcher",
         "outbox",
         "room",
@@ -118,12 +121,19 @@ class Connection(asyncio.Protocol):
     )
 
     def __init__(
-        self, dispatcher: Dispatcher, transport: asyncio.Transport, *, room: str, user: str
+        self,
+        dispatcher: Dispatcher,
+        transport: asyncio.Transport,
+        *,
+        room: str,
+        user: str,
+        address: Address | None = None,
     ) -> None:
         settings = dispatcher.settings
         self.dispatcher = dispatcher
         self.room = room
         self._user = user
+        self.address = address  # its client address's entry in the per-address limits
         self._frames = Frames(
             Side.SERVER, max_size=READ_LIMIT_FACTOR * settings.max_msg_size, logger=FRAMES_LOG
         )
@@ -134,7 +144,7 @@ class Connection(asyncio.Protocol):
         self._close_timer: asyncio.TimerHandle | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._quiet_sweeps = 0
-        self._bucket = TokenBucket(settings.rate_burst, time.monotonic())
+        self._bucket = TokenBucket(settings.rate_limit, settings.rate_burst, time.monotonic())
 
     @property
     def user(self) -> str:
@@ -267,8 +277,7 @@ class Connection(asyncio.Protocol):
 
     def allow(self) -> bool:
         """Take a rate-limit token: ``rate`` frames per second, bursts up to ``burst``."""
-        settings = self.dispatcher.settings
-        return self._bucket.take(settings.rate_limit, settings.rate_burst, time.monotonic())
+        return self._bucket.take(time.monotonic())
 
     @property
     def strikes(self) -> int:

@@ -15,6 +15,7 @@ from collections.abc import Set
 from ..ops import metrics
 from ..wire.protocol import CloseReason
 from .connection import Connection
+from .limits import Address, AddressLimits
 
 
 class ConnectionRegistry:
@@ -36,13 +37,16 @@ class ConnectionRegistry:
         """The open connections (a live view: copy it before closing any)."""
         return self._connections
 
-    def reserve(self) -> None:
-        """Take a slot for an upgrade about to be accepted."""
+    def reserve(self, address: Address | None) -> None:
+        """Take a slot, here and in ``address``'s per-address count, for an upgrade about to
+        be accepted."""
         self.reserved += 1
+        AddressLimits.opened(address)
 
-    def release(self) -> None:
-        """Give back the slot of an upgrade that never opened (the client went away)."""
+    def release(self, address: Address | None) -> None:
+        """Give back the slots of an upgrade that never opened (the client went away)."""
         self.reserved -= 1
+        AddressLimits.closed(address)
 
     def open(self, conn: Connection) -> None:
         """``conn`` is open (``chat_connections_opened_total``)."""
@@ -51,9 +55,10 @@ class ConnectionRegistry:
 
     def close(self, conn: Connection, reason: CloseReason) -> None:
         """``conn`` ended for ``reason`` (``chat_connections_closed_total{reason}``): its slot
-        is free again."""
+        is free again, here and in its address's count."""
         self._connections.discard(conn)
         self.reserved -= 1
+        AddressLimits.closed(conn.address)
         self.closed += 1
         if self._drained is not None and not self._connections:
             self._drained.set()

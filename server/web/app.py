@@ -25,6 +25,7 @@ from ..rooms.broker.redis import RedisBroker
 from ..rooms.dispatch import RoomDispatcher
 from ..rooms.hub import ShardedHubs
 from ..rooms.items import Hubs
+from ..transport.limits import AddressLimits
 from ..transport.registry import ConnectionRegistry
 from ..wire.protocol import CloseReason
 from .auth import TokenVerifier
@@ -35,6 +36,7 @@ from .keys import (
     dispatcher_key,
     http_client_key,
     hubs_key,
+    limits_key,
     registry_key,
     settings_key,
     verifier_key,
@@ -253,11 +255,17 @@ def forwarded_middleware(trusted_proxies: tuple[str, ...]) -> Middleware:
 
 def create_app(settings: Settings) -> web.Application:
     """Build the roomhub application for ``settings``."""
-    app = web.Application(middlewares=[error_pages])
+    # aiohttp closes a connection whose request header is not complete within
+    # keepalive_timeout seconds of connecting or of its previous answer (aiohttp 3.14
+    # RequestHandler; tests/test_door.py holds it to that). The first request's deadline is
+    # also kept, and counted, by server.transport.deadline in front of aiohttp.
+    handler_args = {"keepalive_timeout": settings.handshake_timeout}
+    app = web.Application(middlewares=[error_pages], handler_args=handler_args)
     if settings.trusted_proxies:
         app.middlewares.append(forwarded_middleware(settings.trusted_proxies))
     app[settings_key] = settings
     app[registry_key] = ConnectionRegistry()
+    app[limits_key] = AddressLimits(settings)
     if settings.auth == "token":
         app[verifier_key] = TokenVerifier(settings)
     metrics.BUILD_INFO.clear()

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from ..ops import metrics
+from ..transport.limits import Address, Throttled
 from ..wire.origin import origin_allowed
 from ..wire.protocol import (
     ProtocolError,
@@ -27,7 +28,7 @@ from ..wire.protocol import (
     validate_user,
 )
 from .auth import Identity, TokenError, TokenVerifier
-from .keys import broker_key, hubs_key, registry_key, settings_key, verifier_key
+from .keys import broker_key, hubs_key, limits_key, registry_key, settings_key, verifier_key
 
 log = logging.getLogger("roomhub.handshake")
 
@@ -46,6 +47,7 @@ class Handshake:
     epoch: str | None = None
     identity: Identity | None = None  # with ROOMHUB_AUTH=token: who the token names
     query: dict[str, str] | None = None  # the query's parameters while the checks run
+    address: Address | None = None  # the client address's limits entry (None: limits off)
 
     def param(self, name: str) -> str | None:
         """Query parameter ``name`` (its first value), or None."""
@@ -108,6 +110,13 @@ def _version(hs: Handshake) -> None:
     # Sec-WebSocket-Version header naming the one it does (refusal() adds it).
     if hs.request.headers.get("Sec-WebSocket-Version") != WEBSOCKET_VERSION:
         raise ProtocolError("bad_version", "only WebSocket version 13 is supported")
+
+
+def _upgrade_rate(hs: Handshake) -> None:
+    # Every upgrade request that gets this far takes a token, whatever answers it later.
+    limits = hs.request.app[limits_key]
+    hs.address = limits.address(hs.request.remote)
+    limits.take_upgrade(hs.address)
 
 
 def _room(hs: Handshake) -> None:
@@ -186,9 +195,20 @@ def _below_capacity(hs: Handshake) -> None:
         raise ProtocolError("capacity", "server is at its connection limit")
 
 
+def _address_below_cap(hs: Handshake) -> None:
+    hs.request.app[limits_key].check_connections(hs.address)
+
+
 def _broker_ready(hs: Handshake) -> None:
     if not hs.request.app[broker_key].ready:
         raise ProtocolError("broker_unavailable", "the broker is unavailable")
+
+
+def _new_room_rate(hs: Handshake) -> None:
+    # Only a room that is not open here costs a token.
+    app = hs.request.app
+    if hs.room not in app[hubs_key]:
+        app[limits_key].take_room(hs.address)
 
 
 def _room_limit(hs: Handshake) -> None:
@@ -200,6 +220,7 @@ def _room_limit(hs: Handshake) -> None:
 CHECKS: tuple[Check, ...] = (
     Check("not_websocket", 400, None, _upgrade),
     Check("bad_version", 426, None, _version),
+    Check("too_many_upgrades", 429, "upgrade_rate", _upgrade_rate),
     Check("bad_room", 400, "bad_room", _room),
     Check("token_missing", 401, "token_missing", _token_present),
     Check("token_invalid", 401, "token_invalid", _token_valid),
@@ -211,15 +232,26 @@ CHECKS: tuple[Check, ...] = (
     Check("bad_origin", 403, "origin", _origin),
     Check("shutting_down", 503, None, _not_draining),
     Check("capacity", 503, "capacity", _below_capacity),
+    Check("too_many_connections", 429, "address_connections", _address_below_cap),
     Check("broker_unavailable", 503, None, _broker_ready),
+    Check("too_many_rooms", 429, "room_rate", _new_room_rate),
     Check("capacity", 503, "capacity", _room_limit),
 )
 
 
+def _headers(status: int, exc: ProtocolError) -> dict[str, str] | None:
+    if status == 426:
+        return {"Sec-WebSocket-Version": WEBSOCKET_VERSION}
+    if isinstance(exc, Throttled):
+        return {"Retry-After": str(exc.retry_after)}
+    return None
+
+
 def refusal(hs: Handshake) -> web.Response | None:
     """Run :data:`CHECKS` in order; the first failure's JSON answer (a 426 also names the
-    version roomhub speaks in ``Sec-WebSocket-Version``), or None if all pass. The query is
-    parsed once for all of them, and dropped after (the session keeps ``hs``)."""
+    version roomhub speaks in ``Sec-WebSocket-Version``, a 429 the seconds to wait in
+    ``Retry-After``), or None if all pass. The query is parsed once for all of them, and
+    dropped after (the session keeps ``hs``)."""
     hs.query = query_params(hs.request)
     try:
         for check in CHECKS:
@@ -231,9 +263,7 @@ def refusal(hs: Handshake) -> web.Response | None:
                 return web.json_response(
                     {"error": check.error, "detail": exc.detail},
                     status=check.status,
-                    headers={"Sec-WebSocket-Version": WEBSOCKET_VERSION}
-                    if check.status == 426
-                    else None,
+                    headers=_headers(check.status, exc),
                 )
         return None
     finally:

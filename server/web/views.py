@@ -92,17 +92,19 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     if transport is None:  # the client went away before the handler ran
         return _aborted(hs)
-    conn = Connection(app[dispatcher_key], transport, room=hs.room, user=hs.user)
+    conn = Connection(
+        app[dispatcher_key], transport, room=hs.room, user=hs.user, address=hs.address
+    )
     hubs = app[hubs_key]
     # The join is queued first, so that the room's hub knows the connection before any
     # message it sent early (held there until its welcome); the slot is reserved before the
     # upgrade and released when the connection ends.
     hubs.post(hs.room, Join(conn, hs.since, hs.epoch))
-    registry.reserve()
+    registry.reserve(conn.address)
     try:
         response = take_over(request, conn)
     except ConnectionError:
-        registry.release()
+        registry.release(conn.address)
         hubs.post(hs.room, Leave(conn))
         return _aborted(hs)
     registry.open(conn)
