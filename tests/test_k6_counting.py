@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from server.wire.protocol import ChatMessage, batch, message_event, presence_event, welcome_event
+from server.wire.protocol import (
+    MAX_TEXT,
+    ChatMessage,
+    Limits,
+    batch,
+    message_event,
+    presence_event,
+    welcome_event,
+)
 from tests.support.k6 import CHECKS, K6Run, run_k6
 
 pytestmark = pytest.mark.k6
@@ -36,7 +44,8 @@ async def read(frames: list[list[Event]], tmp_path: Path, k6_bin: str, aiohttp_s
     async def chat(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        welcome = welcome_event(ROOM, "reader", "e", WELCOME_SEQ, 2, ["reader"], False, [])
+        limits = Limits(32768, MAX_TEXT, 5.0, 10)
+        welcome = welcome_event(ROOM, "reader", "e", WELCOME_SEQ, 2, ["reader"], False, limits, [])
         await ws.send_str(welcome.decode())
         for frame in [[WELCOME_SEQ + 1], *frames]:
             await ws.send_str(batch([encode(event) for event in frame]).decode())
