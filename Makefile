@@ -72,9 +72,11 @@ run-lab: $(SERVE_STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# ruff on every Python tree; mypy --strict on server/ (pyproject.toml [tool.mypy]).
 lint: $(STAMP)
 	$(BIN)/ruff check server tests dashboards bench
 	$(BIN)/ruff format --check server tests dashboards bench
+	$(BIN)/mypy
 
 # The observability stack (docker-compose.yml): chat, stockapi, Prometheus, Grafana.
 # Chat replicas sharing rooms through Redis; the global baseline runs one, on the memory broker.

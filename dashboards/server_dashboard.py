@@ -1,6 +1,6 @@
 """The "roomhub server" dashboard: what one or more chat server processes are doing.
 
-Every query reads the metrics of server/metrics.py (and the recorded series of
+Every query reads the metrics of server/ops/metrics.py (and the recorded series of
 prometheus/rules/recording.yml in the last row), filtered by the ``$instance`` variable,
 whose choices follow the ``$hub_mode`` variable (both read from ``chat_build_info``).
 """

@@ -10,11 +10,11 @@ On SIGTERM or SIGINT the server keeps listening while it drains: ``/readyz`` ans
 new upgrades get 503, outboxes are flushed for a bounded time and clients are closed with
 1001. Then it stops listening, finishes and exits 0.
 
-An installed aiohttp that lacks a part ``server/upgrade.py`` relies on stops start-up the
+An installed aiohttp that lacks a part ``server/transport/upgrade.py`` relies on stops start-up the
 same way, with exit code 2 and a message naming its version and the range roomhub supports.
 
 With ``--workers N`` (N > 1) the process supervises N such servers sharing the port
-(``server.supervisor``).
+(``server.ops.supervisor``).
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from .app import create_app, shutdown_connections
-from .auth import mint_token
-from .config import ConfigError, Settings, add_flags, load_settings, unknown_env_vars
-from .deadline import listen
-from .logs import setup_logging
-from .supervisor import Announce, print_line, supervise
-from .upgrade import seam_problem
+from .ops.config import ConfigError, Settings, add_flags, load_settings, unknown_env_vars
+from .ops.logs import setup_logging
+from .ops.supervisor import Announce, print_line, supervise
+from .transport.deadline import listen
+from .transport.upgrade import seam_problem
+from .web.app import create_app, shutdown_connections
+from .web.auth import mint_token
 
 log = logging.getLogger("roomhub")
 
@@ -104,7 +104,7 @@ def listening_line(host: str, port: int) -> str:
 async def _listen(
     runner: web.AppRunner, settings: Settings, port: int, names: str, reuse: bool
 ) -> asyncio.Server:
-    """Listen with the handshake deadline (:func:`server.deadline.listen`); raises
+    """Listen with the handshake deadline (:func:`server.transport.deadline.listen`); raises
     :class:`ConfigError` naming ``names`` when it cannot."""
     host = settings.host
     try:

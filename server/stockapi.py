@@ -262,7 +262,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, web.Appl
 def main(argv: Sequence[str] | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then exit 0."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client: not annotated
     args, app = parse_args(argv)
     web.run_app(
         app,

@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import Protocol as WebSocketProtocol
 from websockets.protocol import Side
 
-from server.config import Settings
+from server.ops.config import Settings
 
 HUB_MODES = ["sharded", "global"]
 

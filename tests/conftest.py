@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server.app import create_app
+from server.web.app import create_app
 from tests.chat import settings
 
 pytest_plugins = ["tests.support.processes"]

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from server.config import Settings
+from server.ops.config import Settings
 from tests.chat import WAIT, Client
 from tests.support.processes import Process, run_server
 from tests.support.promql import ROOT

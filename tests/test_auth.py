@@ -18,9 +18,9 @@ from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from server.auth import mint_token
-from server.config import ConfigError
-from server.protocol import CloseReason
+from server.ops.config import ConfigError
+from server.web.auth import mint_token
+from server.wire.protocol import CloseReason
 from tests.chat import UPGRADE_HEADERS, Client, sample, wait_until
 
 SECRET = "s" * 32

@@ -15,9 +15,9 @@ import pytest
 import redis
 from aiohttp.test_utils import TestClient
 
-from server.app import create_app
-from server.broker.redis import RedisBroker
-from server.config import Settings
+from server.ops.config import Settings
+from server.rooms.broker.redis import RedisBroker
+from server.web.app import create_app
 from tests.chat import UPGRADE_HEADERS, Client, sample, settings, wait_until
 from tests.support.k6 import SCENARIOS, run_k6
 from tests.support.processes import Process, RedisServer, free_port, run_server
@@ -37,7 +37,7 @@ def make_instance(aiohttp_client: Any, redis_server: RedisServer):
 
 
 def _ready(instance: TestClient) -> bool:
-    from server.keys import broker_key
+    from server.web.keys import broker_key
 
     return instance.app[broker_key].ready
 
@@ -383,7 +383,7 @@ async def test_names_are_unique_over_every_instance(make_instance: Any) -> None:
 
 
 def test_readme_states_the_reconnect_backoff_the_broker_uses() -> None:
-    from server.broker.redis import MAX_BACKOFF, MIN_BACKOFF
+    from server.rooms.broker.redis import MAX_BACKOFF, MIN_BACKOFF
 
     readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
     assert f"backoff from {MIN_BACKOFF:g} s doubling up to {MAX_BACKOFF:g} s" in readme

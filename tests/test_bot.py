@@ -18,7 +18,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from server.app import create_app as chat_app
 from server.bot.commands import (
     COMMANDS,
     STOCK_PREFIX,
@@ -36,9 +35,10 @@ from server.bot.providers import (
     sim_price,
 )
 from server.bot.stockbot import BotReply, StockBot
-from server.keys import bot_key, hubs_key
 from server.stockapi import create_app
 from server.stockapi import state_key as stockapi_state_key
+from server.web.app import create_app as chat_app
+from server.web.keys import bot_key, hubs_key
 from tests.chat import Client, wait_until
 from tests.chat import settings as chat_settings
 from tests.support.processes import free_port, run_server

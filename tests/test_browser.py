@@ -36,7 +36,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from server.auth import mint_token
+from server.web.auth import mint_token
 from tests.support.docs import ROOT
 from tests.support.processes import (
     Process,

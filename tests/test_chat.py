@@ -15,13 +15,14 @@ from websockets.frames import Close, Opcode
 from websockets.protocol import Protocol, Side
 
 from server.bot.commands import COMMANDS
-from server.broker.memory import MemoryBroker
-from server.hub import RoomHub, message_interval, presence_interval
-from server.keys import hubs_key, state_key
-from server.protocol import CloseReason
-from server.room import Join, Room
+from server.rooms.baseline import Room
+from server.rooms.broker.memory import MemoryBroker
+from server.rooms.hub import RoomHub, message_interval, presence_interval
+from server.rooms.items import Join
 from server.stockapi import create_app as create_stockapi
-from server.views import LISTED_ROOMS
+from server.web.keys import hubs_key, registry_key
+from server.web.views import LISTED_ROOMS
+from server.wire.protocol import CloseReason
 from tests.chat import (
     HUB_MODES,
     UPGRADE_HEADERS,
@@ -399,15 +400,15 @@ async def test_slow_consumer_is_closed_with_1013_while_others_keep_receiving(
     make_server: Any,
 ) -> None:
     server = await make_server(outbox_limit=20, rate_limit=10000, rate_burst=10000)
-    state = server.app[state_key]
+    registry = server.app[registry_key]
     ann = await joined(server, "r1", "ann")
     before = sample("chat_connections_closed_total", reason="slow_consumer")
     slow = raw_client_that_never_reads(server.host, server.port, "r1")
     try:
-        await wait_until(lambda: len(state.connections) == 2)
+        await wait_until(lambda: len(registry.connections) == 2)
         big = "x" * 1900
         sent = 0
-        while not any(c.close_reason is CloseReason.SLOW_CONSUMER for c in state.connections):
+        while not any(c.close_reason is CloseReason.SLOW_CONSUMER for c in registry.connections):
             assert sent < 5000, "the silent client was never closed as a slow consumer"
             await ann.say(big, id=str(sent))
             sent += 1
@@ -421,7 +422,7 @@ async def test_slow_consumer_is_closed_with_1013_while_others_keep_receiving(
         while "last" not in ids:
             ids.add((await ann.next_of("message"))["id"])
         assert len(ids) == sent + 1
-        await wait_until(lambda: len(state.connections) == 1)
+        await wait_until(lambda: len(registry.connections) == 1)
         assert sample("chat_connections_closed_total", reason="slow_consumer") == before + 1
     finally:
         slow.close()

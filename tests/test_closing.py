@@ -18,10 +18,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from websockets.frames import Frame, Opcode
 
-import server.connection
-import server.views
-from server.keys import state_key
-from server.protocol import CloseReason
+import server.rooms.dispatch
+import server.transport.outbox
+from server.web.keys import registry_key
+from server.wire.protocol import CloseReason
 from tests.chat import (
     CLIENTS,
     TCP_CLOSE,
@@ -95,14 +95,14 @@ async def test_internal_error_close_1011_arrives_after_the_events_before_it_and_
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    parse = server.views.parse_stock_command
+    parse = server.rooms.dispatch.parse_stock_command
 
     def failing(text: str) -> str | None:
         if text == "boom":
             raise RuntimeError("injected fault")
         return parse(text)
 
-    monkeypatch.setattr(server.views, "parse_stock_command", failing)
+    monkeypatch.setattr(server.rooms.dispatch, "parse_stock_command", failing)
     test_server = await make_server(rate_limit=10000, rate_burst=10000)
     peer = await peers(kind, test_server, "r", "err")
     await echoed(peer, "before")
@@ -123,17 +123,17 @@ async def test_writer_failure_closes_that_client_with_1011_and_is_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     test_server = await make_server()
-    state = test_server.app[state_key]
+    registry = test_server.app[registry_key]
     peer = await peers(kind, test_server, "r", "w")
     await echoed(peer, "before")
-    (conn,) = state.connections
+    (conn,) = registry.connections
 
     def failing(*args: Any) -> list[bytes]:
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr(server.connection, "take_batch", failing)
+    monkeypatch.setattr(server.transport.outbox, "take_batch", failing)
     with caplog.at_level(logging.ERROR, logger="roomhub.connection"):
-        conn.outbox = deque([b'{"type":"error","code":"x","detail":"queued"}'])
+        conn.outbox.events = deque([b'{"type":"error","code":"x","detail":"queued"}'])
         conn.deliver(b"{}", [b"{}"])  # the outbox is not empty: starts the writer task
         await peer.flood()
         assert await peer.closed() == (1011, "internal error")
@@ -147,13 +147,13 @@ async def test_slow_consumer_close_1013_follows_what_was_written_before_it(
     make_server: Any, peers: Any, kind: str
 ) -> None:
     test_server = await make_server(outbox_limit=20, rate_limit=10000, rate_burst=10000)
-    state = test_server.app[state_key]
+    registry = test_server.app[registry_key]
     ann = await peers("aiohttp", test_server, "r", "ann")
     await ann.wait_for(lambda e: e["type"] == "welcome")
     slow = await peers(kind, test_server, "r", "slow", read=False)
-    await wait_until(lambda: len(state.connections) == 2)
+    await wait_until(lambda: len(registry.connections) == 2)
     sent = 0
-    while not any(c.close_reason is CloseReason.SLOW_CONSUMER for c in state.connections):
+    while not any(c.close_reason is CloseReason.SLOW_CONSUMER for c in registry.connections):
         assert sent < 5000, "the client that reads nothing was never closed as slow"
         await ann.send("x" * 1900, id=str(sent))
         sent += 1
@@ -173,7 +173,7 @@ async def test_a_client_that_fell_behind_catches_up_in_frames_within_the_cap(
 ) -> None:
     test_server = await make_server(outbox_limit=100000, rate_limit=10000, rate_burst=10000)
     cap = settings().max_frame_size
-    state = test_server.app[state_key]
+    registry = test_server.app[registry_key]
     slow = await peers(kind, test_server, "busy", "slow", read=False)
     talkers = [await peers("aiohttp", test_server, "busy", f"t{i}") for i in range(10)]
     await talkers[-1].wait_for(lambda e: e["type"] == "welcome")
@@ -182,7 +182,7 @@ async def test_a_client_that_fell_behind_catches_up_in_frames_within_the_cap(
         for i, talker in enumerate(talkers):
             await talker.send("\u00e9" * 2000, id=f"{k}-{i}")
         await talkers[0].wait_for(lambda e, last=f"{k}-9": e.get("id") == last)
-    assert max(len(c.outbox or ()) for c in state.connections) > 0, "nobody fell behind"
+    assert max(len(c.outbox) for c in registry.connections) > 0, "nobody fell behind"
     slow.start_reading()
     await slow.wait_for(lambda e: e.get("id") == f"{rounds - 1}-9")
     ids = [e["id"] for e in slow.of("message")]
@@ -227,12 +227,12 @@ async def test_heartbeat_close_1011_reaches_a_stalled_client_once_it_reads_again
     make_server: Any, peers: Any
 ) -> None:
     test_server = await make_server(heartbeat=0.2)
-    state = test_server.app[state_key]
+    registry = test_server.app[registry_key]
     peer = await peers("websockets", test_server, "r", "stalled")
     await echoed(peer, "before")
     peer.stall()
     await wait_until(
-        lambda: any(c.close_reason is CloseReason.HEARTBEAT_TIMEOUT for c in state.connections)
+        lambda: any(c.close_reason is CloseReason.HEARTBEAT_TIMEOUT for c in registry.connections)
     )
     peer.stall(False)
     assert await peer.closed() == (1011, "heartbeat timeout")
@@ -274,14 +274,14 @@ async def test_a_client_whose_buffers_are_full_is_reset_at_the_close_timeout(
     full: what is left cannot be written, so the close timeout resets it (its TCP state goes
     to CLOSE at once) rather than queueing a FIN behind bytes that will never leave."""
     test_server = await make_server(close_timeout=0.3, rate_limit=10000, rate_burst=10000)
-    state = test_server.app[state_key]
+    registry = test_server.app[registry_key]
     ann = await peers("aiohttp", test_server, "full", "ann")
     await ann.wait_for(lambda e: e["type"] == "welcome")
     sock = raw_client_that_never_reads(test_server.host, test_server.port, "full")
     with sock:
-        await wait_until(lambda: len(state.connections) == 2)
+        await wait_until(lambda: len(registry.connections) == 2)
         sent = 0
-        while not any(c.closing for c in state.connections):  # closed as a slow consumer
+        while not any(c.closing for c in registry.connections):  # closed as a slow consumer
             assert sent < 20000, "the client that reads nothing was never closed"
             await ann.send("x" * 1900, id=str(sent))
             sent += 1

@@ -17,7 +17,7 @@ import yaml
 
 from bench import k6run
 from bench.server import PYTHONMALLOC, free_port
-from server.config import Settings, env_name
+from server.ops.config import Settings, env_name
 from tests.support.processes import require_binary
 from tests.support.promql import ROOT
 

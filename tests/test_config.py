@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from server.config import ConfigError, Settings, env_name, flag_name, load_settings
+from server.ops.config import ConfigError, Settings, env_name, flag_name, load_settings
 from tests.support.docs import ROOT, table
 
 

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from server.app import create_app
-from server.config import ConfigError, load_settings
-from server.deadline import listen
-from server.keys import broker_key, hubs_key, limits_key
-from server.limits import SWEEP_INTERVAL, AddressLimits, Bucket, address_key
+from server.ops.config import ConfigError, load_settings
+from server.transport.bucket import TokenBucket
+from server.transport.deadline import listen
+from server.transport.limits import SWEEP_INTERVAL, AddressLimits, address_key
+from server.web.app import create_app
+from server.web.keys import broker_key, hubs_key, limits_key
 from tests.chat import WAIT, Client, sample, settings, upgrade_request
 
 TIMEOUT = 0.5  # seconds: the handshake timeout of the servers below
@@ -41,11 +42,13 @@ def test_an_address_is_limited_as_itself_or_its_ipv6_64(remote: str | None, key:
 
 
 def test_an_empty_bucket_says_how_many_whole_seconds_until_its_next_token() -> None:
-    bucket = Bucket(rate=0.5, burst=1, tokens=1, updated=0.0)
-    assert bucket.take(0.0) == 0
-    assert bucket.take(0.0) == 2
-    assert bucket.take(1.5) == 1
-    assert bucket.take(2.0) == 0
+    bucket = TokenBucket(rate=0.5, burst=1, now=0.0)
+    assert bucket.take(0.0)
+    assert not bucket.take(0.0)
+    assert bucket.wait() == 2
+    assert not bucket.take(1.5)
+    assert bucket.wait() == 1
+    assert bucket.take(2.0)
 
 
 class Clock:
@@ -184,7 +187,7 @@ async def test_a_new_room_costs_its_address_a_token_and_an_open_one_does_not(
 
 @contextlib.asynccontextmanager
 async def deadline_server(**overrides: Any) -> AsyncIterator[int]:
-    """The app served as ``python -m server`` serves it (:func:`server.deadline.listen`),
+    """The app served as ``python -m server`` serves it (:func:`server.transport.deadline.listen`),
     with a handshake timeout of ``TIMEOUT``; yields its port."""
     runner = web.AppRunner(create_app(settings(handshake_timeout=TIMEOUT, **overrides)))
     await runner.setup()
@@ -257,7 +260,7 @@ async def test_a_websocket_outlives_the_handshake_timeout() -> None:
 
 
 async def test_a_keep_alive_connection_stalling_its_next_request_is_closed() -> None:
-    # aiohttp's own keepalive_timeout does this (server.app sets it to the handshake timeout);
+    # aiohttp's own keepalive_timeout does this (server.web.app sets it to the handshake timeout);
     # this holds aiohttp 3.14's RequestHandler to it.
     async with deadline_server() as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -16,8 +16,8 @@ from aiohttp.test_utils import TestClient
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, Side
 
-from server.app import create_app
-from server.protocol import frame_header
+from server.web.app import create_app
+from server.wire.protocol import frame_header
 from tests.chat import WAIT, Client, sample, settings, upgrade_request, wait_until
 from tests.support.docs import ROOT
 

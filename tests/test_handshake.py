@@ -11,10 +11,10 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, make_mocked_request
 
-from server.app import create_app
-from server.handshake import CHECKS, Check, query_params
-from server.keys import broker_key, state_key
-from server.metrics import REJECT_REASONS
+from server.ops.metrics import REJECT_REASONS
+from server.web.app import create_app
+from server.web.handshake import CHECKS, Check, query_params
+from server.web.keys import broker_key, registry_key
 from tests.chat import UPGRADE_HEADERS, WAIT, Client, sample, settings
 from tests.support.docs import code, table
 
@@ -73,7 +73,7 @@ async def request_failing(make_server: Any, failing: Collection[Check]) -> Clien
             first["token"] = jwt.encode({"sub": "first"}, SECRET, algorithm="HS256")
         ws = await server.ws_connect("/ws", params=first)
         assert (await Client(ws).next())["type"] == "welcome"
-    server.app[state_key].shutting_down = "not_draining" in names
+    server.app[registry_key].draining = "not_draining" in names
     # The in-process broker stands for one that lost Redis.
     server.app[broker_key].ready = "broker_ready" not in names
     params = {

@@ -1,4 +1,4 @@
-"""server.heap: glibc's heap statistics, the trim that gives free pages back, and the release
+"""server.ops.heap: glibc's heap statistics, the trim that gives free pages back, and the release
 of what closed connections leave behind."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from server import app as app_module
-from server import heap
-from server.app import create_app
+from server.ops import heap
+from server.web import app as app_module
+from server.web.app import create_app
 from tests.chat import Client, settings
 from tests.support.docs import ROOT
 

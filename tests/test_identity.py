@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server.config import Settings
-from server.room import ONLINE_LIMIT, SUFFIX_LIMIT, Join, Room
+from server.ops.config import Settings
+from server.rooms.baseline import Room
+from server.rooms.items import Join
+from server.rooms.names import ONLINE_LIMIT, SUFFIX_LIMIT
 from tests.chat import HUB_MODES, Client
 from tests.support.promql import ROOT
 
@@ -21,7 +23,10 @@ class Member:
     """What a room needs of a connection to name it and welcome it."""
 
     user: str
-    chat: Any = field(default_factory=lambda: SimpleNamespace(settings=Settings()))
+    dispatcher: Any = field(default_factory=lambda: SimpleNamespace(settings=Settings()))
+
+    def rename(self, user: str) -> None:
+        self.user = user
 
 
 async def welcomed(server: TestClient, room: str, user: str) -> tuple[Client, dict[str, Any]]:
@@ -97,7 +102,9 @@ async def test_welcome_lists_the_members_online_in_join_order(
 async def test_welcome_lists_at_most_the_first_online_limit_names(
     make_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("server.room.ONLINE_LIMIT", 3)  # the test client opens at most 100 sockets
+    monkeypatch.setattr(
+        "server.rooms.names.ONLINE_LIMIT", 3
+    )  # the test client opens at most 100 sockets
     server = await make_server()
     for n in range(3):
         await welcomed(server, "big", f"u{n}")

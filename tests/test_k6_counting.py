@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from server.protocol import (
+from server.wire.protocol import (
     MAX_TEXT,
     ChatMessage,
     Limits,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.measure import duration_seconds as seconds
-from server.metrics import BOT_RESULTS
+from server.ops.metrics import BOT_RESULTS
 from tests.support.k6 import SCENARIOS, K6Run, inspect, run_k6, sampling, wait_for_metrics
 from tests.support.processes import Process
 

@@ -8,15 +8,15 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.app import create_app
-from server.metrics import (
+from server.ops.metrics import (
     BOT_RESULTS,
     BROKER_OPERATIONS,
     CLOSE_REASONS,
     HEAP_STATES,
     MESSAGE_KINDS,
 )
-from server.protocol import CloseReason
+from server.web.app import create_app
+from server.wire.protocol import CloseReason
 from tests.chat import Client, settings
 from tests.support.docs import code, redis_only_metrics, table
 from tests.support.processes import RedisServer

@@ -9,9 +9,9 @@ from aiohttp.test_utils import TestClient
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from server.app import create_app
-from server.config import ConfigError, load_settings
-from server.origin import origin_allowed, parse_origin, request_origin
+from server.ops.config import ConfigError, load_settings
+from server.web.app import create_app
+from server.wire.origin import origin_allowed, parse_origin, request_origin
 from tests.chat import UPGRADE_HEADERS, Client, settings
 
 DEFAULT_PORT = {"http": 80, "https": 443}

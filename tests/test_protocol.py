@@ -14,9 +14,9 @@ from aiohttp.test_utils import make_mocked_request
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from server import metrics
-from server.config import Settings
-from server.protocol import (
+from server.ops import metrics
+from server.ops.config import Settings
+from server.wire.protocol import (
     MAX_TEXT,
     NAME_TRIM_RE,
     ChatMessage,

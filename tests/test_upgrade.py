@@ -1,5 +1,5 @@
-"""The take-over of an accepted upgrade from aiohttp (server/upgrade.py), checked against the
-installed aiohttp: the 101 is right, the socket's bytes reach roomhub's protocol (the early
+"""The take-over of an accepted upgrade from aiohttp (server/transport/upgrade.py), checked against
+the installed aiohttp: the 101 is right, the socket's bytes reach roomhub's protocol (the early
 ones too), nothing else is written, and aiohttp keeps nothing of the connection. Then the
 flow control a connection's writes rely on: asyncio's pause and resume of writing. Last, the
 start-up check of the aiohttp parts the take-over touches."""
@@ -20,10 +20,11 @@ import pytest
 from aiohttp import web
 from packaging.requirements import Requirement
 
-from server.app import create_app
-from server.connection import Connection
-from server.keys import state_key
-from server.upgrade import accept_key, seam_problem, supported_aiohttp, take_over
+from server.rooms.baseline import send
+from server.transport.connection import Connection
+from server.transport.upgrade import accept_key, seam_problem, supported_aiohttp, take_over
+from server.web.app import create_app
+from server.web.keys import registry_key
 from tests.chat import UPGRADE_HEADERS, WAIT, settings, upgrade_request
 from tests.support.promql import ROOT
 
@@ -97,7 +98,7 @@ async def test_the_socket_moves_to_the_new_protocol_with_the_bytes_sent_early(
 async def stalled_connection(aiohttp_client: Any) -> tuple[Connection, socket.socket]:
     """A roomhub connection whose client (a 4 KiB receive buffer) does not read."""
     client = await aiohttp_client(create_app(settings()))
-    state = client.server.app[state_key]
+    registry = client.server.app[registry_key]
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
@@ -105,9 +106,9 @@ async def stalled_connection(aiohttp_client: Any) -> tuple[Connection, socket.so
     await loop.sock_connect(sock, (client.host, client.port))
     await loop.sock_sendall(sock, upgrade_request("r", "u"))
     async with asyncio.timeout(WAIT):
-        while not state.connections:
+        while not registry.connections:
             await asyncio.sleep(0.01)
-    (conn,) = state.connections
+    (conn,) = registry.connections
     return conn, sock
 
 
@@ -115,7 +116,7 @@ async def fill(conn: Connection) -> asyncio.Task[None]:
     """Send 60 KB frames until one send has to wait; that send."""
     chunk = b"\x81\x7e\xea\x60" + b"x" * 60_000
     while True:
-        task = asyncio.create_task(conn.send(chunk))
+        task = asyncio.create_task(send(conn, chunk))
         await asyncio.sleep(0)
         if not task.done():
             return task
@@ -189,6 +190,6 @@ def test_an_aiohttp_without_a_seam_stops_start_up_with_exit_2_naming_versions(
     assert result.returncode == 2, result.stderr
     assert result.stderr == (
         f"roomhub: aiohttp {aiohttp.__version__} lacks RequestHandler._message_tail, which "
-        f"server/upgrade.py hands the WebSocket over with; roomhub supports "
+        f"server/transport/upgrade.py hands the WebSocket over with; roomhub supports "
         f"{supported_aiohttp()}\n"
     )

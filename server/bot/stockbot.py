@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from server.bot.providers import QuoteProvider, UnknownSymbol, UpstreamError
-from server.metrics import BOT_COMMANDS, BOT_LATENCY, BOT_UPSTREAM
+from server.ops.metrics import BOT_COMMANDS, BOT_LATENCY, BOT_UPSTREAM
 
 log = logging.getLogger("roomhub.bot")
 

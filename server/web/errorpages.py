@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp_jinja2
 from aiohttp import web
 
-from .views import VERSION
+from ..ops.version import VERSION
 
 TITLES = {400: "Bad request", 404: "Page not found"}
 """The statuses that get a page, and its heading."""
@@ -25,7 +25,8 @@ def _message(request: web.Request, exc: web.HTTPException) -> str:
     if exc.status == 404:
         return f"There is no page at {request.path}."
     # aiohttp's own text for a bare HTTPBadRequest is "400: Bad Request": say nothing more then.
-    return "" if exc.text.startswith(f"{exc.status}:") else exc.text
+    text = exc.text or ""
+    return "" if text.startswith(f"{exc.status}:") else text
 
 
 @web.middleware

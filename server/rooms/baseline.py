@@ -2,8 +2,10 @@
 
 One task and one queue serve joins, leaves and broadcasts for every room, and each send to
 each recipient is awaited in turn, so one slow client delays every room. It is kept only so
-that bottleneck can be reproduced and measured against :mod:`server.hub`; it takes the same
-items and keeps the same :class:`~server.room.Room` state.
+that bottleneck can be reproduced and measured against :mod:`server.rooms.hub`: it takes the
+same items behind the same :class:`~server.rooms.items.Hubs` interface, and keeps each room's
+state in a :class:`Room` of its own (members, last ``seq``, history ring), where the sharded
+hubs leave it to the broker. Nothing outside this module and the app factory names it.
 """
 
 from __future__ import annotations
@@ -11,13 +13,86 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from itertools import islice
 
-from . import metrics
-from .connection import Connection
-from .protocol import CloseReason, text_frame
-from .room import BotEvent, HubItem, Join, Leave, Room, Say
+from ..ops import metrics
+from ..transport.connection import Connection
+from ..wire.protocol import (
+    ChatMessage,
+    CloseReason,
+    limits_of,
+    message_event,
+    presence_event,
+    text_frame,
+    welcome_event,
+)
+from . import names as member_names
+from .items import BotEvent, HubItem, Join, Leave, Say
+from .names import free_name, name_key, new_epoch
 
 log = logging.getLogger("roomhub.hub")
+
+
+class Room:
+    """One room's state: epoch, members (each under a name no other member has, see
+    :meth:`join`), the last ``seq`` and up to ``history_size`` messages."""
+
+    __slots__ = ("epoch", "history", "members", "name", "names", "seq")
+
+    def __init__(self, name: str, history_size: int, epoch: str | None = None) -> None:
+        self.name = name
+        self.epoch = epoch or new_epoch()
+        self.members: dict[Connection, None] = {}
+        self.names: dict[str, Connection] = {}  # name_key(member's name) -> member
+        self.history: deque[tuple[int, bytes]] = deque(maxlen=history_size)
+        self.seq = 0
+
+    def join(self, item: Join) -> tuple[bytes, bytes]:
+        """Add ``item.conn`` under a free name (``conn.user`` becomes it, see
+        :func:`free_name`); return its ``welcome`` and the ``join`` event for everyone.
+
+        The welcome lists the first ``ONLINE_LIMIT`` member names in join order, and holds the
+        history newer than ``item.since``, or all of it with ``reset: true`` when
+        ``item.epoch`` names another epoch than this room's.
+        """
+        conn = item.conn
+        conn.rename(free_name(conn.user, self.names))
+        self.members[conn] = None
+        self.names[name_key(conn.user)] = conn
+        reset = item.epoch is not None and item.epoch != self.epoch
+        since = None if reset else item.since
+        history = [event for seq, event in self.history if since is None or seq > since]
+        members = len(self.members)
+        online = [member.user for member in islice(self.members, member_names.ONLINE_LIMIT)]
+        limits = limits_of(conn.dispatcher.settings)
+        welcome = welcome_event(
+            self.name, conn.user, self.epoch, self.seq, members, online, reset, limits, history
+        )
+        return welcome, presence_event("join", conn.user, members)
+
+    def leave(self, conn: Connection) -> bytes | None:
+        """Remove ``conn``; return the ``leave`` event, or None if it was not a member."""
+        if self.members.pop(conn, False) is False:
+            return None
+        del self.names[name_key(conn.user)]
+        return presence_event("leave", conn.user, len(self.members))
+
+    def say(self, conn: Connection, msg: ChatMessage) -> bytes:
+        """Sequence a message, keep it in history and return its encoded event."""
+        self.seq += 1
+        event = message_event(self.seq, self.name, conn.user, msg)
+        self.history.append((self.seq, event))
+        return event
+
+
+async def send(conn: Connection, wire: bytes) -> None:
+    """Write one frame to ``conn``, then wait until its socket takes writes again (one await
+    per send). Raises ``ConnectionResetError`` once it is closing."""
+    if conn.closing:
+        raise ConnectionResetError("connection is closing")
+    conn.outbox.write(wire)
+    await conn.outbox.wait_writable()
 
 
 class GlobalHub:
@@ -92,7 +167,7 @@ class GlobalHub:
             if conn.closing:
                 continue
             try:
-                await conn.send(wire)
+                await send(conn, wire)
             except ConnectionError:
                 continue
             sent += 1

@@ -17,18 +17,18 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from . import metrics
-from .auth import Identity, TokenError, TokenVerifier
-from .keys import broker_key, hubs_key, limits_key, settings_key, state_key, verifier_key
-from .limits import Address, Throttled
-from .origin import origin_allowed
-from .protocol import (
+from ..ops import metrics
+from ..transport.limits import Address, Throttled
+from ..wire.origin import origin_allowed
+from ..wire.protocol import (
     ProtocolError,
     validate_epoch,
     validate_room,
     validate_since,
     validate_user,
 )
+from .auth import Identity, TokenError, TokenVerifier
+from .keys import broker_key, hubs_key, limits_key, registry_key, settings_key, verifier_key
 
 log = logging.getLogger("roomhub.handshake")
 
@@ -184,14 +184,14 @@ def _origin(hs: Handshake) -> None:
 
 
 def _not_draining(hs: Handshake) -> None:
-    if hs.request.app[state_key].shutting_down:
+    if hs.request.app[registry_key].draining:
         raise ProtocolError("shutting_down", "server is shutting down")
 
 
 def _below_capacity(hs: Handshake) -> None:
     # Reserved slots count upgrades under way too, so a storm cannot overshoot the cap.
     app = hs.request.app
-    if app[state_key].reserved >= app[settings_key].max_connections:
+    if app[registry_key].reserved >= app[settings_key].max_connections:
         raise ProtocolError("capacity", "server is at its connection limit")
 
 

@@ -1,18 +1,19 @@
 """One client connection after the upgrade: its socket, frames in, events out, the closing
-handshake and the rate limiter.
+handshake and its life (:class:`State`).
 
-A :class:`Connection` is the asyncio protocol of its socket (:func:`server.upgrade.take_over`
-hands it over from aiohttp), so an idle connection costs no task. Frames are read with the
+A :class:`Connection` is the asyncio protocol of its socket (:func:`.upgrade.take_over` hands
+it over from aiohttp), so an idle connection costs no task. Frames are read with the
 Sans-I/O ``Protocol`` of the ``websockets`` library (RFC 6455 framing, masking, fragments,
 control frames, the closing handshake; its guide:
 https://websockets.readthedocs.io/en/stable/howto/sansio.html): it answers pings and a
-client's close frame itself. Each whole message goes to the app's :class:`Chat` as it arrives.
+client's close frame itself. Each whole message goes to the app's :class:`Dispatcher` as it
+arrives, after a :class:`~.bucket.TokenBucket` rate check the dispatcher asks for.
 
 Hubs hand events to :meth:`Connection.deliver`, which never awaits. When nothing is queued
 and the socket is not backed up, the frame is written at once (the fast path). Otherwise the
-encoded events wait in the outbox and a writer task, started on demand, sends what waits as
-frames of at most ``max_frame_size`` bytes each time the socket drains. An outbox that grows
-past its limit marks a slow consumer, which is closed with 1013.
+encoded events wait in the :class:`~.outbox.Outbox` and its writer task, started on demand,
+sends what waits as frames of at most ``max_frame_size`` bytes each time the socket drains.
+An outbox that grows past its limit marks a slow consumer, which is closed with 1013.
 
 A close the server starts (:meth:`Connection.close`) sends the close frame after every event
 already queued (1013 drops the outbox first). Frames that arrive after it are read and
@@ -27,21 +28,24 @@ held by the kernel.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import socket
 import struct
 import time
-from collections import deque
-from typing import Protocol
+from typing import Protocol, cast
 
 from websockets.frames import CloseCode, Frame, Opcode
-from websockets.protocol import OPEN, Side
+from websockets.protocol import OPEN as FRAMES_OPEN
 from websockets.protocol import Protocol as Frames
+from websockets.protocol import Side
 
-from . import metrics
-from .config import Settings
+from ..ops import metrics
+from ..ops.config import Settings
+from ..wire.protocol import PING_FRAME, CloseReason, text_frame
+from .bucket import TokenBucket
 from .limits import Address
-from .protocol import PING_FRAME, CloseReason, batch, take_batch, text_frame
+from .outbox import Outbox
 
 log = logging.getLogger("roomhub.connection")
 
@@ -62,8 +66,9 @@ the two is read whole and refused with a proper close handshake; one beyond is c
 once with 1009."""
 
 
-class Chat(Protocol):
-    """What the app does with a connection's messages and its end (``server.views.Chat``)."""
+class Dispatcher(Protocol):
+    """What a connection hands its messages and its end to (the app's
+    :class:`~server.rooms.dispatch.RoomDispatcher`)."""
 
     settings: Settings
 
@@ -77,74 +82,113 @@ class Chat(Protocol):
         """The socket is closed: why, and the close code sent or received (None: none)."""
 
 
-class Connection(asyncio.Protocol):
-    """A joined WebSocket client.
+class State(enum.Enum):
+    """A connection's life; it only moves forward."""
 
-    ``outbox`` holds encoded events (bytes) waiting to be written; its length is in events.
-    It is None while nothing waits: an empty deque costs 0.7 KB per idle connection, and one
-    that grew in a burst keeps its blocks (docs/memory.md).
-    ``close_reason`` is set when the server decides to close; the first reason wins.
-    ``closing`` is True from then on, and once the client has closed or the socket is gone.
+    CONNECTING = "connecting"  # made for an accepted upgrade; the socket not handed over yet
+    OPEN = "open"  # frames flow both ways
+    CLOSING = "closing"  # the server started closing, the client closed, or the frames failed
+    CLOSED = "closed"  # the socket is gone
+
+
+# The members as plain names: on Python 3.11 each ``State.X`` costs a class lookup (~0.1 µs),
+# and the state is checked once per recipient of every fan-out (deliver).
+CONNECTING, OPEN, CLOSING, CLOSED = State.CONNECTING, State.OPEN, State.CLOSING, State.CLOSED
+
+
+class Connection(asyncio.Protocol):
+    """A joined WebSocket client on ``transport``, the socket of its accepted upgrade, from
+    ``address`` (its per-address limits entry, :mod:`.limits`; None: those limits are off).
+
+    ``state`` is its life (:class:`State`); ``close_reason`` the reason the server closed it
+    with, if it did (the first reason wins); ``outbox`` what waits to be written.
     """
 
     __slots__ = (
+        "_bucket",
         "_close_timer",
-        "_drained",
+        "_expiry",
         "_fragments",
         "_frames",
-        "_lost",
-        "_paused",
-        "_strikes",
-        "_tokens",
-        "_transport",
-        "_updated",
-        "_writer",
+        "_quiet_sweeps",
+        "_reason",
+        "_user",
         "address",
-        "chat",
-        "close_reason",
-        "closing",
-        "expiry",
+        "dispatcher",
         "outbox",
-        "quiet_sweeps",
         "room",
-        "user",
+        "state",
     )
 
-    def __init__(self, chat: Chat, *, room: str, user: str) -> None:
-        settings = chat.settings
-        self.chat = chat
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        transport: asyncio.Transport,
+        *,
+        room: str,
+        user: str,
+        address: Address | None = None,
+    ) -> None:
+        settings = dispatcher.settings
+        self.dispatcher = dispatcher
         self.room = room
-        self.user = user
+        self._user = user
+        self.address = address  # its client address's entry in the per-address limits
         self._frames = Frames(
             Side.SERVER, max_size=READ_LIMIT_FACTOR * settings.max_msg_size, logger=FRAMES_LOG
         )
-        self._transport: asyncio.Transport | None = None
-        self.outbox: deque[bytes] | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self.close_reason: CloseReason | None = None
-        self.closing = False
-        self._lost = False
-        self._paused = False
-        self._drained: asyncio.Future[None] | None = None
+        self.outbox = Outbox(transport)
+        self.state = CONNECTING
+        self._reason: CloseReason | None = None
         self._fragments: tuple[Opcode, list[bytes]] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
-        self.expiry: asyncio.TimerHandle | None = None
-        self.address: Address | None = None  # its client address's limits (server.limits)
-        self.quiet_sweeps = 0
-        self._tokens = float(settings.rate_burst)
-        self._updated = time.monotonic()
-        self._strikes = 0
+        self._expiry: asyncio.TimerHandle | None = None
+        self._quiet_sweeps = 0
+        self._bucket = TokenBucket(settings.rate_limit, settings.rate_burst, time.monotonic())
+
+    @property
+    def user(self) -> str:
+        """The member name: the one asked for until the room gives one (:meth:`rename`)."""
+        return self._user
+
+    def rename(self, user: str) -> None:
+        """Take the name the room gave (the one asked for, or a free variant of it)."""
+        self._user = user
+
+    @property
+    def closing(self) -> bool:
+        """Whether the connection is closing or closed (it takes no more events)."""
+        state = self.state
+        return state is CLOSING or state is CLOSED
+
+    @property
+    def close_reason(self) -> CloseReason | None:
+        """Why the server closed the connection, if it did (the first reason wins)."""
+        return self._reason
+
+    def _closing(self) -> None:
+        """Move to CLOSING, unless already there or past it."""
+        if self.state is CONNECTING or self.state is OPEN:
+            self.state = CLOSING
+
+    def close_at(self, delay: float) -> None:
+        """Close with ``TOKEN_EXPIRED`` in ``delay`` seconds (a token's ``exp``)."""
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(delay, self.close, CloseReason.TOKEN_EXPIRED)
 
     # -- the socket (asyncio.Protocol) ----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        """The socket is handed over (``transport`` is the one the connection was made for)."""
+        if self.state is CONNECTING:
+            self.state = OPEN
 
     def data_received(self, data: bytes) -> None:
         frames = self._frames
         frames.receive_data(data)
-        for frame in frames.events_received():
-            self.quiet_sweeps = 0
+        # A bare frame Protocol yields Frames only (Request and Response are a handshake's).
+        for frame in cast(list[Frame], frames.events_received()):
+            self._quiet_sweeps = 0
             try:
                 self._on_frame(frame)
             except Exception:
@@ -159,26 +203,19 @@ class Connection(asyncio.Protocol):
         self._send_frames()
 
     def pause_writing(self) -> None:
-        self._paused = True
+        self.outbox.pause()
 
     def resume_writing(self) -> None:
-        self._paused = False
-        self._wake_writers()
-
-    def _wake_writers(self) -> None:
-        """Let whatever waits in :meth:`wait_writable` go on (it checks why itself)."""
-        drained, self._drained = self._drained, None
-        if drained is not None and not drained.done():
-            drained.set_result(None)
+        self.outbox.resume()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = self.closing = True
-        for timer in (self._close_timer, self.expiry):
+        self.state = CLOSED
+        for timer in (self._close_timer, self._expiry):
             if timer is not None:
                 timer.cancel()
-        self._wake_writers()
+        self.outbox.lose()
         reason, code = self._end()
-        self.chat.on_end(self, reason, code)
+        self.dispatcher.on_end(self, reason, code)
 
     def _end(self) -> tuple[CloseReason, int | None]:
         """Why the connection ended, and the close code sent (or the client's, or None).
@@ -186,8 +223,8 @@ class Connection(asyncio.Protocol):
         Reads the frame reader's public outcome only: with the socket gone its stream has
         ended (``receive_eof``), so ``close_exc`` says which close frames went each way.
         """
-        if self.close_reason is not None:
-            return self.close_reason, self.close_reason.code
+        if self._reason is not None:
+            return self._reason, self._reason.code
         frames = self._frames
         frames.receive_eof()
         closed = frames.close_exc
@@ -206,80 +243,68 @@ class Connection(asyncio.Protocol):
 
     def _on_frame(self, frame: Frame) -> None:
         opcode = frame.opcode
+        data = cast(bytes, frame.data)  # the frame parser makes bytes
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
             if frame.fin:
-                self._on_message(opcode, frame.data)
+                self._on_message(opcode, data)
             else:
-                self._fragments = (opcode, [frame.data])
+                self._fragments = (opcode, [data])
         elif opcode is Opcode.CONT and self._fragments is not None:
             opcode, parts = self._fragments
-            parts.append(frame.data)
+            parts.append(data)
             if frame.fin:
                 self._fragments = None
                 self._on_message(opcode, b"".join(parts))
         elif opcode is Opcode.PING and not self.closing:
-            self.chat.on_ping(self)
+            self.dispatcher.on_ping(self)
 
     def _on_message(self, opcode: Opcode, data: bytes) -> None:
         if self.closing:
             return
-        if len(data) > self.chat.settings.max_msg_size:
+        if len(data) > self.dispatcher.settings.max_msg_size:
             self.close(CloseReason.TOO_BIG)
         elif opcode is Opcode.BINARY:
-            self.chat.on_message(self, None)
+            self.dispatcher.on_message(self, None)
         else:
             try:
                 text = data.decode()
             except UnicodeDecodeError as exc:
                 # RFC 6455 section 8.1: fail the connection, as for a framing error.
                 self._frames.fail(1007, f"{exc.reason} at position {exc.start}")
-                self.closing = True
+                self._closing()
                 return
-            self.chat.on_message(self, text)
+            self.dispatcher.on_message(self, text)
 
     def allow(self) -> bool:
-        """Token bucket: ``rate`` frames per second, bursts up to ``burst``."""
-        settings = self.chat.settings
-        now = time.monotonic()
-        self._tokens = min(
-            settings.rate_burst, self._tokens + (now - self._updated) * settings.rate_limit
-        )
-        self._updated = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            self._strikes = 0
-            return True
-        self._strikes += 1
-        return False
+        """Take a rate-limit token: ``rate`` frames per second, bursts up to ``burst``."""
+        return self._bucket.take(time.monotonic())
 
     @property
     def strikes(self) -> int:
         """Frames refused in a row by the rate limiter."""
-        return self._strikes
+        return self._bucket.strikes
 
     # -- outbound -------------------------------------------------------------------------
 
     def deliver(self, wire: bytes, events: list[bytes]) -> int:
         """Hand ``events`` to this client without waiting; ``wire`` is them as one text frame
-        (header and payload, :func:`~server.protocol.text_frame`), written as is when nothing
-        waits, so a fan-out builds it once for all recipients.
+        (header and payload, :func:`~server.wire.protocol.text_frame`), written as is when
+        nothing waits, so a fan-out builds it once for all recipients.
 
         Returns the number of frames written now (0 or 1); queued events are written later
-        by the writer task.
+        by the outbox's writer task.
         """
-        if self.closing:
+        state = self.state  # self.closing, inline: this runs once per recipient
+        if state is CLOSING or state is CLOSED:
             return 0
-        if not self.outbox and self._writer is None and not self._paused:
-            self._transport.write(wire)  # type: ignore[union-attr]
+        outbox = self.outbox
+        if outbox.offer(wire, events):
             return 1
-        if self.outbox is None:
-            self.outbox = deque()
-        self.outbox.extend(events)
-        if len(self.outbox) > self.chat.settings.outbox_limit:
+        if len(outbox) > self.dispatcher.settings.outbox_limit:
             log.warning("slow_consumer", extra={"fields": {"room": self.room, "user": self.user}})
             self.close(CloseReason.SLOW_CONSUMER)
-        elif self._writer is None:
-            self._writer = asyncio.create_task(self._drain())
+        else:
+            outbox.start(self.dispatcher.settings.max_frame_size, self._written)
         return 0
 
     def send_event(self, event: bytes) -> None:
@@ -288,68 +313,35 @@ class Connection(asyncio.Protocol):
         if self.deliver(text_frame(event), [event]):
             metrics.FRAMES_SENT.inc()
 
-    async def send(self, wire: bytes) -> None:
-        """Write one frame, then wait until the socket takes writes again (one await per send,
-        for ``ROOMHUB_HUB_MODE=global``). Raises ``ConnectionResetError`` once closing."""
-        if self.closing:
-            raise ConnectionResetError("connection is closing")
-        self._transport.write(wire)  # type: ignore[union-attr]
-        await self.wait_writable()
-
-    async def wait_writable(self) -> None:
-        """Wait while asyncio's flow control holds writes back (above the socket's high-water
-        mark, until it drains below the low-water mark). Raises ``ConnectionResetError`` when
-        the connection is lost before or while waiting."""
-        if self._paused and not self._lost:
-            if self._drained is None:
-                self._drained = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._drained)
-        if self._lost:
-            raise ConnectionResetError("connection lost")
-
-    async def _drain(self) -> None:
-        """Writer task: send the outbox as frames of at most ``max_frame_size`` bytes, waiting
-        for the socket to drain between them; then the close frame if one is due.
-
-        A connection that is lost ends it quietly; any other exception closes the client with
-        1011 and is logged once.
-        """
-        max_frame_size = self.chat.settings.max_frame_size
-        try:
-            while self.outbox and not self._lost:
-                if self._paused:
-                    await self.wait_writable()
-                    continue
-                self._transport.write(text_frame(batch(take_batch(self.outbox, max_frame_size))))  # type: ignore[union-attr]
-                metrics.FRAMES_SENT.inc()
-        except ConnectionError:
-            pass
-        except Exception:
-            log.exception("writer_failed", extra={"fields": {"room": self.room, "user": self.user}})
+    def _written(self, error: Exception | None) -> None:
+        """The writer task ended: the outbox is written, or the socket is gone, or ``error``
+        stopped it (logged once; the client is closed with 1011). The close frame follows if
+        one is due."""
+        if error is not None:
+            log.error(
+                "writer_failed",
+                exc_info=error,
+                extra={"fields": {"room": self.room, "user": self.user}},
+            )
             self.close(CloseReason.ERROR)
-        finally:
-            self.outbox = None
-            self._writer = None
         self._send_close()
 
     async def flush(self, budget: float) -> None:
         """Wait up to ``budget`` seconds for the outbox to be written."""
-        writer = self._writer
-        if writer is not None:
-            await asyncio.wait([writer], timeout=budget)
+        await self.outbox.flush(budget)
 
     def heartbeat(self) -> None:
-        """One heartbeat sweep (every half ``ROOMHUB_HEARTBEAT``). ``quiet_sweeps`` counts the
-        sweeps since the client's last frame: after ``PING_AFTER_SWEEPS`` the client is
-        pinged, after one more it is closed with ``HEARTBEAT_TIMEOUT``. The ping is written to
-        the socket at once: after the frames already written, ahead of events still waiting
-        in the outbox (RFC 6455 5.5 lets control frames come between data frames)."""
+        """One heartbeat sweep (every half ``ROOMHUB_HEARTBEAT``), counting the sweeps since
+        the client's last frame: after ``PING_AFTER_SWEEPS`` the client is pinged, after one
+        more it is closed with ``HEARTBEAT_TIMEOUT``. The ping is written to the socket at
+        once: after the frames already written, ahead of events still waiting in the outbox
+        (RFC 6455 5.5 lets control frames come between data frames)."""
         if self.closing:
             return
-        self.quiet_sweeps += 1
-        if self.quiet_sweeps == PING_AFTER_SWEEPS:
-            self._transport.write(PING_FRAME)  # type: ignore[union-attr]
-        elif self.quiet_sweeps > PING_AFTER_SWEEPS:
+        self._quiet_sweeps += 1
+        if self._quiet_sweeps == PING_AFTER_SWEEPS:
+            self.outbox.write(PING_FRAME)
+        elif self._quiet_sweeps > PING_AFTER_SWEEPS:
             self.close(CloseReason.HEARTBEAT_TIMEOUT)
 
     # -- closing --------------------------------------------------------------------------
@@ -363,12 +355,12 @@ class Connection(asyncio.Protocol):
         """
         if self.closing:
             return
-        self.closing = True
-        self.close_reason = reason
+        self.state = CLOSING
+        self._reason = reason
         if reason is CloseReason.SLOW_CONSUMER:
-            self.outbox = None
+            self.outbox.clear()
         self._start_close_timer(timeout)
-        if self._writer is None or reason is CloseReason.SLOW_CONSUMER:
+        if not self.outbox.writing or reason is CloseReason.SLOW_CONSUMER:
             self._send_close()
 
     def end_tcp(self) -> None:
@@ -381,9 +373,9 @@ class Connection(asyncio.Protocol):
         what the kernel holds, and frees the socket at once. asyncio's own ``abort()`` would
         only close the socket, and the kernel would keep it, unsent bytes and all, for as long
         as it probes the client's zero window."""
-        transport = self._transport
-        if transport is None or self._lost:
+        if self.state is CLOSED:
             return
+        transport = self.outbox.transport
         if transport.get_write_buffer_size():
             sock = transport.get_extra_info("socket")
             if sock is not None:
@@ -394,8 +386,8 @@ class Connection(asyncio.Protocol):
             transport.close()
 
     def _send_close(self) -> None:
-        reason = self.close_reason
-        if reason is None or self._lost or self._frames.state is not OPEN:
+        reason = self._reason
+        if reason is None or self.state is CLOSED or self._frames.state is not FRAMES_OPEN:
             return
         self._frames.send_close(reason.code, reason.text)
         self._send_frames()
@@ -403,9 +395,9 @@ class Connection(asyncio.Protocol):
     def _send_frames(self) -> None:
         """Write what the frame protocol has to send (pongs, close frames); after its end of
         stream (the closing handshake is over, or the client broke the protocol), end TCP."""
-        frames, transport = self._frames, self._transport
+        frames, transport = self._frames, self.outbox.transport
         for data in frames.data_to_send():
-            if transport is None or transport.is_closing():
+            if transport.is_closing():
                 break
             if data:
                 transport.write(data)
@@ -413,13 +405,14 @@ class Connection(asyncio.Protocol):
                 transport.write_eof()
                 transport.close()
                 self._start_close_timer()
-        if frames.state is not OPEN:
-            self.closing = True
+        if frames.state is not FRAMES_OPEN:
+            self._closing()
 
     def _start_close_timer(self, timeout: float | None = None) -> None:
         """Call :meth:`end_tcp` in ``timeout`` seconds (default ``close_timeout``)."""
-        if self._close_timer is None and not self._lost:
+        if self._close_timer is None and self.state is not CLOSED:
             loop = asyncio.get_running_loop()
             self._close_timer = loop.call_later(
-                self.chat.settings.close_timeout if timeout is None else timeout, self.end_tcp
+                self.dispatcher.settings.close_timeout if timeout is None else timeout,
+                self.end_tcp,
             )

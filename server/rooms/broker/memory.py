@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections import deque
 from itertools import islice
 
-from .. import room as room_state
-from ..protocol import ChatMessage, message_event, presence_event
-from ..room import free_name, name_key, new_epoch
+from ...wire.protocol import ChatMessage, message_event, presence_event
+from .. import names as member_names
+from ..names import free_name, name_key, new_epoch
 from . import Event, Sink, Welcome
 
 
@@ -33,7 +33,7 @@ class _RoomState:
 
 class MemoryBroker:
     """Sequences, stores and counts each room in this process (a
-    :class:`~server.broker.Broker`)."""
+    :class:`~server.rooms.broker.Broker`)."""
 
     ready = True
 
@@ -71,7 +71,7 @@ class MemoryBroker:
         if reset:
             since = None
         history = [event for seq, event in state.history if since is None or seq > since]
-        online = list(islice(state.names.values(), room_state.ONLINE_LIMIT))
+        online = list(islice(state.names.values(), member_names.ONLINE_LIMIT))
         welcome = Welcome(token, name, state.epoch, state.seq, members, online, reset, history)
         state.sink(welcome)
         state.sink(Event(presence_event("join", name, members)))

@@ -18,7 +18,7 @@ from typing import Any
 
 from yarl import URL
 
-from .origin import ORIGIN_CHECKS, parse_origin
+from ..wire.origin import ORIGIN_CHECKS, parse_origin
 
 HUB_MODES = ("sharded", "global")
 QUOTE_PROVIDERS = ("stooq", "url", "sim")
@@ -342,7 +342,7 @@ def load_settings(
         if not (raw or "").strip():
             raw = environ.get(env_name(name))
             source = env_name(name)
-        if not (raw or "").strip():
+        if raw is None or not raw.strip():
             continue
         try:
             values[name] = parse(raw)

@@ -10,7 +10,7 @@ timeout, which covers every later request of a keep-alive connection. aiohttp do
 when it does so, so the first request, where slow or silent clients hold sockets, gets its
 deadline here too: :class:`HeaderDeadline` stands between the socket and aiohttp's protocol
 until the header's blank line has arrived, then only passes data on. A WebSocket upgrade
-then moves the socket to roomhub's own protocol (``server.upgrade``) and this object is gone.
+then moves the socket to roomhub's own protocol (:mod:`.upgrade`) and this object is gone.
 
 Like nginx's ``client_header_timeout``, the deadline counts from the connection, not from the
 last byte: a client that sends one byte a second does not extend it.
@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from . import metrics
+from ..ops import metrics
 
 HEADER_END = (b"\r\n\r\n", b"\n\n")
 """What ends a request header (RFC 9112 section 2.2 lets a server accept a bare LF)."""

@@ -61,8 +61,9 @@ def seam_problem() -> str | None:
     if not missing:
         return None
     return (
-        f"aiohttp {aiohttp.__version__} lacks {', '.join(missing)}, which server/upgrade.py "
-        f"hands the WebSocket over with; roomhub supports {supported_aiohttp()}"
+        f"aiohttp {aiohttp.__version__} lacks {', '.join(missing)}, which "
+        f"server/transport/upgrade.py hands the WebSocket over with; roomhub supports "
+        f"{supported_aiohttp()}"
     )
 
 

@@ -1,7 +1,7 @@
 """Sharded hubs: one :class:`RoomHub` task per room, the design roomhub serves with.
 
 A room's epoch, order, history and member count belong to the instance's broker
-(:mod:`server.broker`: in this process, or Redis shared by every instance). The hub asks it to
+(:mod:`server.rooms.broker`: in this process, or Redis shared by every instance). The hub asks it to
 join, leave, say or publish, and fans out only what the broker hands back, in the broker's
 order, so each member on any instance gets each event once. Each wake-up drains every waiting
 inbox item and hands each member the whole batch of events as one frame, never awaiting a
@@ -13,10 +13,10 @@ frame per join per member), and leave with the next message at the latest. A roo
 ``room_grace`` seconds is reaped, and its broker subscription dropped; one that never had a
 message is reaped as soon as it is empty.
 
-Connections post :data:`~server.room.HubItem` values with ``post(room, item)``. A hub that
+Connections post :data:`~server.rooms.items.HubItem` values with ``post(room, item)``. A hub that
 raises closes every member and every connection whose join was still queued with 1011;
 the room starts afresh (a new epoch) on the next join. The single-hub baseline is
-:mod:`server.globalhub`.
+:mod:`server.rooms.baseline`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,17 @@ import logging
 import time
 from collections import deque
 
-from . import metrics
+from ..ops import metrics
+from ..transport.connection import Connection
+from ..wire.protocol import (
+    CloseReason,
+    batch,
+    error_event,
+    limits_of,
+    take_batch,
+    text_frame,
+    welcome_event,
+)
 from .broker import (
     Broker,
     BrokerUnavailable,
@@ -38,17 +48,7 @@ from .broker import (
     Welcome,
     encoded_history_seq,
 )
-from .connection import Connection
-from .protocol import (
-    CloseReason,
-    batch,
-    error_event,
-    limits_of,
-    take_batch,
-    text_frame,
-    welcome_event,
-)
-from .room import BotEvent, HubItem, Join, Leave, Say
+from .items import BotEvent, HubItem, Join, Leave, Say
 
 log = logging.getLogger("roomhub.hub")
 
@@ -244,12 +244,12 @@ class RoomHub:
                 self.tokens[item.conn] = token
                 broker.join(name, item.conn.user, item.since, item.epoch, token)
             elif isinstance(item, Leave):
-                token = self.tokens.pop(item.conn, None)
+                left = self.tokens.pop(item.conn, None)
                 self.early.pop(item.conn, None)
-                if token is not None:
-                    self.joining.pop(token, None)
+                if left is not None:
+                    self.joining.pop(left, None)
                     self.members.pop(item.conn, None)
-                    broker.leave(name, token)
+                    broker.leave(name, left)
             elif isinstance(item, Welcome):
                 self._on_welcome(item)
             else:
@@ -280,7 +280,7 @@ class RoomHub:
         if welcome.epoch != self.epoch:
             self.epoch, self.seq = welcome.epoch, welcome.seq
         self.seq = max(self.seq, welcome.seq)
-        conn.user = welcome.user
+        conn.rename(welcome.user)
         event = welcome_event(
             self.name,
             conn.user,
@@ -289,7 +289,7 @@ class RoomHub:
             welcome.members,
             welcome.online,
             welcome.reset,
-            limits_of(conn.chat.settings),
+            limits_of(conn.dispatcher.settings),
             welcome.history,
         )
         conn.send_event(event)
@@ -376,7 +376,7 @@ class ShardedHubs:
 
     def post(self, room: str, item: HubItem) -> bool:
         """Queue ``item`` for ``room``'s hub; return whether a hub took it. Only a
-        :class:`~server.room.Join` starts a hub that is not running."""
+        :class:`~server.rooms.items.Join` starts a hub that is not running."""
         hub = self._hubs.get(room)
         if hub is None:
             if not isinstance(item, Join):

@@ -77,6 +77,7 @@ def supervise(settings: Settings, worker: Worker) -> int:
                     print_line(line)
                     announced = True
                 continue
+            assert isinstance(handle, int)  # every other handle is a worker's sentinel
             index = sentinels[handle]
             process = workers[index]
             process.join()

@@ -17,13 +17,13 @@ refill period (a minute at most) and sweep interval: many addresses do not grow 
 from __future__ import annotations
 
 import ipaddress
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import Settings
-from .protocol import ProtocolError
+from ..ops.config import Settings
+from ..wire.protocol import ProtocolError
+from .bucket import TokenBucket
 
 IPV6_PREFIX = 64
 """IPv6 clients are limited per network of this prefix length."""
@@ -44,39 +44,13 @@ class Throttled(ProtocolError):
 
 
 @dataclass(slots=True)
-class Bucket:
-    """A token bucket: ``rate`` tokens per second up to ``burst``; starts full."""
-
-    rate: float
-    burst: float
-    tokens: float
-    updated: float
-
-    def refill(self, now: float) -> None:
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-
-    def take(self, now: float) -> int:
-        """Take one token: 0 if there was one, else the whole seconds until there is."""
-        self.refill(now)
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0
-        return max(1, math.ceil((1 - self.tokens) / self.rate))
-
-    def full(self, now: float) -> bool:
-        self.refill(now)
-        return self.tokens >= self.burst
-
-
-@dataclass(slots=True)
 class Address:
     """What one client address holds: its open connections and its two buckets."""
 
     key: str
     connections: int
-    upgrades: Bucket | None
-    rooms: Bucket | None
+    upgrades: TokenBucket | None
+    rooms: TokenBucket | None
 
     def idle(self, now: float) -> bool:
         """No connection open and both buckets full: forgetting it changes nothing."""
@@ -136,10 +110,10 @@ class AddressLimits:
             upgrades = rooms = None
             if self.upgrade_rate:
                 burst = self.upgrade_burst
-                upgrades = Bucket(self.upgrade_rate, burst, burst, now)
+                upgrades = TokenBucket(self.upgrade_rate, burst, now)
             if self.rooms_per_minute:
                 per_minute = self.rooms_per_minute
-                rooms = Bucket(per_minute / 60, per_minute, per_minute, now)
+                rooms = TokenBucket(per_minute / 60, per_minute, now)
             entry = self._addresses[key] = Address(key, 0, upgrades, rooms)
         return entry
 
@@ -186,9 +160,8 @@ class AddressLimits:
         return len(idle)
 
 
-def _take(bucket: Bucket | None, now: float, code: str, what: str) -> None:
+def _take(bucket: TokenBucket | None, now: float, code: str, what: str) -> None:
     """Take a token from ``bucket`` (None: that limit is off); raises :class:`Throttled`
-    naming ``what`` when there is none."""
-    wait = bucket.take(now) if bucket is not None else 0
-    if wait:
-        raise Throttled(code, f"too many {what} from your address", wait)
+    naming ``what`` and the seconds until the next token when there is none."""
+    if bucket is not None and not bucket.take(now):
+        raise Throttled(code, f"too many {what} from your address", bucket.wait())

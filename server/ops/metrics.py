@@ -14,10 +14,10 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_creat
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..wire.protocol import CloseReason
 from . import heap
-from .protocol import CloseReason
 
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client: not annotated
 
 HEAP_STATES = ("in_use", "kept")
 CLOSE_REASONS = tuple(reason.label for reason in CloseReason)
@@ -158,7 +158,7 @@ REGISTRY.register(BROKER_LINK)
 if heap.AVAILABLE:
     for _state in HEAP_STATES:
         HEAP_BYTES.labels(_state).set_function(
-            lambda state=_state: getattr(heap.heap_stats(), state)
+            lambda state=_state: getattr(heap.heap_stats(), state)  # type: ignore[misc]  # default binds the loop variable
         )
 for _reason in CLOSE_REASONS:
     CONNECTIONS_CLOSED.labels(_reason)

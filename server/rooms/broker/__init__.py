@@ -5,9 +5,9 @@ to ``join``, ``leave``, ``say`` or ``publish``, and fans out only what the broke
 to the room's sink, in the broker's order (so every member, on any instance, gets each event
 once, in one order):
 
-* :class:`~server.broker.memory.MemoryBroker` (``ROOMHUB_BROKER=memory``, the default): one
+* :class:`~server.rooms.broker.memory.MemoryBroker` (``ROOMHUB_BROKER=memory``, the default): one
   process; the answer is handed back at once, no I/O.
-* :class:`~server.broker.redis.RedisBroker` (``redis://`` or ``rediss://`` URL): the seq,
+* :class:`~server.rooms.broker.redis.RedisBroker` (``redis://`` or ``rediss://`` URL): the seq,
   history and presence live in Redis; a server-side script sequences, stores and publishes
   each message in one atomic step, and the answer comes back over Redis pub/sub.
 
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..protocol import ChatMessage
+from ...wire.protocol import ChatMessage
 
 
 @dataclass(frozen=True, slots=True)

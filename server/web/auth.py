@@ -16,14 +16,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from .config import ConfigError, Settings
-from .protocol import ProtocolError, validate_room, validate_user
+from ..ops.config import ConfigError, Settings
+from ..wire.protocol import ProtocolError, validate_room, validate_user
 
 MIN_SECRET_BYTES = 32
 """Shortest HS256 secret accepted (RFC 7518 section 3.2: a key of at least the hash size)."""
@@ -96,7 +96,7 @@ class TokenVerifier:
             claims = jwt.decode(
                 token,
                 key,
-                algorithms=[alg],
+                algorithms=[cast(str, alg)],  # it named a key, so it is a str
                 options={"require": ["sub"], "verify_exp": False},
             )
         except jwt.PyJWTError as exc:
@@ -180,7 +180,7 @@ def mint_token(
             raise ValueError(
                 "--private-key must be an RSA or a P-256 (ES256) private key"
             ) from None
-        return jwt.encode(claims, key, algorithm=alg)  # type: ignore[arg-type]
+        return jwt.encode(claims, key, algorithm=alg)  # type: ignore[arg-type]  # an RSA or EC key, as checked above
     if secret:
         if len(secret.encode()) < MIN_SECRET_BYTES:
             raise ValueError(f"ROOMHUB_TOKEN_SECRET: must be at least {MIN_SECRET_BYTES} bytes")

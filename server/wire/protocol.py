@@ -15,12 +15,9 @@ import unicodedata
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import orjson
-
-if TYPE_CHECKING:
-    from .config import Settings
 
 
 class CloseReason(Enum):
@@ -236,7 +233,21 @@ class Limits:
     rate_burst: int
 
 
-def limits_of(settings: Settings) -> Limits:
+class LimitSettings(Protocol):
+    """What :func:`limits_of` reads of the server's settings
+    (:class:`server.ops.config.Settings`, which this layer does not import)."""
+
+    @property
+    def max_msg_size(self) -> int: ...
+
+    @property
+    def rate_limit(self) -> float: ...
+
+    @property
+    def rate_burst(self) -> int: ...
+
+
+def limits_of(settings: LimitSettings) -> Limits:
     """The :class:`Limits` a server with ``settings`` applies to every connection."""
     return Limits(settings.max_msg_size, MAX_TEXT, settings.rate_limit, settings.rate_burst)
 

@@ -21,7 +21,7 @@ Keys of room ``R`` (the ``{R}`` hash tag keeps a room's keys together):
 Every operation runs as one server-side Lua script (atomic, as Centrifugo does): a message
 increments the seq, appends the encoded event to the capped history and publishes it; a join
 gives the joiner the first of its candidate names (the one it asked for, then ``-2``,
-``-3``, ...) that no instance holds, publishes its :class:`~server.broker.Welcome` on the
+``-3``, ...) that no instance holds, publishes its :class:`~server.rooms.broker.Welcome` on the
 instance channel and then the ``join`` event on the room channel. Operations leave in one
 ordered pipeline over the command connection (redis-py's pool); every subscription shares
 one pub/sub connection, read by one task, so a welcome reaches the hub exactly between the
@@ -33,9 +33,9 @@ A published payload is ``<kind> <seq> <published> <event>``: kind ``m`` message,
 name given, the JSON list of names online, and one history event each.
 
 When Redis goes away the broker is not :attr:`ready`, refuses operations at once (messages
-come back as :class:`~server.broker.Refused`), reconnects with capped exponential backoff,
+come back as :class:`~server.rooms.broker.Refused`), reconnects with capped exponential backoff,
 subscribes again to every room that has a hub, rewrites its presence, and hands each room a
-catch-up :class:`~server.broker.Welcome` (token 0) holding the history, so messages published
+catch-up :class:`~server.rooms.broker.Welcome` (token 0) holding the history, so messages published
 while it was cut off are not lost. redis-py's own pub/sub reconnection is not relied on (a
 subscriber stays dead after a restart: redis-py #2089); the instance channel keeps at least one
 subscription open so no health-check reply is read as a message (redis-py #1720).
@@ -57,12 +57,13 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
-from .. import metrics
-from .. import room as room_state
-from ..protocol import ChatMessage, message_event, presence_event
-from ..room import SUFFIX_LIMIT, name_key, new_epoch, suffixed
+from ...ops import metrics
+from ...wire.protocol import ChatMessage, message_event, presence_event
+from .. import names as member_names
+from ..names import SUFFIX_LIMIT, name_key, new_epoch, suffixed
 from . import MESSAGE_PREFIX, BrokerUnavailable, Event, Refused, Sink, Welcome
 
 log = logging.getLogger("roomhub.broker")
@@ -257,7 +258,7 @@ return out
 
 
 def _online_limit() -> int:
-    return room_state.ONLINE_LIMIT
+    return member_names.ONLINE_LIMIT
 
 
 def prefix(room: str) -> str:
@@ -276,7 +277,7 @@ class _Op:
     """One queued operation: a script call, or a plain command when ``script`` is None."""
 
     kind: str  # metrics.BROKER_OPERATIONS
-    script: aioredis.client.Script | None
+    script: AsyncScript | None
     keys: list[str]
     args: list[object]
     failed: Callable[[], None] | None = None
@@ -284,7 +285,7 @@ class _Op:
 
 
 class RedisBroker:
-    """Rooms over one Redis (see the module docstring and :class:`~server.broker.Broker`).
+    """Rooms over one Redis (see the module docstring and :class:`~server.rooms.broker.Broker`).
 
     ``url``: ``redis://`` or ``rediss://`` (redis-py's URL syntax); ``history_size``: messages
     kept per room; ``presence_ttl``: seconds an instance's presence outlives its last refresh
@@ -419,7 +420,7 @@ class RedisBroker:
             pubsub = self._client.pubsub()
             reader: asyncio.Task[None] | None = None
             try:
-                await pubsub.connect()
+                await pubsub.connect()  # type: ignore[no-untyped-call]  # redis-py: not annotated
                 self._pubsub = pubsub
                 reader = asyncio.create_task(self._read(pubsub), name="broker-reader")
                 await self._subscribe([self._instance_channel, *map(channel, self._sinks)])
@@ -545,7 +546,7 @@ class RedisBroker:
             if sink is not None:
                 sink(Refused(token=token))
 
-        # As room.free_name: the name asked for, -2 .. -SUFFIX_LIMIT, then a random one.
+        # As names.free_name: the name asked for, -2 .. -SUFFIX_LIMIT, then a random one.
         names = [user, *(suffixed(user, n) for n in range(2, SUFFIX_LIMIT + 2))]
         candidates = [item for name in names for item in (name_key(name), orjson.dumps(name))]
         tail = presence_event("join", "", 0).partition(b'"members":0')[2]
@@ -718,7 +719,7 @@ class RedisBroker:
                 if op.script is None:
                     pipe.execute_command(*op.command)
                 else:
-                    pipe.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
+                    pipe.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)  # type: ignore[arg-type]  # args: str, int, float
             return await pipe.execute(raise_on_error=False)
 
     # -- queries ----------------------------------------------------------------------------

@@ -14,30 +14,34 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from aiohttp_remotes import XForwardedStrict
 
-from . import heap, metrics
+from ..bot.providers import check_quote_host, make_provider
+from ..bot.stockbot import StockBot
+from ..ops import heap, metrics
+from ..ops.config import Settings
+from ..ops.version import VERSION
+from ..rooms.baseline import GlobalHub
+from ..rooms.broker.memory import MemoryBroker
+from ..rooms.broker.redis import RedisBroker
+from ..rooms.dispatch import RoomDispatcher
+from ..rooms.hub import ShardedHubs
+from ..rooms.items import Hubs
+from ..transport.limits import AddressLimits
+from ..transport.registry import ConnectionRegistry
+from ..wire.protocol import CloseReason
 from .auth import TokenVerifier
-from .bot.providers import check_quote_host, make_provider
-from .bot.stockbot import StockBot
-from .broker.memory import MemoryBroker
-from .broker.redis import RedisBroker
-from .config import Settings
 from .errorpages import error_pages
-from .globalhub import GlobalHub
-from .hub import ShardedHubs
 from .keys import (
-    ServerState,
     bot_key,
     broker_key,
+    dispatcher_key,
     http_client_key,
     hubs_key,
     limits_key,
+    registry_key,
     settings_key,
-    state_key,
     verifier_key,
 )
-from .limits import AddressLimits
-from .protocol import CloseReason
-from .views import VERSION, setup_routes
+from .views import setup_routes
 
 log = logging.getLogger("roomhub.app")
 
@@ -107,8 +111,8 @@ async def broker_context(app: web.Application) -> AsyncIterator[None]:
 
 
 async def hubs_context(app: web.Application) -> AsyncIterator[None]:
-    settings, state, broker = app[settings_key], app[state_key], app[broker_key]
-    hubs: ShardedHubs | GlobalHub
+    settings, registry, broker = app[settings_key], app[registry_key], app[broker_key]
+    hubs: Hubs
     if settings.hub_mode == "global":
         hubs = GlobalHub(settings.history_size, settings.max_rooms)
     else:
@@ -120,13 +124,14 @@ async def hubs_context(app: web.Application) -> AsyncIterator[None]:
             settings.max_frame_size,
         )
     app[hubs_key] = hubs
-    loop = asyncio.get_running_loop()
     bot = app[bot_key]
+    app[dispatcher_key] = RoomDispatcher(settings, hubs, bot, registry)
+    loop = asyncio.get_running_loop()
     metrics.set_scrape_sources(
-        connections=lambda: len(state.connections),
+        connections=lambda: len(registry.connections),
         rooms=hubs.room_count,
         hub_queue_depth=hubs.queue_depth,
-        client_queue_depth=lambda: sum(len(c.outbox or ()) for c in state.connections),
+        client_queue_depth=lambda: sum(len(c.outbox) for c in registry.connections),
         bot_queue_depth=bot.queue_depth,
         asyncio_tasks=lambda: len(asyncio.all_tasks(loop)),
     )
@@ -153,7 +158,7 @@ async def loop_monitor_context(app: web.Application) -> AsyncIterator[None]:
 async def heartbeat_context(app: web.Application) -> AsyncIterator[None]:
     """One task for every connection: each half ``heartbeat`` seconds, a sweep calls
     :meth:`Connection.heartbeat` on each (none when ``heartbeat`` is 0)."""
-    settings, state = app[settings_key], app[state_key]
+    settings, registry = app[settings_key], app[registry_key]
     if not settings.heartbeat:
         yield
         return
@@ -161,7 +166,7 @@ async def heartbeat_context(app: web.Application) -> AsyncIterator[None]:
     async def sweep() -> None:
         while True:
             await asyncio.sleep(settings.heartbeat / 2)
-            for conn in list(state.connections):
+            for conn in list(registry.connections):
                 conn.heartbeat()
 
     task = asyncio.create_task(sweep(), name="heartbeat")
@@ -171,25 +176,25 @@ async def heartbeat_context(app: web.Application) -> AsyncIterator[None]:
 
 
 async def heap_context(app: web.Application) -> AsyncIterator[None]:
-    """Free what closed connections leave (:func:`server.heap.release`) once
+    """Free what closed connections leave (:func:`server.ops.heap.release`) once
     ``RELEASE_AFTER_CLOSES`` connections, or a quarter of those open if more, have closed since
     the last release, or ``RELEASE_INTERVAL`` seconds after a close; checked every
     ``RELEASE_CHECK`` seconds."""
-    state = app[state_key]
+    registry = app[registry_key]
 
     async def upkeep() -> None:
         loop = asyncio.get_running_loop()
-        released_at, closed = loop.time(), state.closed
+        released_at, closed = loop.time(), registry.closed
         while True:
             await asyncio.sleep(RELEASE_CHECK)
-            since = state.closed - closed
-            due = max(RELEASE_AFTER_CLOSES, len(state.connections) // 4)
+            since = registry.closed - closed
+            due = max(RELEASE_AFTER_CLOSES, len(registry.connections) // 4)
             if since >= due or (since and loop.time() - released_at >= RELEASE_INTERVAL):
                 started = time.perf_counter()
                 found = heap.release()
                 took = round((time.perf_counter() - started) * 1000, 1)
                 log.debug("heap_released", extra={"fields": {"garbage": found, "ms": took}})
-                released_at, closed = loop.time(), state.closed
+                released_at, closed = loop.time(), registry.closed
 
     task = asyncio.create_task(upkeep(), name="heap-upkeep")
     yield
@@ -201,31 +206,26 @@ async def shutdown_connections(app: web.Application) -> None:
     """Turn ``/readyz`` to 503 and refuse new upgrades, flush outboxes for up to half of
     ``shutdown_timeout``, then close every connection with 1001 and give the closing
     handshakes the rest of it. Then end TCP on the connections still open
-    (:meth:`~server.connection.Connection.end_tcp`): a FIN, so that a client that reads late
-    still gets its 1001, or a reset where bytes are left that the kernel would not take.
-    Idempotent."""
-    settings, state = app[settings_key], app[state_key]
-    conns = list(state.connections)
-    if state.shutting_down and not conns:
+    (:meth:`~server.transport.connection.Connection.end_tcp`): a FIN, so that a client that
+    reads late still gets its 1001, or a reset where bytes are left that the kernel would not
+    take. Idempotent."""
+    settings, registry = app[settings_key], app[registry_key]
+    if registry.draining and not registry.connections:
         return
-    state.shutting_down = True
+    conns = registry.drain()
     log.info("shutdown", extra={"fields": {"connections": len(conns)}})
     if not conns:
         return
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max(settings.shutdown_timeout, 0.2)
     await asyncio.gather(*(c.flush(settings.shutdown_timeout / 2) for c in conns))
-    state.drained = asyncio.Event()
     remaining = max(deadline - loop.time(), 0.1)
     for conn in conns:
         conn.close(CloseReason.SHUTDOWN, remaining)
-    if state.connections:
-        try:
-            await asyncio.wait_for(state.drained.wait(), remaining)
-        except TimeoutError:
-            for conn in list(state.connections):
-                conn.end_tcp()
-            await asyncio.sleep(0)  # their connection_lost callbacks run now
+    if not await registry.drained(remaining):
+        for conn in list(registry.connections):
+            conn.end_tcp()
+        await asyncio.sleep(0)  # their connection_lost callbacks run now
 
 
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -258,13 +258,13 @@ def create_app(settings: Settings) -> web.Application:
     # aiohttp closes a connection whose request header is not complete within
     # keepalive_timeout seconds of connecting or of its previous answer (aiohttp 3.14
     # RequestHandler; tests/test_door.py holds it to that). The first request's deadline is
-    # also kept, and counted, by server.deadline in front of aiohttp.
+    # also kept, and counted, by server.transport.deadline in front of aiohttp.
     handler_args = {"keepalive_timeout": settings.handshake_timeout}
     app = web.Application(middlewares=[error_pages], handler_args=handler_args)
     if settings.trusted_proxies:
         app.middlewares.append(forwarded_middleware(settings.trusted_proxies))
     app[settings_key] = settings
-    app[state_key] = ServerState()
+    app[registry_key] = ConnectionRegistry()
     app[limits_key] = AddressLimits(settings)
     if settings.auth == "token":
         app[verifier_key] = TokenVerifier(settings)
@@ -272,7 +272,9 @@ def create_app(settings: Settings) -> web.Application:
     metrics.BUILD_INFO.labels(
         VERSION, settings.hub_mode, "redis" if settings.redis else "memory"
     ).set(1)
-    aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("server", "templates"), autoescape=True)
+    aiohttp_jinja2.setup(
+        app, loader=jinja2.PackageLoader("server.web", "templates"), autoescape=True
+    )
     setup_routes(app)
     app.cleanup_ctx.extend(
         [
