@@ -25,8 +25,10 @@ from ..rooms.broker.redis import RedisBroker
 from ..rooms.dispatch import RoomDispatcher
 from ..rooms.hub import ShardedHubs
 from ..rooms.items import Hubs
+from ..rooms.moderation import Moderation, close_matching
 from ..transport.registry import ConnectionRegistry
 from ..wire.protocol import CloseReason
+from .api import setup_api_routes
 from .auth import TokenVerifier
 from .errorpages import error_pages
 from .keys import (
@@ -35,6 +37,7 @@ from .keys import (
     dispatcher_key,
     http_client_key,
     hubs_key,
+    moderation_key,
     registry_key,
     settings_key,
     verifier_key,
@@ -100,6 +103,9 @@ async def broker_context(app: web.Application) -> AsyncIterator[None]:
     )
     await broker.start()
     app[broker_key] = broker
+    app[moderation_key] = Moderation(broker)
+    registry = app[registry_key]
+    broker.on_control(lambda order: close_matching(registry.connections, order))
     if isinstance(broker, RedisBroker):
         metrics.BROKER_LINK.watch(lambda: (broker.ready, broker.subscriptions()))
     yield
@@ -268,6 +274,7 @@ def create_app(settings: Settings) -> web.Application:
         app, loader=jinja2.PackageLoader("server.web", "templates"), autoescape=True
     )
     setup_routes(app)
+    setup_api_routes(app)
     app.cleanup_ctx.extend(
         [
             http_client_context,

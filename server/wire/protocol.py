@@ -25,7 +25,9 @@ class CloseReason(Enum):
     close frame, and the ``label`` of ``chat_connections_closed_total``.
 
     Codes: RFC 6455 section 7.4.1; 1013 "Try Again Later" from the IANA WebSocket Close Code
-    Number registry; 4001 is roomhub's own (4000-4999 are for private use). 1006 is never
+    Number registry; 4001 and up are roomhub's own (4000-4999 are for private use): a code
+    from 4000 to 4499 lets the page reconnect, one from 4500 to 4999 tells it not to
+    (:func:`may_reconnect`, docs/api.md). 1006 is never
     sent on the wire: it stands for a connection that ended without a close frame
     (``CLIENT_GONE``). ``NORMAL`` is the client's own close, answered with 1000.
     ``HEARTBEAT_TIMEOUT`` uses 1011 as Python ``websockets`` does for its own keepalive
@@ -44,11 +46,21 @@ class CloseReason(Enum):
     TOKEN_EXPIRED = ("token_expired", 4001, "token expired")
     BROKER_UNAVAILABLE = ("broker_unavailable", 1013, "broker unavailable")
     ROOM_RESET = ("room_reset", 1012, "room restarted")
+    RECONNECT = ("reconnect", 4100, "disconnected by the server, reconnect")
+    DISCONNECTED = ("disconnected", 4500, "disconnected by the server")
+    KICKED = ("kicked", 4501, "kicked from the room")
+    BANNED = ("banned", 4502, "banned from the room")
 
     def __init__(self, label: str, code: int, text: str) -> None:
         self.label = label
         self.code = code
         self.text = text
+
+
+def may_reconnect(code: int) -> bool:
+    """Whether a page closed with ``code`` may connect again by itself: every code but
+    roomhub's 4500-4999 (disconnected, kicked, banned: docs/api.md)."""
+    return not 4500 <= code <= 4999
 
 
 MAX_TEXT = 2000
@@ -209,6 +221,30 @@ def message_event(seq: int, room: str, user: str, msg: ChatMessage) -> bytes:
     if msg.sent is not None:
         event["sent"] = msg.sent
     return encode(event)
+
+
+def server_message_event(
+    seq: int, room: str, user: str, text: str, data: object | None, ts: int
+) -> bytes:
+    """A ``message`` event a backend published through the server API: ``server`` true,
+    and its JSON ``data`` when it gave any."""
+    event: dict[str, object] = {
+        "type": "message",
+        "seq": seq,
+        "room": room,
+        "user": user,
+        "text": text,
+        "ts": ts,
+        "server": True,
+    }
+    if data is not None:
+        event["data"] = data
+    return encode(event)
+
+
+def deleted_event(room: str, seq: int) -> bytes:
+    """The message ``seq`` of ``room`` was deleted: the page removes it from view."""
+    return encode({"type": "deleted", "room": room, "seq": seq, "ts": now_ms()})
 
 
 def presence_event(kind: str, user: str, members: int) -> bytes:
