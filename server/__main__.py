@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     token_parser.add_argument("--name", help="display name (the name claim; default: sub)")
     token_parser.add_argument("--rooms", help="comma-separated rooms it may join (default: any)")
     token_parser.add_argument("--private-key", help="PEM private key file (RSA or P-256)")
+    token_parser.add_argument("--roles", help="comma-separated roles (mod: a moderator)")
     api_parser = commands.add_parser(
         "api",
         help="call the server API (docs/api.md) at ROOMHUB_API_URL with ROOMHUB_API_KEY",
@@ -168,6 +169,7 @@ def token(args: argparse.Namespace) -> str:
         private_key=key,
         name=args.name,
         rooms=rooms,
+        roles=[r.strip() for r in args.roles.split(",") if r.strip()] if args.roles else None,
     )
 
 

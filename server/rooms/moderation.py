@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+import orjson
+
 from ..ops import metrics
 from ..transport.connection import Connection
 from ..wire.protocol import CloseReason
@@ -56,8 +58,9 @@ class Moderation:
     """The moderation actions over one broker; each counts ``chat_moderation_total{action}``
     and raises :class:`~server.rooms.broker.BrokerUnavailable` when the broker cannot carry it."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, history_size: int) -> None:
         self.broker = broker
+        self.broker_history = history_size
 
     async def disconnect(self, user: str, room: str | None, reconnect: bool) -> CloseReason:
         """Close ``user``'s connections (in ``room``, or everywhere) on every instance: 4100
@@ -90,9 +93,17 @@ class Moderation:
         """Whether ``user`` may not join ``room`` now."""
         return await self.broker.banned(room, name_key(user))
 
-    async def delete(self, room: str, seq: int) -> bool:
+    async def delete(self, room: str, seq: int, author: str | None = None) -> bool | None:
         """Take message ``seq`` out of ``room``'s history and tell every member; False when
-        the history does not hold it."""
+        the history does not hold it. With ``author``, only a message that member sent (not
+        one from the server API) is deleted: None when it is someone else's."""
+        if author is not None:
+            kept = await self.broker.history(room, seq - 1, self.broker_history)
+            message = next((m for m in map(orjson.loads, kept) if m.get("seq") == seq), None)
+            if message is None:
+                return False
+            if message.get("server") or name_key(message.get("user", "")) != name_key(author):
+                return None
         found = await self.broker.delete(room, seq)
         if found:
             metrics.MODERATION.labels("delete").inc()

@@ -103,7 +103,7 @@ async def broker_context(app: web.Application) -> AsyncIterator[None]:
     )
     await broker.start()
     app[broker_key] = broker
-    app[moderation_key] = Moderation(broker)
+    app[moderation_key] = Moderation(broker, settings.history_size)
     registry = app[registry_key]
     broker.on_control(lambda order: close_matching(registry.connections, order))
     if isinstance(broker, RedisBroker):
@@ -129,7 +129,7 @@ async def hubs_context(app: web.Application) -> AsyncIterator[None]:
         )
     app[hubs_key] = hubs
     bot = app[bot_key]
-    app[dispatcher_key] = RoomDispatcher(settings, hubs, bot, registry)
+    app[dispatcher_key] = RoomDispatcher(settings, hubs, bot, registry, app[moderation_key])
     loop = asyncio.get_running_loop()
     metrics.set_scrape_sources(
         connections=lambda: len(registry.connections),

@@ -114,6 +114,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         hubs.post(hs.room, Leave(conn))
         return _aborted(hs)
     registry.open(conn)
+    if hs.identity is not None and "mod" in hs.identity.roles:
+        app[dispatcher_key].moderators.add(conn)
     log.debug("connection_opened", extra={"fields": {"room": hs.room, "user": hs.user}})
     _close_at_expiry(conn, hs.identity)
     return response

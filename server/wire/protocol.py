@@ -88,6 +88,24 @@ class ChatMessage:
     sent: float | None = None
 
 
+MODERATION_TYPES = ("delete", "kick", "ban")
+MAX_BAN = 366 * 24 * 3600
+"""Longest ban a moderator may give, in seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModerationRequest:
+    """A validated inbound ``delete``, ``kick`` or ``ban`` frame: ``seq`` for a deletion,
+    ``user`` (the member's name) for a kick or ban, ``duration`` (seconds, None: until
+    lifted) for a ban, ``id`` the client's id for ``reply_to``."""
+
+    action: str
+    seq: int = 0
+    user: str = ""
+    duration: float | None = None
+    id: str | None = None
+
+
 def validate_room(raw: str | None) -> str:
     """Return the room name; raise ``ProtocolError('bad_room')`` unless 1-64 of [A-Za-z0-9_.-].
 
@@ -153,8 +171,9 @@ def validate_epoch(raw: str | None) -> str | None:
     return raw
 
 
-def parse_frame(data: str) -> ChatMessage:
-    """Parse one client text frame.
+def parse_frame(data: str) -> ChatMessage | ModerationRequest:
+    """Parse one client text frame: a chat message, or a moderation request
+    (:data:`MODERATION_TYPES`, whose permission the dispatcher checks).
 
     Raises ``ProtocolError`` with code ``bad_json`` (not a JSON object), ``bad_message``
     (unknown type, wrong field types, empty text) or ``too_long`` (text over 2000 chars).
@@ -165,8 +184,11 @@ def parse_frame(data: str) -> ChatMessage:
         raise ProtocolError("bad_json", "frame is not valid JSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_json", "frame must hold one JSON object")
-    if obj.get("type") != "message":
-        raise ProtocolError("bad_message", 'type must be "message"')
+    kind = obj.get("type")
+    if kind != "message":
+        if kind in MODERATION_TYPES:
+            return _moderation(kind, obj)
+        raise ProtocolError("bad_message", 'type must be "message", "delete", "kick" or "ban"')
     text = obj.get("text")
     if not isinstance(text, str) or not text.strip():
         raise ProtocolError("bad_message", "text must be a non-empty string")
@@ -181,6 +203,30 @@ def parse_frame(data: str) -> ChatMessage:
     ):
         raise ProtocolError("bad_message", "sent must be a number (client ms)")
     return ChatMessage(text, client_id, sent)
+
+
+def _moderation(kind: str, obj: dict[str, object]) -> ModerationRequest:
+    client_id = obj.get("id")
+    if client_id is not None and (not isinstance(client_id, str) or len(client_id) > MAX_CLIENT_ID):
+        raise ProtocolError("bad_message", f"id must be a string of at most {MAX_CLIENT_ID} chars")
+    if kind == "delete":
+        seq = obj.get("seq")
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+            raise ProtocolError("bad_message", "seq must be a positive integer")
+        return ModerationRequest(kind, seq=seq, id=client_id)
+    user = obj.get("user")
+    if not isinstance(user, str) or not user.strip() or len(user) > MAX_USER:
+        raise ProtocolError("bad_message", "user must be a member's name")
+    duration = obj.get("duration")
+    if duration is not None and (
+        isinstance(duration, bool)
+        or not isinstance(duration, int | float)
+        or not 0 < duration <= MAX_BAN
+    ):
+        raise ProtocolError("bad_message", "duration must be seconds above 0, at most a year")
+    return ModerationRequest(
+        kind, user=user, duration=None if duration is None else float(duration), id=client_id
+    )
 
 
 def client_id_of(data: str) -> str | None:
