@@ -86,6 +86,8 @@ async def api_call(request: web.Request) -> web.Response:
         result = "ok"
     except ApiError as exc:
         response, result = _json(exc.body(), exc.status), exc.code
+        if exc.code == "method_not_allowed":
+            response.headers["Allow"] = "POST"  # RFC 9110 section 15.5.6
     except BrokerUnavailable:
         error = ApiError("broker_unavailable", "the broker is unavailable, retry")
         response, result = _json(error.body(), error.status), error.code

@@ -84,7 +84,7 @@ def _room(value: Any) -> str:
     try:
         return validate_room(value)
     except ProtocolError as exc:
-        raise ValueError(exc.detail) from None
+        raise ValueError(exc.detail.removeprefix("room ")) from None
 
 
 def _rooms(value: Any) -> list[str]:
@@ -102,7 +102,7 @@ def _user(value: Any) -> str:
     try:
         return validate_user(value)
     except ProtocolError as exc:
-        raise ValueError(exc.detail) from None
+        raise ValueError(exc.detail.removeprefix("user ")) from None
 
 
 def _text(value: Any) -> str:
@@ -149,7 +149,13 @@ def _boolean(value: Any) -> bool:
     return value
 
 
-CONTROLS = "\\x00-\\x1f\\x7f-\\x9f"
+CONTROLS = (
+    "\\x00-\\x1f\\x7f-\\x9f\\ue000-\\uf8ff\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069\\ufffd"
+)
+"""The characters a name may not hold that a pattern over the BMP can name: control, private
+use, line and paragraph separators, bidi controls, U+FFFD. The private use planes 15 and 16
+are refused too (:func:`~server.wire.protocol.validate_user`), which no ECMA-262 pattern
+without the ``u`` flag can say."""
 NAME_CHAR = f"[^{CONTROLS}]"
 ROOM_SCHEMA = {
     "type": "string",
@@ -160,7 +166,13 @@ ROOM_SCHEMA = {
 FIELDS: dict[str, Field] = {
     "room": Field(ROOM_SCHEMA, _room),
     "rooms": Field(
-        {"type": "array", "items": ROOM_SCHEMA, "minItems": 1, "maxItems": MAX_ROOMS},
+        {
+            "type": "array",
+            "items": ROOM_SCHEMA,
+            "minItems": 1,
+            "maxItems": MAX_ROOMS,
+            "uniqueItems": True,
+        },
         _rooms,
     ),
     "user": Field(
@@ -374,7 +386,7 @@ def openapi(version: str) -> dict[str, Any]:
                 "operationId": name,
                 "summary": method.summary,
                 "requestBody": {
-                    "required": False,
+                    "required": bool(method.required),
                     "content": {"application/json": {"schema": body}},
                 },
                 "responses": responses,
