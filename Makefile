@@ -103,7 +103,7 @@ endif
 	@echo "chat        http://localhost:8080   hub mode $${ROOMHUB_HUB_MODE:-sharded}, behind nginx"
 	@echo "grafana     http://localhost:3000   dashboards: roomhub server, roomhub load (k6)"
 	@echo "prometheus  http://localhost:9090   alerts: http://localhost:9090/alerts"
-	@echo "load test   make k6 SCENARIO=mixed  (active-chat connection-storm mixed soak spike stock-bot)"
+	@echo "load test   make k6 SCENARIO=mixed  (active-chat api connection-storm mixed soak spike stock-bot)"
 
 down:
 	$(COMPOSE) down
@@ -115,11 +115,12 @@ logs:
 dashboards: $(STAMP)
 	$(BIN)/python dashboards/generate.py
 
-# The k6 load lab (k6/, README "Load lab"): one scenario against a running server, or all six.
+# The k6 load lab (k6/, README "Load lab"): one scenario against a running server, or all
+# seven (api needs API_KEY set to the server's ROOMHUB_API_KEY).
 # make k6 SCENARIO=connection-storm [PROFILE=smoke] [WS_URL=ws://127.0.0.1:8080/ws]
 #        [RESULTS_DIR=results]   each run writes to RESULTS_DIR/<date>-<time>-<scenario>/,
 #                                 and RESULTS_DIR/latest links to the newest such folder
-SCENARIOS   := connection-storm active-chat stock-bot spike soak mixed
+SCENARIOS   := connection-storm active-chat stock-bot spike soak mixed api
 SCENARIO    ?= mixed
 PROFILE     ?= full
 WS_URL      ?= ws://localhost:8080/ws

@@ -391,6 +391,39 @@ def build() -> Dashboard:
         )
     )
 
+    board.with_row(row("Server API and moderation"))
+    board.with_panel(
+        graph(
+            "API calls by method and result",
+            "Server API calls per second (POST /api/v1/<method>, docs/api.md) by method and "
+            "result: ok, or the error code. unauthorized counts calls with a missing or wrong "
+            "X-API-Key.",
+            "reqps",
+            query(rate("chat_api_requests_total", "method, result"), "{{method}} {{result}}"),
+            width=8,
+        )
+    )
+    board.with_panel(
+        graph(
+            "API call latency p50 / p99",
+            "One server API call from its request to its answer (with Redis: its round trips "
+            "to Redis included).",
+            "s",
+            *quantiles("chat_api_request_seconds", 0.5, 0.99),
+            width=8,
+        )
+    )
+    board.with_panel(
+        graph(
+            "Moderation by action",
+            "Kicks, bans, deletions and disconnects per second, through the server API or by "
+            "moderators in the page.",
+            "ops",
+            query(rate("chat_moderation_total", "action"), "{{action}}"),
+            width=8,
+        )
+    )
+
     board.with_row(row("Hub mode comparison (recorded, 1 m windows)"))
     board.with_panel(
         graph(

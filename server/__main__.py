@@ -1,5 +1,8 @@
 """Command line: ``python -m server [serve] [--flags]`` or ``roomhub serve [--flags]``, and
-``roomhub token --sub NAME --ttl 1h`` to mint a development token for ``ROOMHUB_AUTH=token``.
+``roomhub token --sub NAME --ttl 1h`` to mint a development token for ``ROOMHUB_AUTH=token``,
+and ``roomhub api METHOD --room ... --text ...`` to call the server API (docs/api.md) at
+``ROOMHUB_API_URL`` (default ``http://127.0.0.1:8080``) with the key in ``ROOMHUB_API_KEY``: it
+prints the JSON answer and exits 1 on an error answer (or no answer), 2 on a usage error.
 
 Every flag has a ``ROOMHUB_*`` env var twin (see ``--help``). A bad value, or an address the
 server cannot listen on, exits with code 2 and a message naming the setting. A ``ROOMHUB_*``
@@ -22,14 +25,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import logging
 import os
 import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import httpx
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
@@ -40,6 +45,7 @@ from .transport.deadline import listen
 from .transport.upgrade import seam_problem
 from .web.app import create_app, shutdown_connections
 from .web.auth import mint_token
+from .wire.api import METHODS
 
 log = logging.getLogger("roomhub")
 
@@ -61,7 +67,81 @@ def build_parser() -> argparse.ArgumentParser:
     token_parser.add_argument("--name", help="display name (the name claim; default: sub)")
     token_parser.add_argument("--rooms", help="comma-separated rooms it may join (default: any)")
     token_parser.add_argument("--private-key", help="PEM private key file (RSA or P-256)")
+    token_parser.add_argument("--roles", help="comma-separated roles (mod: a moderator)")
+    api_parser = commands.add_parser(
+        "api",
+        help="call the server API (docs/api.md) at ROOMHUB_API_URL with ROOMHUB_API_KEY",
+        description="Sends the fields given as flags; prints the JSON answer.",
+    )
+    api_parser.add_argument("method", choices=list(METHODS))
+    for field, (kind, text) in API_FLAGS.items():
+        if kind is bool:
+            api_parser.add_argument(f"--{field}", action="store_true", default=None, help=text)
+        else:
+            api_parser.add_argument(f"--{field}", help=text)
     return parser
+
+
+API_FLAGS: dict[str, tuple[type, str]] = {
+    "room": (str, "the room"),
+    "rooms": (list, "comma-separated rooms (broadcast)"),
+    "user": (str, "a member name (or the sender's name of publish)"),
+    "text": (str, "the message text"),
+    "data": (dict, "any JSON value to send with the message"),
+    "seq": (int, "a message's seq (delete)"),
+    "since": (int, "history: messages above this seq"),
+    "limit": (int, "history: at most this many"),
+    "duration": (float, "ban: seconds (absent: until unban)"),
+    "reason": (str, "disconnect, kick, ban: a reason for the log"),
+    "reconnect": (bool, "disconnect: the page reconnects (4100, not 4500)"),
+}
+"""The flags of ``roomhub api``: one per API field, with how its text becomes JSON."""
+DEFAULT_API_URL = "http://127.0.0.1:8080"
+API_TIMEOUT = 10.0
+"""Seconds ``roomhub api`` waits for the answer."""
+
+
+def api_body(args: argparse.Namespace) -> dict[str, object]:
+    """The JSON body from the flags given; ``ValueError`` naming a flag that is not valid."""
+    body: dict[str, object] = {}
+    for field, (kind, _) in API_FLAGS.items():
+        raw = getattr(args, field)
+        if raw is None:
+            continue
+        try:
+            if kind is list:
+                body[field] = [room.strip() for room in raw.split(",") if room.strip()]
+            elif kind is dict:
+                body[field] = json.loads(raw)
+            elif kind in (int, float):
+                body[field] = kind(raw)
+            else:
+                body[field] = raw
+        except ValueError:
+            raise ValueError(f"--{field}={raw!r}: not a valid {kind.__name__}") from None
+    return body
+
+
+def call_api(method: str, body: dict[str, object], environ: Mapping[str, str]) -> int:
+    """POST ``body`` to ``method`` of the API named by ``environ``; print the answer; the
+    exit code: 0 answered 200, 1 an error answer or none, 2 the key is not set."""
+    key = environ.get("ROOMHUB_API_KEY", "").strip()
+    if not key:
+        sys.stderr.write("roomhub api: set ROOMHUB_API_KEY to the server's API key\n")
+        return 2
+    url = environ.get("ROOMHUB_API_URL", "").strip() or DEFAULT_API_URL
+    try:
+        response = httpx.post(
+            f"{url.rstrip('/')}/api/v1/{method}",
+            json=body,
+            headers={"X-API-Key": key},
+            timeout=API_TIMEOUT,
+        )
+    except httpx.HTTPError as exc:
+        sys.stderr.write(f"roomhub api: no answer from {url}: {exc}\n")
+        return 1
+    print(response.text)
+    return 0 if response.status_code == 200 else 1
 
 
 TTL_RE = re.compile(r"([0-9]+)([smhd])")
@@ -90,6 +170,7 @@ def token(args: argparse.Namespace) -> str:
         private_key=key,
         name=args.name,
         rooms=rooms,
+        roles=[r.strip() for r in args.roles.split(",") if r.strip()] if args.roles else None,
     )
 
 
@@ -197,6 +278,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         except ValueError as exc:
             parser.exit(2, f"roomhub token: {exc}\n")
         return
+    if parsed.command == "api":
+        try:
+            body = api_body(parsed)
+        except ValueError as exc:
+            parser.exit(2, f"roomhub api: {exc}\n")
+        sys.exit(call_api(parsed.method, body, os.environ))
     problem = seam_problem()
     if problem:  # before any worker starts or anything listens
         parser.exit(2, f"roomhub: {problem}\n")

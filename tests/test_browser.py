@@ -663,6 +663,122 @@ def test_page_asks_for_a_new_token_once_the_server_closes_for_expiry(
     expect(page.locator("#status")).to_have_text("token needed")
 
 
+API_KEY = "browser-api-key-0123456789"
+
+
+@pytest.fixture
+def moderated_server(tmp_path: Path) -> Iterator[Process]:
+    """Token sign-in and the server API on."""
+    with run_server(
+        tmp_path,
+        quote_provider="sim",
+        auth="token",
+        token_secret=TOKEN_SECRET,
+        api_key=API_KEY,
+    ) as server:
+        yield server
+
+
+def signed_in(
+    server: Process, contexts: Callable[[], BrowserContext], sub: str, *roles: str
+) -> Page:
+    page = contexts().new_page()
+    token = mint_token(sub, 3600, secret=TOKEN_SECRET, roles=list(roles) or None)
+    page.goto(f"{server.url}/rooms/vip?token={token}")
+    expect(page.locator("#status")).to_have_attribute("data-state", "online")
+    return page
+
+
+def api(server: Process, method: str, **fields: object) -> dict[str, object]:
+    request = urllib.request.Request(
+        f"{server.url}/api/v1/{method}",
+        data=orjson.dumps(fields),
+        headers={"X-API-Key": API_KEY, "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return orjson.loads(response.read())
+
+
+def test_a_moderator_deletes_a_message_and_every_page_shows_message_deleted_in_place(
+    moderated_server: Process, contexts: Callable[[], BrowserContext]
+) -> None:
+    mod = signed_in(moderated_server, contexts, "mia", "mod")
+    ann = signed_in(moderated_server, contexts, "ann")
+    send(ann, "spam")
+    expect(message_texts(mod, "spam")).to_have_count(1)
+    expect(ann.locator("#log li.msg .mod-action")).to_have_count(1)  # her own message only
+
+    mod.locator("#log li.msg", has_text="spam").get_by_role("button", name="delete").click()
+
+    for page in (mod, ann):
+        deleted = page.locator("#log li.msg.deleted .text")
+        expect(deleted).to_have_text("message deleted")
+        expect(message_texts(page, "spam")).to_have_count(0)
+
+
+def test_a_member_without_the_role_sees_no_kick_or_ban(
+    moderated_server: Process, contexts: Callable[[], BrowserContext]
+) -> None:
+    signed_in(moderated_server, contexts, "mia", "mod")
+    ann = signed_in(moderated_server, contexts, "ann")
+    ann.locator("#members").click()
+    expect(ann.locator("#online-list li", has_text="mia")).to_be_visible()
+    expect(ann.locator("#online-list .mod-action")).to_have_count(0)
+
+
+def test_a_member_kicked_from_the_online_list_is_told_why_and_does_not_reconnect(
+    moderated_server: Process, contexts: Callable[[], BrowserContext]
+) -> None:
+    mod = signed_in(moderated_server, contexts, "mia", "mod")
+    ann = signed_in(moderated_server, contexts, "ann")
+    sockets = opened_websockets(ann)
+    mod.locator("#members").click()
+
+    mod.locator("#online-list li", has_text="ann").get_by_role("button", name="kick").click()
+
+    expect(ann.locator("#log li.error")).to_contain_text("removed from this room by a moderator")
+    expect(ann.locator("#status")).to_have_attribute("data-state", "offline")
+    ann.wait_for_timeout(1500)  # three times the first reconnect's longest delay
+    assert sockets == []
+
+
+def test_a_page_banned_through_the_api_says_so_and_does_not_reconnect(
+    moderated_server: Process, contexts: Callable[[], BrowserContext]
+) -> None:
+    eve = signed_in(moderated_server, contexts, "eve")
+    sockets = opened_websockets(eve)
+
+    api(moderated_server, "ban", room="vip", user="eve", duration=60)
+
+    expect(eve.locator("#log li.error")).to_contain_text("banned from this room")
+    expect(eve.locator("#status")).to_have_attribute("data-state", "offline")
+    eve.wait_for_timeout(1500)
+    assert sockets == []
+
+
+def test_a_page_disconnected_with_reconnect_comes_back_by_itself(
+    moderated_server: Process, contexts: Callable[[], BrowserContext]
+) -> None:
+    eve = signed_in(moderated_server, contexts, "eve")
+    sockets = opened_websockets(eve)
+
+    api(moderated_server, "disconnect", user="eve", reconnect=True)
+
+    expect(eve.locator("#log li.notice", has_text="Connection lost")).to_have_count(1)
+    expect(eve.locator("#status")).to_have_attribute("data-state", "online")
+    assert len(sockets) == 1
+
+
+def test_a_message_from_the_server_api_shows_with_a_server_badge(
+    moderated_server: Process, contexts: Callable[[], BrowserContext]
+) -> None:
+    ann = signed_in(moderated_server, contexts, "ann")
+    api(moderated_server, "publish", room="vip", text="deploy at 18:00")
+    item = ann.locator("#log li.msg", has_text="deploy at 18:00")
+    expect(item.locator(".badge")).to_have_text("server")
+    expect(item.locator(".mod-action")).to_have_count(0)
+
+
 PHONE = {"width": 375, "height": 740}
 LONG_ROOM = "a_long_room_name_with_no_place_to_break_it_" + "x" * 21  # 64 characters
 

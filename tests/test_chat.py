@@ -567,7 +567,14 @@ ERRORS = table("docs/protocol.md", "### `error`")
 CAUSES: dict[str, str | bytes] = {
     "frame is not valid JSON": "not json",
     "frame must hold one JSON object": "[1, 2]",
-    'type must be "message"': '{"type": "dance"}',
+    'type must be "message", "delete", "kick" or "ban"': '{"type": "dance"}',
+    "seq must be a positive integer": '{"type": "delete", "seq": 0}',
+    "user must be a member's name": '{"type": "kick", "user": " "}',
+    "duration must be seconds above 0, at most a year": (
+        '{"type": "ban", "user": "x", "duration": -1}'
+    ),
+    "only moderators may kick or ban": '{"type": "kick", "user": "bob"}',
+    "deleting needs sign-in with a token (ROOMHUB_AUTH=token)": '{"type": "delete", "seq": 9}',
     "text must be a non-empty string": '{"type": "message", "text": " "}',
     "id must be a string of at most 64 chars": '{"type": "message", "text": "x", "id": 7}',
     "sent must be a number (client ms)": '{"type": "message", "text": "x", "sent": true}',
@@ -595,11 +602,15 @@ def documented_errors() -> dict[str, str]:
 async def test_every_documented_error_detail_is_what_the_server_sends(make_server: Any) -> None:
     ann = await joined(await make_server(rate_burst=100), "errors", "ann")
     documented = documented_errors()
-    # unavailable needs Redis gone: tests/test_backplane.py stops a real one.
+    # unavailable needs Redis gone: tests/test_backplane.py stops a real one; deleting
+    # someone else's message (or a missing one) needs token sign-in: tests/test_moderation.py.
     assert set(documented) - set(CAUSES) == {
         "the stock bot is busy, try again",
         "slow down",
         "not delivered: the broker is unavailable",
+        "not done: the broker is unavailable",
+        "you may delete only your own messages",
+        "no message 999999 in this room's history",
     }
     for detail, frame in CAUSES.items():
         if isinstance(frame, bytes):

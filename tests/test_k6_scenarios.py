@@ -1,4 +1,4 @@
-"""The six k6 load scenarios: their full specs, and each one run for real (smoke profile)
+"""The seven k6 load scenarios: their full specs, and each one run for real (smoke profile)
 against a live server, checking k6's verdict and the effect the scenario exists to cause."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import pytest
 from bench.measure import duration_seconds as seconds
 from server.ops.metrics import BOT_RESULTS
 from tests.support.k6 import SCENARIOS, K6Run, inspect, run_k6, sampling, wait_for_metrics
-from tests.support.processes import Process
+from tests.support.processes import Process, run_server
 
 pytestmark = pytest.mark.k6
 
-NAMES = ("connection-storm", "active-chat", "stock-bot", "spike", "soak", "mixed")
+NAMES = ("connection-storm", "active-chat", "stock-bot", "spike", "soak", "mixed", "api")
 SMOKE_MAX_VUS = 100
 SMOKE_MAX_SECONDS = 40
 SPIKE_BASE, SPIKE_PEAK = 20, 100  # the spike's smoke shape
@@ -102,6 +102,17 @@ def test_mixed_full_spec_splits_users_60_30_10_by_tagged_role(k6_bin):
     scenarios = full(k6_bin, "mixed")["scenarios"]
     roles = {s["tags"]["role"]: s["vus"] for s in scenarios.values()}
     assert roles == {"lurker": 300, "chatter": 150, "bot": 50}
+
+
+def test_api_full_spec_publishes_200_a_second_into_100_rooms_with_200_listeners(k6_bin):
+    spec = full(k6_bin, "api")
+    listeners, backend = spec["scenarios"]["listeners"], spec["scenarios"]["backend"]
+    assert (listeners["vus"], backend["rate"], backend["executor"]) == (
+        200,
+        200,
+        "constant-arrival-rate",
+    )
+    assert seconds(backend["startTime"]) > 0, "members join before the backend publishes"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -200,3 +211,22 @@ def test_mixed_measures_every_role(live_server, k6_bin, tmp_path):
     assert grew(before, after, 'chat_messages_received_total{kind="message"}') == chat_sent
     assert grew(before, after, 'chat_messages_received_total{kind="command"}') == commands_sent
     assert grew(before, after, 'chat_bot_commands_total{result="ok"}') > 0
+
+
+API_KEY = "k6-api-key-0123456789abcdef"
+
+
+def test_api_delivers_every_published_message_to_every_listener_of_its_room(k6_bin, tmp_path):
+    with run_server(tmp_path, quote_provider="sim", api_key=API_KEY) as server:
+        before = server.metrics()
+        run = run_k6(
+            k6_bin, SCENARIOS / "api.js", server.ws_url, tmp_path, env={"API_KEY": API_KEY}
+        )
+        after = wait_for_metrics(server, idle)
+    assert_healthy(run)
+    published = run.count("chat_api_published")
+    assert grew(before, after, 'chat_api_requests_total{method="publish",result="ok"}') == published
+    # Smoke: 80 listeners over 40 rooms, two in each, there from before the first publish
+    # to after the last.
+    assert run.count("chat_api_delivered") == 2 * published
+    assert run.values("chat_api_delivery")["p(99)"] < 500

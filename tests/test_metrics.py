@@ -63,7 +63,7 @@ async def test_every_documented_metric_is_exported_with_its_type(aiohttp_client:
     server = await aiohttp_client(create_app(settings()))
     exported = await families(server)
     expected = {k: v for k, v in documented().items() if k not in redis_only_metrics()}
-    assert len(expected) == 25
+    assert len(expected) == 28
     assert {name: exported.get(name) for name in expected} == expected
     chat = {name for name in exported if name.startswith("chat_")}
     assert chat == expected.keys(), "a chat_ metric is exported but not documented"

@@ -47,9 +47,12 @@ pytestmark = pytest.mark.k6
 K6_DURATION = "15s"
 # mixed: chatters, lurkers and bot users that stay connected; soak: users that reconnect
 # every few seconds (new sessions and handshakes all along the run); faults: users that
-# flood past the rate limit, so error events and 1008 closes are on the dashboards too.
+# flood past the rate limit, so error events and 1008 closes are on the dashboards too;
+# api: a backend publishing through the server API.
+API_KEY = "live-api-key-0123456789abcdef"
 K6_RUNS = {
     "mixed": ("scenarios/mixed.js", {"VUS": "30"}),
+    "api": ("scenarios/api.js", {"VUS": "10", "ROOMS": "5", "RATE": "20", "API_KEY": API_KEY}),
     "soak": ("scenarios/soak.js", {"VUS": "10", "SESSION": "6s"}),
     "faults": ("checks/faults.js", {"VUS": "2"}),
 }
@@ -196,7 +199,12 @@ def observed(
     with (
         serve_redis(require_binary("redis-server"), tmp) as redis,
         run_server(
-            tmp, quote_provider="url", quote_url=stockapi.url, room_grace=1, broker=redis.url
+            tmp,
+            quote_provider="url",
+            quote_url=stockapi.url,
+            room_grace=1,
+            broker=redis.url,
+            api_key=API_KEY,
         ) as server,
     ):
         port = free_port()

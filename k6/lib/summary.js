@@ -13,7 +13,7 @@ import { BREAKDOWNS, TALLY } from './health.js';
 // the ones set are named in the summaries' titles.
 const SETTINGS = [
   'VUS', 'BASE_VUS', 'PEAK_VUS', 'ROOMS', 'ROOM', 'DURATION', 'SESSION', 'WAIT',
-  'SEND_EVERY_MS', 'PROBES', 'PROBE_EVERY_MS',
+  'SEND_EVERY_MS', 'PROBES', 'PROBE_EVERY_MS', 'RATE',
 ];
 
 // Trend statistics kept in the summary (bench/run.py reads med, p(95) and p(99)).

@@ -123,6 +123,12 @@ class Settings:
     presence_ttl: float = _setting(
         15.0, "seconds a crashed instance's members keep being counted (Redis broker)"
     )
+    api_key: str = _setting(
+        "", "key of the server API (POST /api/v1/<method>, X-API-Key); empty: the API is off"
+    )
+    api_max_body: int = _setting(
+        64 * 1024, "bytes; a bigger server API request body is refused with 413"
+    )
     workers: int = _setting(1, "server processes sharing the port (more than 1 needs Redis)")
     metrics_port: int = _setting(
         0, "worker i serves /metrics on this port + i (0: /metrics on the serving port only)"
@@ -250,6 +256,16 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
+API_KEY_RE = re.compile(r"[\x21-\x7e]{16,256}")
+
+
+def _api_key(raw: str) -> str:
+    key = raw.strip()
+    if not API_KEY_RE.fullmatch(key):
+        raise ValueError("must be 16-256 printable ASCII characters without spaces")
+    return key
+
+
 PARSERS: dict[str, Callable[[str], Any]] = {
     "host": _text,
     "port": _port,
@@ -287,6 +303,8 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "token_public_key": _text,
     "broker": _broker,
     "presence_ttl": _positive_float,
+    "api_key": _api_key,
+    "api_max_body": _positive_int,
     "workers": _positive_int,
     "metrics_port": _port,
 }
@@ -347,7 +365,7 @@ def load_settings(
         try:
             values[name] = parse(raw)
         except ValueError as exc:
-            shown = redacted(raw) if name == "broker" else raw
+            shown = redacted(raw) if name == "broker" else "***" if name == "api_key" else raw
             raise ConfigError(f"{source}={shown!r}: {exc}") from None
     settings = Settings(**values)
     _check_together(settings)
@@ -369,6 +387,11 @@ def _check_together(settings: Settings) -> None:
         raise ConfigError(
             f"ROOMHUB_HUB_MODE=global with ROOMHUB_BROKER={redacted(settings.broker)!r}: global "
             "mode is the single-process baseline; use hub mode sharded or broker memory"
+        )
+    if settings.api_key and settings.hub_mode == "global":
+        raise ConfigError(
+            "ROOMHUB_API_KEY with ROOMHUB_HUB_MODE=global: the server API works through the "
+            "broker, which the global baseline does not use; use hub mode sharded"
         )
     if settings.workers > 1 and not settings.redis:
         raise ConfigError(

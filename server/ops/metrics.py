@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_creat
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..wire.api import ERRORS, METHODS
 from ..wire.protocol import CloseReason
 from . import heap
 
@@ -33,10 +34,14 @@ REJECT_REASONS = (
     "upgrade_rate",
     "address_connections",
     "room_rate",
+    "banned",
 )
 MESSAGE_KINDS = ("message", "command", "invalid")
 BOT_RESULTS = ("ok", "unknown_symbol", "upstream_error", "timeout", "rejected", "dropped")
 BROKER_OPERATIONS = ("message", "presence", "bot", "sync", "subscribe", "query")
+API_METHODS = (*METHODS, "unknown")
+API_RESULTS = ("ok", *ERRORS)
+MODERATION_ACTIONS = ("kick", "ban", "delete", "disconnect")
 
 # Fan-out and loop lag: 50 µs .. 1 s (seconds).
 FAST_BUCKETS = (
@@ -116,6 +121,17 @@ BROKER_ERRORS = Counter(
     "Broker operations that failed or were refused, by operation.",
     ["operation"],
 )
+API_REQUESTS = Counter(
+    "chat_api_requests",
+    "Server API calls, by method (unknown: not a method) and result (ok or the error code).",
+    ["method", "result"],
+)
+API_SECONDS = Histogram(
+    "chat_api_request_seconds",
+    "One server API call, from its request to its answer.",
+    buckets=FAST_BUCKETS,
+)
+MODERATION = Counter("chat_moderation", "Moderation actions carried out, by action.", ["action"])
 BROKER_RECONNECTS = Counter("chat_broker_reconnects", "Reconnections to the broker after a loss.")
 BUILD_INFO = Gauge(
     "chat_build_info",
@@ -170,6 +186,10 @@ for _result in BOT_RESULTS:
     BOT_COMMANDS.labels(_result)
 for _operation in BROKER_OPERATIONS:
     BROKER_ERRORS.labels(_operation)
+for _action in MODERATION_ACTIONS:
+    MODERATION.labels(_action)
+for _method in METHODS:
+    API_REQUESTS.labels(_method, "ok")
 
 
 def set_scrape_sources(

@@ -25,9 +25,11 @@ from ..rooms.broker.redis import RedisBroker
 from ..rooms.dispatch import RoomDispatcher
 from ..rooms.hub import ShardedHubs
 from ..rooms.items import Hubs
+from ..rooms.moderation import Moderation, close_matching
 from ..transport.limits import AddressLimits
 from ..transport.registry import ConnectionRegistry
 from ..wire.protocol import CloseReason
+from .api import setup_api_routes
 from .auth import TokenVerifier
 from .errorpages import error_pages
 from .keys import (
@@ -37,6 +39,7 @@ from .keys import (
     http_client_key,
     hubs_key,
     limits_key,
+    moderation_key,
     registry_key,
     settings_key,
     verifier_key,
@@ -102,6 +105,9 @@ async def broker_context(app: web.Application) -> AsyncIterator[None]:
     )
     await broker.start()
     app[broker_key] = broker
+    app[moderation_key] = Moderation(broker, settings.history_size)
+    registry = app[registry_key]
+    broker.on_control(lambda order: close_matching(registry.connections, order))
     if isinstance(broker, RedisBroker):
         metrics.BROKER_LINK.watch(lambda: (broker.ready, broker.subscriptions()))
     yield
@@ -125,7 +131,7 @@ async def hubs_context(app: web.Application) -> AsyncIterator[None]:
         )
     app[hubs_key] = hubs
     bot = app[bot_key]
-    app[dispatcher_key] = RoomDispatcher(settings, hubs, bot, registry)
+    app[dispatcher_key] = RoomDispatcher(settings, hubs, bot, registry, app[moderation_key])
     loop = asyncio.get_running_loop()
     metrics.set_scrape_sources(
         connections=lambda: len(registry.connections),
@@ -276,6 +282,7 @@ def create_app(settings: Settings) -> web.Application:
         app, loader=jinja2.PackageLoader("server.web", "templates"), autoescape=True
     )
     setup_routes(app)
+    setup_api_routes(app)
     app.cleanup_ctx.extend(
         [
             http_client_context,

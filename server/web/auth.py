@@ -2,7 +2,9 @@
 
 The way Centrifugo does it: the client passes a JWT as ``?token=`` on the upgrade. The user
 name comes from its claims (``name`` if present, else ``sub``); an optional ``rooms`` claim
-(a list of room names) limits the rooms it may join; ``exp`` (seconds since the Unix epoch),
+(a list of room names) limits the rooms it may join; an optional ``roles`` claim (a list of
+strings) gives roles: ``mod`` lets the user delete any message and kick or ban members
+(docs/api.md, "Moderators in the page"); ``exp`` (seconds since the Unix epoch),
 when present, is enforced before the upgrade and again while the connection lasts.
 
 Accepted algorithms follow the configured keys, never the token: HS256 with
@@ -42,11 +44,12 @@ class TokenError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Identity:
     """Who a valid token names: ``name`` to use in the room, ``expires`` (Unix seconds or
-    None), and ``rooms`` it may join (None: any)."""
+    None), ``rooms`` it may join (None: any) and its ``roles`` (``mod``: a moderator)."""
 
     name: str
     expires: float | None
     rooms: frozenset[str] | None
+    roles: frozenset[str] = frozenset()
 
 
 def _public_key_algorithm(key: object) -> str:
@@ -119,7 +122,7 @@ class TokenVerifier:
 
 
 def _identity(claims: dict[str, Any]) -> Identity:
-    sub, name, exp, rooms = (claims.get(k) for k in ("sub", "name", "exp", "rooms"))
+    sub, name, exp, rooms, roles = (claims.get(k) for k in ("sub", "name", "exp", "rooms", "roles"))
     if not isinstance(sub, str) or not sub.strip():
         raise TokenError("token_invalid", "token claim sub must be a non-empty string")
     if name is not None and not isinstance(name, str):
@@ -130,10 +133,15 @@ def _identity(claims: dict[str, Any]) -> Identity:
         not isinstance(rooms, list) or not all(isinstance(r, str) for r in rooms)
     ):
         raise TokenError("token_invalid", "token claim rooms must be a list of room names")
+    if roles is not None and (
+        not isinstance(roles, list) or not all(isinstance(r, str) for r in roles)
+    ):
+        raise TokenError("token_invalid", "token claim roles must be a list of strings")
     return Identity(
         (name or "").strip() or sub.strip(),
         exp,
         None if rooms is None else frozenset(rooms),
+        frozenset(roles or ()),
     )
 
 
@@ -145,6 +153,7 @@ def mint_token(
     private_key: bytes | None = None,
     name: str | None = None,
     rooms: list[str] | None = None,
+    roles: list[str] | None = None,
     now: float | None = None,
 ) -> str:
     """A token for ``sub`` that expires ``ttl`` seconds from ``now`` (default: the clock).
@@ -169,6 +178,8 @@ def mint_token(
         claims["name"] = name
     if rooms is not None:
         claims["rooms"] = rooms
+    if roles:
+        claims["roles"] = roles
     if private_key is not None:
         try:
             key = serialization.load_pem_private_key(private_key, password=None)

@@ -10,6 +10,7 @@ import aiohttp_jinja2
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from ..ops import metrics
 from ..ops.version import VERSION
 from ..rooms.broker import BrokerUnavailable
 from ..rooms.items import Join, Leave
@@ -18,7 +19,14 @@ from ..transport.upgrade import take_over
 from ..wire.protocol import ProtocolError, validate_room
 from .auth import Identity
 from .handshake import Handshake, refusal
-from .keys import broker_key, dispatcher_key, hubs_key, registry_key, settings_key
+from .keys import (
+    broker_key,
+    dispatcher_key,
+    hubs_key,
+    moderation_key,
+    registry_key,
+    settings_key,
+)
 
 log = logging.getLogger("roomhub.views")
 
@@ -85,7 +93,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     :class:`~server.rooms.dispatch.RoomDispatcher`."""
     app = request.app
     hs = Handshake(request)
-    refused = refusal(hs)
+    refused = refusal(hs) or await _ban_refusal(app, hs)
     if refused is not None:
         return refused
     registry = app[registry_key]
@@ -108,9 +116,28 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         hubs.post(hs.room, Leave(conn))
         return _aborted(hs)
     registry.open(conn)
+    if hs.identity is not None and "mod" in hs.identity.roles:
+        app[dispatcher_key].moderators.add(conn)
     log.debug("connection_opened", extra={"fields": {"room": hs.room, "user": hs.user}})
     _close_at_expiry(conn, hs.identity)
     return response
+
+
+async def _ban_refusal(app: web.Application, hs: Handshake) -> web.Response | None:
+    """403 ``banned`` while the user is banned from the room (the server API's ``ban``,
+    read from the broker after every other check); 503 when the broker cannot tell."""
+    try:
+        banned = await app[moderation_key].banned(hs.room, hs.user)
+    except BrokerUnavailable:
+        return web.json_response(
+            {"error": "broker_unavailable", "detail": "the broker is unavailable"}, status=503
+        )
+    if not banned:
+        return None
+    metrics.HANDSHAKES_REJECTED.labels("banned").inc()
+    return web.json_response(
+        {"error": "banned", "detail": "you are banned from this room for now"}, status=403
+    )
 
 
 def _aborted(hs: Handshake) -> web.Response:

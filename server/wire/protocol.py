@@ -25,7 +25,9 @@ class CloseReason(Enum):
     close frame, and the ``label`` of ``chat_connections_closed_total``.
 
     Codes: RFC 6455 section 7.4.1; 1013 "Try Again Later" from the IANA WebSocket Close Code
-    Number registry; 4001 is roomhub's own (4000-4999 are for private use). 1006 is never
+    Number registry; 4001 and up are roomhub's own (4000-4999 are for private use): a code
+    from 4000 to 4499 lets the page reconnect, one from 4500 to 4999 tells it not to
+    (:func:`may_reconnect`, docs/api.md). 1006 is never
     sent on the wire: it stands for a connection that ended without a close frame
     (``CLIENT_GONE``). ``NORMAL`` is the client's own close, answered with 1000.
     ``HEARTBEAT_TIMEOUT`` uses 1011 as Python ``websockets`` does for its own keepalive
@@ -44,11 +46,21 @@ class CloseReason(Enum):
     TOKEN_EXPIRED = ("token_expired", 4001, "token expired")
     BROKER_UNAVAILABLE = ("broker_unavailable", 1013, "broker unavailable")
     ROOM_RESET = ("room_reset", 1012, "room restarted")
+    RECONNECT = ("reconnect", 4100, "disconnected by the server, reconnect")
+    DISCONNECTED = ("disconnected", 4500, "disconnected by the server")
+    KICKED = ("kicked", 4501, "kicked from the room")
+    BANNED = ("banned", 4502, "banned from the room")
 
     def __init__(self, label: str, code: int, text: str) -> None:
         self.label = label
         self.code = code
         self.text = text
+
+
+def may_reconnect(code: int) -> bool:
+    """Whether a page closed with ``code`` may connect again by itself: every code but
+    roomhub's 4500-4999 (disconnected, kicked, banned: docs/api.md)."""
+    return not 4500 <= code <= 4999
 
 
 MAX_TEXT = 2000
@@ -74,6 +86,24 @@ class ChatMessage:
     text: str
     id: str | None = None
     sent: float | None = None
+
+
+MODERATION_TYPES = ("delete", "kick", "ban")
+MAX_BAN = 366 * 24 * 3600
+"""Longest ban a moderator may give, in seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModerationRequest:
+    """A validated inbound ``delete``, ``kick`` or ``ban`` frame: ``seq`` for a deletion,
+    ``user`` (the member's name) for a kick or ban, ``duration`` (seconds, None: until
+    lifted) for a ban, ``id`` the client's id for ``reply_to``."""
+
+    action: str
+    seq: int = 0
+    user: str = ""
+    duration: float | None = None
+    id: str | None = None
 
 
 def validate_room(raw: str | None) -> str:
@@ -141,8 +171,9 @@ def validate_epoch(raw: str | None) -> str | None:
     return raw
 
 
-def parse_frame(data: str) -> ChatMessage:
-    """Parse one client text frame.
+def parse_frame(data: str) -> ChatMessage | ModerationRequest:
+    """Parse one client text frame: a chat message, or a moderation request
+    (:data:`MODERATION_TYPES`, whose permission the dispatcher checks).
 
     Raises ``ProtocolError`` with code ``bad_json`` (not a JSON object), ``bad_message``
     (unknown type, wrong field types, empty text) or ``too_long`` (text over 2000 chars).
@@ -153,8 +184,11 @@ def parse_frame(data: str) -> ChatMessage:
         raise ProtocolError("bad_json", "frame is not valid JSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_json", "frame must hold one JSON object")
-    if obj.get("type") != "message":
-        raise ProtocolError("bad_message", 'type must be "message"')
+    kind = obj.get("type")
+    if kind != "message":
+        if kind in MODERATION_TYPES:
+            return _moderation(kind, obj)
+        raise ProtocolError("bad_message", 'type must be "message", "delete", "kick" or "ban"')
     text = obj.get("text")
     if not isinstance(text, str) or not text.strip():
         raise ProtocolError("bad_message", "text must be a non-empty string")
@@ -169,6 +203,30 @@ def parse_frame(data: str) -> ChatMessage:
     ):
         raise ProtocolError("bad_message", "sent must be a number (client ms)")
     return ChatMessage(text, client_id, sent)
+
+
+def _moderation(kind: str, obj: dict[str, object]) -> ModerationRequest:
+    client_id = obj.get("id")
+    if client_id is not None and (not isinstance(client_id, str) or len(client_id) > MAX_CLIENT_ID):
+        raise ProtocolError("bad_message", f"id must be a string of at most {MAX_CLIENT_ID} chars")
+    if kind == "delete":
+        seq = obj.get("seq")
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+            raise ProtocolError("bad_message", "seq must be a positive integer")
+        return ModerationRequest(kind, seq=seq, id=client_id)
+    user = obj.get("user")
+    if not isinstance(user, str) or not user.strip() or len(user) > MAX_USER:
+        raise ProtocolError("bad_message", "user must be a member's name")
+    duration = obj.get("duration")
+    if duration is not None and (
+        isinstance(duration, bool)
+        or not isinstance(duration, int | float)
+        or not 0 < duration <= MAX_BAN
+    ):
+        raise ProtocolError("bad_message", "duration must be seconds above 0, at most a year")
+    return ModerationRequest(
+        kind, user=user, duration=None if duration is None else float(duration), id=client_id
+    )
 
 
 def client_id_of(data: str) -> str | None:
@@ -209,6 +267,30 @@ def message_event(seq: int, room: str, user: str, msg: ChatMessage) -> bytes:
     if msg.sent is not None:
         event["sent"] = msg.sent
     return encode(event)
+
+
+def server_message_event(
+    seq: int, room: str, user: str, text: str, data: object | None, ts: int
+) -> bytes:
+    """A ``message`` event a backend published through the server API: ``server`` true,
+    and its JSON ``data`` when it gave any."""
+    event: dict[str, object] = {
+        "type": "message",
+        "seq": seq,
+        "room": room,
+        "user": user,
+        "text": text,
+        "ts": ts,
+        "server": True,
+    }
+    if data is not None:
+        event["data"] = data
+    return encode(event)
+
+
+def deleted_event(room: str, seq: int) -> bytes:
+    """The message ``seq`` of ``room`` was deleted: the page removes it from view."""
+    return encode({"type": "deleted", "room": room, "seq": seq, "ts": now_ms()})
 
 
 def presence_event(kind: str, user: str, members: int) -> bytes:

@@ -13,6 +13,12 @@ once, in one order):
 
 What a broker hands to a room's sink is a :class:`Delivery`: an :class:`Event` for every
 member, a :class:`Welcome` for one joining connection, or a :class:`Refused` message.
+
+The server API (docs/api.md) goes through the broker too, so that its effects reach every
+instance: a backend's message is sequenced and kept like a member's
+(:meth:`Broker.publish_message`), a deletion leaves the history and reaches every member as a
+``deleted`` event, bans are kept where every instance reads them, and a :class:`Control`
+order (close a user's connections) is handed to the control sink of every instance.
 """
 
 from __future__ import annotations
@@ -79,6 +85,21 @@ Delivery = Event | Welcome | Refused
 Sink = Callable[[Delivery], None]
 
 
+@dataclass(frozen=True, slots=True)
+class Control:
+    """An order for every instance: close the connections of the member whose name key
+    (:func:`~server.rooms.names.name_key`) is ``user``, in ``room`` only or, when ``room``
+    is None, in every room; ``action`` is the label of the
+    :class:`~server.wire.protocol.CloseReason` to close them with."""
+
+    action: str
+    user: str
+    room: str | None = None
+
+
+ControlSink = Callable[[Control], None]
+
+
 class BrokerUnavailable(ConnectionError):
     """The broker cannot be reached (Redis down or not yet connected)."""
 
@@ -129,6 +150,48 @@ class Broker(Protocol):
 
     async def rooms(self, limit: int) -> list[tuple[str, int]]:
         """Up to ``limit`` ``(room, members)`` with members, busiest first, over every instance."""
+        ...
+
+    # The server API's operations: each waits for the broker's answer and raises
+    # BrokerUnavailable when the broker cannot carry it.
+
+    def on_control(self, sink: ControlSink) -> None:
+        """Hand every :class:`Control` order, from any instance, to ``sink``."""
+        ...
+
+    async def publish_message(self, room: str, user: str, text: str, data: object | None) -> int:
+        """Sequence a backend's message (``server`` true) in ``room``, keep it in the history,
+        publish it to the members on every instance; return its ``seq``."""
+        ...
+
+    async def delete(self, room: str, seq: int) -> bool:
+        """Take message ``seq`` out of ``room``'s history and publish a ``deleted`` event;
+        False when the history does not hold it."""
+        ...
+
+    async def history(self, room: str, since: int, limit: int) -> list[bytes]:
+        """The encoded messages of ``room`` with a seq above ``since``: the newest ``limit``
+        of them, oldest first."""
+        ...
+
+    async def presence(self, room: str) -> list[str]:
+        """The names of ``room``'s members over every instance."""
+        ...
+
+    async def control(self, order: Control) -> None:
+        """Hand ``order`` to the control sink of every instance (this one included)."""
+        ...
+
+    async def ban(self, room: str, user: str, seconds: float | None) -> None:
+        """Refuse the name key ``user`` in ``room`` for ``seconds`` (None: until unbanned)."""
+        ...
+
+    async def unban(self, room: str, user: str) -> bool:
+        """Lift the ban of name key ``user`` in ``room``; False when there was none."""
+        ...
+
+    async def banned(self, room: str, user: str) -> bool:
+        """Whether name key ``user`` is banned from ``room`` now."""
         ...
 
 

@@ -3,17 +3,33 @@
 Each subscribed room keeps its epoch, seq, history ring and member count here; every
 operation hands its result to the room's sink at once. A room's state is forgotten when its
 hub unsubscribes (the room was empty for the grace period): the next join starts a new epoch.
+A backend's message to a room without a hub starts the room's state with no sink, so that the
+first joiner finds it in the history. Bans are kept here with their expiry (monotonic clock)
+and forgotten once expired.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections import deque
 from itertools import islice
 
-from ...wire.protocol import ChatMessage, message_event, presence_event
+from ...wire.protocol import (
+    ChatMessage,
+    deleted_event,
+    message_event,
+    now_ms,
+    presence_event,
+    server_message_event,
+)
 from .. import names as member_names
 from ..names import free_name, name_key, new_epoch
-from . import Event, Sink, Welcome
+from . import Control, ControlSink, Delivery, Event, Sink, Welcome
+
+
+def _no_sink(delivery: Delivery) -> None:
+    """The sink of a room that has no hub yet: nobody to hand anything to."""
 
 
 class _RoomState:
@@ -40,6 +56,8 @@ class MemoryBroker:
     def __init__(self, history_size: int) -> None:
         self.history_size = history_size
         self._rooms: dict[str, _RoomState] = {}
+        self._bans: dict[tuple[str, str], float] = {}  # (room, name key) -> expiry
+        self._control: ControlSink | None = None
 
     async def start(self) -> None:
         """Nothing to connect to."""
@@ -100,3 +118,58 @@ class MemoryBroker:
     async def rooms(self, limit: int) -> list[tuple[str, int]]:
         rooms = sorted((-len(s.names), name) for name, s in self._rooms.items() if s.names)
         return [(name, -members) for members, name in rooms[:limit]]
+
+    def on_control(self, sink: ControlSink) -> None:
+        self._control = sink
+
+    async def publish_message(self, room: str, user: str, text: str, data: object | None) -> int:
+        state = self._rooms.get(room)
+        if state is None:
+            state = self._rooms[room] = _RoomState(_no_sink, self.history_size)
+        state.seq += 1
+        event = server_message_event(state.seq, room, user, text, data, now_ms())
+        state.history.append((state.seq, event))
+        state.sink(Event(event, state.seq, urgent=True))
+        return state.seq
+
+    async def delete(self, room: str, seq: int) -> bool:
+        state = self._rooms.get(room)
+        if state is None:
+            return False
+        for kept in state.history:
+            if kept[0] == seq:
+                state.history.remove(kept)
+                state.sink(Event(deleted_event(room, seq), urgent=True))
+                return True
+        return False
+
+    async def history(self, room: str, since: int, limit: int) -> list[bytes]:
+        state = self._rooms.get(room)
+        if state is None:
+            return []
+        newer = [event for seq, event in state.history if seq > since]
+        return newer[-limit:]
+
+    async def presence(self, room: str) -> list[str]:
+        state = self._rooms.get(room)
+        return [] if state is None else list(state.names.values())
+
+    async def control(self, order: Control) -> None:
+        if self._control is not None:
+            self._control(order)
+
+    async def ban(self, room: str, user: str, seconds: float | None) -> None:
+        until = math.inf if seconds is None else time.monotonic() + seconds
+        self._bans[room, user] = until
+
+    async def unban(self, room: str, user: str) -> bool:
+        return self._bans.pop((room, user), None) is not None
+
+    async def banned(self, room: str, user: str) -> bool:
+        until = self._bans.get((room, user))
+        if until is None:
+            return False
+        if until <= time.monotonic():
+            del self._bans[room, user]
+            return False
+        return True

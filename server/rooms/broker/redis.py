@@ -16,7 +16,10 @@ Keys of room ``R`` (the ``{R}`` hash tag keeps a room's keys together):
   presence refresh while an instance has members there) sets them to expire again, so an
   abandoned room's keys vanish and its next join makes a new epoch;
 * channel ``roomhub:{R}`` carries R's events; ``roomhub:instance:<instance>`` carries the
-  welcomes meant for one instance.
+  welcomes meant for one instance; ``roomhub:control`` carries the server API's
+  :class:`~server.rooms.broker.Control` orders (JSON ``{"action", "user", "room"}``) to every
+  instance;
+* ``roomhub:{R}:ban:<name key>`` marks a banned member, expiring with the ban.
 
 Every operation runs as one server-side Lua script (atomic, as Centrifugo does): a message
 increments the seq, appends the encoded event to the capped history and publishes it; a join
@@ -50,8 +53,9 @@ import math
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import orjson
 import redis.asyncio as aioredis
@@ -61,12 +65,30 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
 from ...ops import metrics
-from ...wire.protocol import ChatMessage, message_event, presence_event
+from ...wire.protocol import (
+    ChatMessage,
+    deleted_event,
+    message_event,
+    now_ms,
+    presence_event,
+    server_message_event,
+)
 from .. import names as member_names
 from ..names import SUFFIX_LIMIT, name_key, new_epoch, suffixed
-from . import MESSAGE_PREFIX, BrokerUnavailable, Event, Refused, Sink, Welcome
+from . import (
+    MESSAGE_PREFIX,
+    BrokerUnavailable,
+    Control,
+    ControlSink,
+    Event,
+    Refused,
+    Sink,
+    Welcome,
+    encoded_history_seq,
+)
 
 log = logging.getLogger("roomhub.broker")
+T = TypeVar("T")
 
 MIN_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
@@ -78,6 +100,7 @@ COMMAND_TIMEOUT = 5.0
 CLOSE_DRAIN = 2.0
 """Seconds :meth:`RedisBroker.close` waits for queued operations (the last leaves)."""
 ROOMS_KEY = "roomhub:rooms"
+CONTROL_CHANNEL = "roomhub:control"
 
 # Shared by the scripts: ARGV[1] is always the room's key prefix.
 _COMMON = """
@@ -139,6 +162,30 @@ redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
 redis.call('PUBLISH', ARGV[3], 'm ' .. seq .. ' ' .. ARGV[4] .. ' ' .. ev)
 return seq
+"""
+
+# KEYS: history. ARGV: the message's prefix up to its seq and comma, channel, published,
+# the deleted event. Removes the message from the history and publishes the event.
+DELETE = """
+for _, ev in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if string.sub(ev, 1, #ARGV[1]) == ARGV[1] then
+    redis.call('LREM', KEYS[1], 1, ev)
+    redis.call('PUBLISH', ARGV[2], 'b 0 ' .. ARGV[3] .. ' ' .. ARGV[4])
+    return 1
+  end
+end
+return 0
+"""
+
+# KEYS: instances. ARGV: prefix. The JSON names of the room's members on every instance.
+PRESENCE = """
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  for _, who in ipairs(redis.call('HVALS', ARGV[1] .. 'users:' .. id)) do
+    out[#out + 1] = who
+  end
+end
+return out
 """
 
 # KEYS: seq, history, instances, users, tokens, rooms, epoch.
@@ -270,6 +317,7 @@ def channel(room: str) -> str:
 
 
 CHANNEL_HEAD = len("roomhub:{")
+CONTROL_BYTES = CONTROL_CHANNEL.encode()
 
 
 @dataclass(slots=True)
@@ -315,8 +363,11 @@ class RedisBroker:
                 ("sync", SYNC),
                 ("refresh", REFRESH),
                 ("rooms", ROOMS),
+                ("delete", DELETE),
+                ("presence", PRESENCE),
             )
         }
+        self._control: ControlSink | None = None
         self._sinks: dict[str, Sink] = {}
         # room -> join token -> (name key, JSON name) of the members here; joins in flight.
         self._local: dict[str, dict[int, tuple[str, bytes]]] = {}
@@ -423,7 +474,9 @@ class RedisBroker:
                 await pubsub.connect()  # type: ignore[no-untyped-call]  # redis-py: not annotated
                 self._pubsub = pubsub
                 reader = asyncio.create_task(self._read(pubsub), name="broker-reader")
-                await self._subscribe([self._instance_channel, *map(channel, self._sinks)])
+                await self._subscribe(
+                    [self._instance_channel, CONTROL_CHANNEL, *map(channel, self._sinks)]
+                )
                 await self._client.ping()
                 self._set_up(True)
                 if connected_once:
@@ -477,6 +530,9 @@ class RedisBroker:
     def _on_message(self, name: bytes, data: bytes) -> None:
         if name == self._instance_channel.encode():
             self._on_welcome(data)
+            return
+        if name == CONTROL_BYTES:
+            self._on_control(data)
             return
         sink = self._sinks.get(name[CHANNEL_HEAD:-1].decode())
         if sink is None:
@@ -732,6 +788,86 @@ class RedisBroker:
             raise BrokerUnavailable("redis is unavailable") from None
         rooms = [(flat[i].decode(), int(flat[i + 1])) for i in range(0, len(flat), 2)]
         return sorted(rooms, key=lambda room: (-room[1], room[0]))
+
+    # -- the server API ----------------------------------------------------------------------
+
+    def on_control(self, sink: ControlSink) -> None:
+        self._control = sink
+
+    def _on_control(self, data: bytes) -> None:
+        if self._control is None:
+            return
+        try:
+            fields = orjson.loads(data)
+            order = Control(fields["action"], fields["user"], fields["room"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("control_unreadable", extra={"fields": {"size": len(data)}})
+            return
+        self._control(order)
+
+    async def _call(self, what: str, command: Awaitable[T]) -> T:
+        """Await one API command; a Redis failure counts as a ``query`` error and raises
+        :class:`BrokerUnavailable` naming ``what``."""
+        try:
+            return await command
+        except (RedisError, OSError):
+            metrics.BROKER_ERRORS.labels("query").inc()
+            raise BrokerUnavailable(f"redis is unavailable ({what})") from None
+
+    async def publish_message(self, room: str, user: str, text: str, data: object | None) -> int:
+        event = server_message_event(0, room, user, text, data, now_ms())
+        tail = event[len(MESSAGE_PREFIX) + 1 :]
+        keys = _room_keys(room, "seq", "history", "epoch")
+        args: list[bytes | str | int] = [
+            tail,
+            self.history_size,
+            channel(room),
+            repr(time.time()),
+            self.retention,
+        ]
+        seq = await self._call("publish", self._scripts["say"](keys=keys, args=args))
+        return int(seq)
+
+    async def delete(self, room: str, seq: int) -> bool:
+        head = MESSAGE_PREFIX + str(seq).encode() + b","
+        args: list[bytes | str] = [head, channel(room), repr(time.time()), deleted_event(room, seq)]
+        found = await self._call(
+            "delete", self._scripts["delete"](keys=_room_keys(room, "history"), args=args)
+        )
+        return bool(found)
+
+    async def history(self, room: str, since: int, limit: int) -> list[bytes]:
+        kept: list[bytes] = await self._call(
+            "history",
+            self._client.lrange(prefix(room) + "history", 0, -1),  # type: ignore[arg-type]  # redis-py: Awaitable | list
+        )
+        newer = [event for event in kept if encoded_history_seq(event) > since]
+        return newer[-limit:]
+
+    async def presence(self, room: str) -> list[str]:
+        names = await self._call(
+            "presence",
+            self._scripts["presence"](keys=_room_keys(room, "instances"), args=[prefix(room)]),
+        )
+        return [orjson.loads(name) for name in names]
+
+    async def control(self, order: Control) -> None:
+        payload = orjson.dumps({"action": order.action, "user": order.user, "room": order.room})
+        await self._call("control", self._client.publish(CONTROL_CHANNEL, payload))
+
+    async def ban(self, room: str, user: str, seconds: float | None) -> None:
+        expiry = None if seconds is None else max(1, math.ceil(seconds * 1000))
+        await self._call("ban", self._client.set(_ban_key(room, user), b"1", px=expiry))
+
+    async def unban(self, room: str, user: str) -> bool:
+        return bool(await self._call("unban", self._client.delete(_ban_key(room, user))))
+
+    async def banned(self, room: str, user: str) -> bool:
+        return bool(await self._call("banned", self._client.exists(_ban_key(room, user))))
+
+
+def _ban_key(room: str, user: str) -> str:
+    return f"{prefix(room)}ban:{user}"
 
 
 def _room_keys(room: str, *names: str) -> list[str]:

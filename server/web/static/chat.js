@@ -4,7 +4,7 @@
 import { reconnectDelay } from "./backoff.js";
 import { messageProblem, utf8Bytes } from "./limits.js";
 import { nameProblem, rememberName, storedName, trimName } from "./names.js";
-import { rememberToken, storedToken, tokenProblem } from "./tokens.js";
+import { rememberToken, storedToken, tokenProblem, tokenRoles } from "./tokens.js";
 
 // Reconnect attempts in a row before "offline" and a button: about five minutes (once at the
 // 30 s ceiling, an attempt waits 15 s on average).
@@ -36,6 +36,14 @@ const sendButton = $("send");
 const room = chat.dataset.room;
 const tokenMode = chat.dataset.auth === "token"; // the server names us from a signed token
 const TOKEN_EXPIRED = 4001; // close code: the token reached its exp
+// Close codes 4500-4999: the server (its API or a moderator) ended this page's stay; the page
+// says why and does not reconnect by itself (docs/api.md, "Close codes").
+const ENDED = {
+  4500: "You were disconnected by the server.",
+  4501: "You were removed from this room by a moderator.",
+  4502: "You are banned from this room for now.",
+};
+const BAN_SECONDS = 3600; // how long a moderator's ban from the online list lasts
 const pageId = Math.random().toString(36).slice(2, 10);
 const state = {
   user: "",
@@ -61,6 +69,7 @@ const state = {
   members: 0,
   online: new Set(), // names shown in the online list
   seenOwnJoin: false, // presence events before our own join are already in the welcome
+  moderator: false, // the token claims the role "mod": delete any message, kick, ban
 };
 
 function el(tag, className, text) {
@@ -120,9 +129,40 @@ function setStatus(name, label = name) {
   if (name === "online") scheduleResend(0);
 }
 
+// A request to the server about another member or message (docs/protocol.md, "Moderation
+// requests"); the server checks the page's roles again.
+function moderate(frame) {
+  const socket = state.socket;
+  if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(frame));
+}
+
+function actionButton(label, title, onClick) {
+  const button = el("button", "mod-action", label);
+  button.type = "button";
+  button.title = title;
+  button.addEventListener("click", onClick);
+  return button;
+}
+
+function onlineItem(name) {
+  const item = el("li", name === state.user ? "me" : "");
+  item.append(el("span", "name", name));
+  if (state.moderator && name !== state.user) {
+    item.append(
+      actionButton("kick", `Remove ${name} from this room`, () =>
+        moderate({ type: "kick", user: name }),
+      ),
+      actionButton("ban", `Ban ${name} from this room for an hour`, () =>
+        moderate({ type: "ban", user: name, duration: BAN_SECONDS }),
+      ),
+    );
+  }
+  return item;
+}
+
 function renderOnline() {
   const names = [...state.online].sort((a, b) => a.localeCompare(b));
-  const items = names.map((name) => el("li", name === state.user ? "me" : "", name));
+  const items = names.map(onlineItem);
   onlineList.replaceChildren(...items);
   const more = state.members - names.length;
   onlineMore.textContent = more > 0 ? `and ${more} more` : "";
@@ -151,8 +191,23 @@ function showMessage(ev) {
   state.unconfirmed.delete(ev.id);
   const item = el("li", state.mine.has(ev.id) ? "msg own" : "msg");
   item.dataset.seq = String(ev.seq);
-  item.append(meta(ev.user, ev.ts), el("div", "text", ev.text));
+  item.append(meta(ev.user, ev.ts, ev.server ? "server" : ""), el("div", "text", ev.text));
+  const ownByName = tokenMode && ev.user === state.user && !ev.server;
+  if (state.moderator || ownByName) {
+    const seq = ev.seq;
+    const remove = () => moderate({ type: "delete", seq });
+    item.append(actionButton("delete", "Delete this message", remove));
+  }
   append(item);
+}
+
+// A message left the room's history: "message deleted" in its place.
+function onDeleted(ev) {
+  const item = log.querySelector(`li[data-seq="${Number(ev.seq)}"]`);
+  if (!item) return;
+  item.classList.add("deleted");
+  item.querySelector(".text").textContent = "message deleted";
+  item.querySelector(".mod-action")?.remove();
 }
 
 function showCommand(id, text) {
@@ -342,6 +397,9 @@ function handle(ev) {
     case "bot":
       showBot(ev);
       break;
+    case "deleted":
+      onDeleted(ev);
+      break;
     case "error":
       showError(ev);
       break;
@@ -396,6 +454,8 @@ function onClose(socket, event, opened) {
   if (event.code === TOKEN_EXPIRED || (tokenMode && tokenProblem(state.token))) {
     clearTimers();
     askName("", "Your token has expired: paste a new one to reconnect.");
+  } else if (ENDED[event.code] || (event.code >= 4500 && event.code <= 4999)) {
+    goOffline(ENDED[event.code] || `The server ended the connection: ${event.reason}.`);
   } else if (event.code === 1008) {
     goOffline(`The server closed the connection: ${event.reason || "policy violation"}.`);
   } else if (!navigator.onLine) {
@@ -553,6 +613,7 @@ textInput.addEventListener("input", updateSend);
 
 function startWithToken(token) {
   state.token = token;
+  state.moderator = tokenRoles(token).includes("mod");
   rememberToken(token);
   nameForm.hidden = true;
   composer.hidden = false;

@@ -28,6 +28,13 @@ export function tokenProblem(token) {
   return "";
 }
 
+/** The roles a token claims (its `roles` list of strings), for what the page offers; the
+ * server checks them again on every request. */
+export function tokenRoles(token) {
+  const roles = claims(token)?.roles;
+  return Array.isArray(roles) ? roles.filter((role) => typeof role === "string") : [];
+}
+
 export function storedToken() {
   try {
     return sessionStorage.getItem(TOKEN_KEY) || "";
