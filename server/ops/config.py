@@ -108,6 +108,9 @@ class Settings:
     presence_ttl: float = _setting(
         15.0, "seconds a crashed instance's members keep being counted (Redis broker)"
     )
+    redis_batch_window: int = _setting(
+        100, "microseconds the Redis broker gathers operations into one pipeline (0: none)"
+    )
     workers: int = _setting(1, "server processes sharing the port (more than 1 needs Redis)")
     metrics_port: int = _setting(
         0, "worker i serves /metrics on this port + i (0: /metrics on the serving port only)"
@@ -165,6 +168,13 @@ def _fanout_interval(raw: str) -> float:
     value = _float(raw)
     if value > 1:
         raise ValueError("must be at most 1 (second)")
+    return value
+
+
+def _batch_window(raw: str) -> int:
+    value = _int(raw)
+    if value > 100_000:
+        raise ValueError("must be at most 100000 (microseconds)")
     return value
 
 
@@ -267,6 +277,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "token_public_key": _text,
     "broker": _broker,
     "presence_ttl": _positive_float,
+    "redis_batch_window": _batch_window,
     "workers": _positive_int,
     "metrics_port": _port,
 }
