@@ -64,7 +64,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ...ops import metrics
-from ...wire.protocol import ChatMessage, message_event, presence_event
+from ...wire.protocol import MAX_USER, ChatMessage, message_event, presence_event
 from .. import names as member_names
 from ..names import SUFFIX_LIMIT, name_key, new_epoch, suffixed
 from . import MESSAGE_PREFIX, BrokerUnavailable, Event, Refused, Sink, Welcome
@@ -161,27 +161,38 @@ return out
 # KEYS: seq, history, instances, users, tokens, rooms, epoch.
 # ARGV: prefix, room, instance, token, ttl, event tail (after members), published, channel,
 #       since, epoch the joiner saw, a fresh epoch, instance channel, online limit,
-#       retention, then candidate name key, JSON name pairs in order of preference.
+#       retention, then the candidate names in order of preference as quadruples: name key,
+#       JSON name, first and last n (0, 0: the name itself; else the names with the suffixes
+#       -first .. -last). The last quadruple's name is taken when every candidate is.
 JOIN = (
     _COMMON
     + """
 local ids = redis.call('SMEMBERS', KEYS[3])
-local chosen = #ARGV - 1
-for i = 15, #ARGV, 2 do
-  local taken = redis.call('HEXISTS', KEYS[4], ARGV[i]) == 1
+local function taken(key)
+  if redis.call('HEXISTS', KEYS[4], key) == 1 then return true end
   for _, id in ipairs(ids) do
-    if not taken and redis.call('HEXISTS', ARGV[1] .. 'users:' .. id, ARGV[i]) == 1 then
-      taken = true
+    if redis.call('HEXISTS', ARGV[1] .. 'users:' .. id, key) == 1 then return true end
+  end
+  return false
+end
+local chosen, name = ARGV[#ARGV - 3], ARGV[#ARGV - 2]
+local found = false
+for i = 15, #ARGV, 4 do
+  for n = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]) do
+    local key, json = ARGV[i], ARGV[i + 1]
+    if n > 0 then
+      key = key .. '-' .. n
+      json = string.sub(json, 1, -2) .. '-' .. n .. '"'
+    end
+    if not taken(key) then
+      chosen, name, found = key, json, true
+      break
     end
   end
-  if not taken then
-    chosen = i
-    break
-  end
+  if found then break end
 end
-local name = ARGV[chosen + 1]
-redis.call('HSET', KEYS[4], ARGV[chosen], name)
-redis.call('HSET', KEYS[5], ARGV[4], ARGV[chosen])
+redis.call('HSET', KEYS[4], chosen, name)
+redis.call('HSET', KEYS[5], ARGV[4], chosen)
 redis.call('EXPIRE', KEYS[4], ARGV[5])
 redis.call('EXPIRE', KEYS[5], ARGV[5])
 redis.call('SADD', KEYS[3], ARGV[3])
@@ -614,9 +625,7 @@ class RedisBroker:
             if sink is not None:
                 sink(Refused(token=token))
 
-        # As names.free_name: the name asked for, -2 .. -SUFFIX_LIMIT, then a random one.
-        names = [user, *(suffixed(user, n) for n in range(2, SUFFIX_LIMIT + 2))]
-        candidates = [item for name in names for item in (name_key(name), orjson.dumps(name))]
+        candidates = _candidates(user)
         tail = presence_event("join", "", 0).partition(b'"members":0')[2]
         self._enqueue(
             _Op(
@@ -759,10 +768,14 @@ class RedisBroker:
                 await asyncio.sleep(self.batch_window)
             self._queued.clear()
             while self._queue:
-                ops = list(self._queue)
-                self._queue.clear()
-                await self._send(ops)
+                # Not held in a local: a batch's operations are freed once it is sent.
+                await self._send(self._take())
             self._idle.set()
+
+    def _take(self) -> list[_Op]:
+        ops = list(self._queue)
+        self._queue.clear()
+        return ops
 
     async def _send(self, ops: list[_Op]) -> None:
         started = time.perf_counter()
@@ -847,6 +860,26 @@ class RedisBroker:
             raise BrokerUnavailable("redis is unavailable") from None
         rooms = [(flat[i].decode(), int(flat[i + 1])) for i in range(0, len(flat), 2)]
         return sorted(rooms, key=lambda room: (-room[1], room[0]))
+
+
+def _candidates(user: str) -> list[object]:
+    """The JOIN script's candidate names for ``user``, as names.free_name tries them: the
+    name asked for, ``-2`` .. ``-SUFFIX_LIMIT``, then a random one. The numbered names go as
+    one quadruple per suffix length (the name is cut to fit ``MAX_USER`` with its suffix),
+    ``(key, JSON, first, last)``, and the script appends ``-n`` to both: ``-`` and digits
+    are left alone by NFKC and case folding and need no JSON escape, so the key and JSON of
+    ``base-n`` are those of ``base`` with ``-n`` appended. About 0.3 KB per join instead
+    of the 30 KB that a pair per candidate took."""
+    out: list[object] = [name_key(user), orjson.dumps(user), 0, 0]
+    first = 2
+    while first <= SUFFIX_LIMIT:
+        digits = len(str(first))
+        last = min(SUFFIX_LIMIT, 10**digits - 1)
+        base = user[: MAX_USER - 1 - digits]
+        out += [name_key(base), orjson.dumps(base), first, last]
+        first = last + 1
+    fallback = suffixed(user, SUFFIX_LIMIT + 1)
+    return [*out, name_key(fallback), orjson.dumps(fallback), 0, 0]
 
 
 def _room_keys(room: str, *names: str) -> list[str]:
