@@ -540,9 +540,19 @@ class RedisBroker:
             delay = min(delay * 2, MAX_BACKOFF)
 
     async def _read(self, pubsub: aioredis.client.PubSub) -> None:
-        """Hand every pub/sub message to its room; raises when the connection is lost."""
+        """Hand every pub/sub message to its room; raises when the connection is lost.
+
+        Reads the pub/sub connection's replies itself (``read_response`` with no timeout, as
+        ``PubSub.parse_response(block=True)`` does) without the retry and health-check layer
+        around each: the broker has no retries and no health checks (``_subscriber``
+        reconnects), and that layer was half the cost of a message read."""
+        conn = pubsub.connection
+        if conn is None:
+            raise BrokerUnavailable("no pub/sub connection")
         while True:
-            message = await pubsub.parse_response(block=True)
+            message = await conn.read_response(
+                timeout=math.inf, disconnect_on_error=False, push_request=True
+            )
             if message is None:
                 continue
             kind, name = message[0], message[1]
