@@ -635,7 +635,7 @@ class RedisBroker:
             if sink is not None:
                 sink(Refused(token=token))
 
-        candidates = _candidates(user)
+        candidates = candidate_names(user)
         tail = presence_event("join", "", 0).partition(b'"members":0')[2]
         self._enqueue(
             _Op(
@@ -872,7 +872,7 @@ class RedisBroker:
         return sorted(rooms, key=lambda room: (-room[1], room[0]))
 
 
-def _candidates(user: str) -> list[object]:
+def candidate_names(user: str) -> list[object]:
     """The JOIN script's candidate names for ``user``, as names.free_name tries them: the
     name asked for, ``-2`` .. ``-SUFFIX_LIMIT``, then a random one. The numbered names go as
     one quadruple per suffix length (the name is cut to fit ``MAX_USER`` with its suffix),
