@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 import redis
 from aiohttp.test_utils import TestClient
 
 from server.ops.config import Settings
-from server.rooms.broker.redis import RedisBroker
+from server.rooms.broker.redis import RedisBroker, candidate_names
+from server.rooms.names import SUFFIX_LIMIT, name_key, suffixed
 from server.web.app import create_app
 from tests.chat import UPGRADE_HEADERS, Client, sample, settings, wait_until
 from tests.support.k6 import SCENARIOS, run_k6
@@ -399,3 +401,18 @@ def test_a_rooms_keys_are_kept_for_the_room_grace_or_the_presence_ttl_if_longer(
 
 def broker_retention(presence_ttl: float, room_grace: float) -> int:
     return RedisBroker("redis://127.0.0.1:1/0", 50, presence_ttl, room_grace).retention
+
+
+@pytest.mark.parametrize("user", ["bob", "x" * 32, "a" * 30, "ÅNGSTRÖM" + "ﬁ" * 20, "İstanbul"])
+def test_a_joins_candidate_ranges_expand_to_the_names_free_name_tries(user: str) -> None:
+    wanted = [user, *(suffixed(user, n) for n in range(2, SUFFIX_LIMIT + 1))]
+    quads = candidate_names(user)
+    expanded = []
+    for i in range(0, len(quads) - 4, 4):
+        key, json, first, last = quads[i : i + 4]
+        assert isinstance(key, str) and isinstance(json, bytes)
+        assert isinstance(first, int) and isinstance(last, int)
+        for n in range(first, last + 1):
+            suffix = f"-{n}" if n else ""
+            expanded.append((key + suffix, json[:-1] + suffix.encode() + json[-1:]))
+    assert expanded == [(name_key(name), orjson.dumps(name)) for name in wanted]

@@ -129,6 +129,9 @@ class Settings:
     api_max_body: int = _setting(
         64 * 1024, "bytes; a bigger server API request body is refused with 413"
     )
+    redis_batch_window: int = _setting(
+        100, "microseconds the Redis broker gathers operations into one pipeline (0: none)"
+    )
     workers: int = _setting(1, "server processes sharing the port (more than 1 needs Redis)")
     metrics_port: int = _setting(
         0, "worker i serves /metrics on this port + i (0: /metrics on the serving port only)"
@@ -186,6 +189,13 @@ def _fanout_interval(raw: str) -> float:
     value = _float(raw)
     if value > 1:
         raise ValueError("must be at most 1 (second)")
+    return value
+
+
+def _batch_window(raw: str) -> int:
+    value = _int(raw)
+    if value > 100_000:
+        raise ValueError("must be at most 100000 (microseconds)")
     return value
 
 
@@ -305,6 +315,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "presence_ttl": _positive_float,
     "api_key": _api_key,
     "api_max_body": _positive_int,
+    "redis_batch_window": _batch_window,
     "workers": _positive_int,
     "metrics_port": _port,
 }

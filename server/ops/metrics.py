@@ -8,11 +8,19 @@ registers with :func:`set_scrape_sources`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import math
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from ..wire.api import ERRORS, METHODS
 from ..wire.protocol import CloseReason
@@ -52,6 +60,94 @@ FAST_BUCKETS = (
 BOT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 RECIPIENT_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
+
+class HotCounter:
+    """A counter on the message path: a plain int (the event loop is one thread, so no lock)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+class HotCounters:
+    """A counter family with one label: a :class:`HotCounter` per value, bound up front."""
+
+    def __init__(self, name: str, documentation: str, label: str, values: Iterable[str]) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self.children = {value: HotCounter() for value in values}
+
+    def labels(self, value: str) -> HotCounter:
+        """The counter of ``value`` (KeyError for a value not declared)."""
+        return self.children[value]
+
+
+class HotHistogram:
+    """A histogram on the message path: one count per bucket (a bisect, no lock), made
+    cumulative at scrape time. ``buckets`` are upper bounds (``le``), ascending."""
+
+    __slots__ = ("bounds", "counts", "documentation", "name", "total")
+
+    def __init__(self, name: str, documentation: str, buckets: Iterable[float]) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = tuple(float(bound) for bound in buckets)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+
+class HotMetrics(Collector):
+    """Exports every :class:`HotCounter`, :class:`HotCounters` and :class:`HotHistogram` made
+    through it, as prometheus_client's own types would (same names, HELP, types, ``le``)."""
+
+    def __init__(self) -> None:
+        self.counters: list[tuple[str, str, HotCounter]] = []
+        self.families: list[HotCounters] = []
+        self.histograms: list[HotHistogram] = []
+
+    def counter(self, name: str, documentation: str) -> HotCounter:
+        counter = HotCounter()
+        self.counters.append((name, documentation, counter))
+        return counter
+
+    def labelled(
+        self, name: str, documentation: str, label: str, values: Iterable[str]
+    ) -> HotCounters:
+        family = HotCounters(name, documentation, label, values)
+        self.families.append(family)
+        return family
+
+    def histogram(self, name: str, documentation: str, buckets: Iterable[float]) -> HotHistogram:
+        histogram = HotHistogram(name, documentation, buckets)
+        self.histograms.append(histogram)
+        return histogram
+
+    def collect(self) -> Iterator[Metric]:
+        for name, documentation, counter in self.counters:
+            yield CounterMetricFamily(name, documentation, value=counter.value)
+        for family in self.families:
+            metric = CounterMetricFamily(family.name, family.documentation, labels=[family.label])
+            for value, child in family.children.items():
+                metric.add_metric([value], child.value)
+            yield metric
+        for histogram in self.histograms:
+            running, buckets = 0, []
+            for bound, count in zip((*histogram.bounds, math.inf), histogram.counts, strict=True):
+                running += count
+                buckets.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]  # prometheus_client: not annotated
+            yield HistogramMetricFamily(
+                histogram.name, histogram.documentation, buckets=buckets, sum_value=histogram.total
+            )
+
+
+HOT = HotMetrics()
+
 CONNECTIONS = Gauge("chat_connections", "Open WebSocket connections.")
 ROOMS = Gauge("chat_rooms", "Rooms with a running hub.")
 CONNECTIONS_OPENED = Counter("chat_connections_opened", "Successful WebSocket upgrades.")
@@ -68,17 +164,19 @@ HANDSHAKE_TIMEOUTS = Counter(
     "Connections closed because their first request header was not complete within "
     "ROOMHUB_HANDSHAKE_TIMEOUT seconds of connecting (nothing sent counts too).",
 )
-MESSAGES_RECEIVED = Counter("chat_messages_received", "Client frames received, by kind.", ["kind"])
-EVENTS_DELIVERED = Counter(
+MESSAGES_RECEIVED = HOT.labelled(
+    "chat_messages_received", "Client frames received, by kind.", "kind", MESSAGE_KINDS
+)
+EVENTS_DELIVERED = HOT.counter(
     "chat_events_delivered", "Events handed to recipients (one per event per recipient)."
 )
-FRAMES_SENT = Counter("chat_frames_sent", "WebSocket frames written to clients.")
-BROADCAST_FANOUT = Histogram(
+FRAMES_SENT = HOT.counter("chat_frames_sent", "WebSocket frames written to clients.")
+BROADCAST_FANOUT = HOT.histogram(
     "chat_broadcast_fanout_seconds",
     "Time to hand one event (or one batch) to every member of its room.",
     buckets=FAST_BUCKETS,
 )
-BROADCAST_RECIPIENTS = Histogram(
+BROADCAST_RECIPIENTS = HOT.histogram(
     "chat_broadcast_recipients", "Members per broadcast.", buckets=RECIPIENT_BUCKETS
 )
 HUB_QUEUE_DEPTH = Gauge("chat_hub_queue_depth", "Events waiting in hub inboxes (all rooms).")
@@ -106,12 +204,12 @@ HEAP_BYTES = Gauge(
     "C heap (glibc malloc): bytes in use, and bytes kept free but not given back.",
     ["state"],
 )
-BROKER_PUBLISH = Histogram(
+BROKER_PUBLISH = HOT.histogram(
     "chat_broker_publish_seconds",
     "Broker operation handed to Redis to its reply (one pipelined batch, per operation).",
     buckets=FAST_BUCKETS,
 )
-BROKER_LAG = Histogram(
+BROKER_LAG = HOT.histogram(
     "chat_broker_lag_seconds",
     "Message or bot reply handed to the broker (any instance) to its fan-out on this one.",
     buckets=FAST_BUCKETS,
@@ -170,6 +268,7 @@ class BrokerLink(Collector):
 
 BROKER_LINK = BrokerLink()
 REGISTRY.register(BROKER_LINK)
+REGISTRY.register(HOT)
 
 if heap.AVAILABLE:
     for _state in HEAP_STATES:
@@ -180,8 +279,6 @@ for _reason in CLOSE_REASONS:
     CONNECTIONS_CLOSED.labels(_reason)
 for _reason in REJECT_REASONS:
     HANDSHAKES_REJECTED.labels(_reason)
-for _kind in MESSAGE_KINDS:
-    MESSAGES_RECEIVED.labels(_kind)
 for _result in BOT_RESULTS:
     BOT_COMMANDS.labels(_result)
 for _operation in BROKER_OPERATIONS:

@@ -43,6 +43,10 @@ log = logging.getLogger("roomhub.views")
 ABUSE_STRIKES = 20
 """Frames refused in a row by the rate limiter before the connection is closed with 1008."""
 
+RECEIVED_MESSAGES = metrics.MESSAGES_RECEIVED.labels("message")
+RECEIVED_COMMANDS = metrics.MESSAGES_RECEIVED.labels("command")
+RECEIVED_INVALID = metrics.MESSAGES_RECEIVED.labels("invalid")
+
 ROUTINE_CLOSES = frozenset({CloseReason.NORMAL, CloseReason.CLIENT_GONE})
 """Ends logged at debug only, like every connection's opening: the client closed or went away.
 The server's own closes (a fault, a shutdown) are logged at info."""
@@ -93,13 +97,13 @@ class RoomDispatcher:
         if symbol is None:
             answer = help_reply(msg.text)
             if answer is None:
-                metrics.MESSAGES_RECEIVED.labels("message").inc()
+                RECEIVED_MESSAGES.inc()
                 hubs.post(conn.room, Say(conn, msg))
             else:  # /help or an unknown command: answered to the sender only
-                metrics.MESSAGES_RECEIVED.labels("command").inc()
+                RECEIVED_COMMANDS.inc()
                 conn.send_event(bot_event(bot.name, answer.text, answer.ok, msg.id, conn.user))
             return
-        metrics.MESSAGES_RECEIVED.labels("command").inc()
+        RECEIVED_COMMANDS.inc()
         room = conn.room
 
         def deliver(reply: BotReply) -> bool:
@@ -178,7 +182,7 @@ class RoomDispatcher:
 
 
 def _on_invalid(conn: Connection, code: str, detail: str, reply_to: str | None = None) -> None:
-    metrics.MESSAGES_RECEIVED.labels("invalid").inc()
+    RECEIVED_INVALID.inc()
     conn.send_event(error_event(code, detail, reply_to))
 
 

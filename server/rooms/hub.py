@@ -22,7 +22,6 @@ the room starts afresh (a new epoch) on the next join. The single-hub baseline i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -118,7 +117,7 @@ class RoomHub:
     """
 
     __slots__ = (
-        "_wake",
+        "_waiter",
         "broker",
         "early",
         "epoch",
@@ -151,13 +150,16 @@ class RoomHub:
         self.pending: list[bytes] = []
         self.published: list[float] = []
         self.urgent = False
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
 
     def post(self, item: HubItem | Delivery) -> None:
         """Queue ``item`` (from a connection or the bot, or a delivery from the broker)."""
         self.inbox.append(item)
-        self._wake.set()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            _wake(waiter)
 
     async def run(self, grace: float, interval: float) -> None:
         """Subscribe, then serve the inbox until the room has had no connection for ``grace``
@@ -180,35 +182,39 @@ class RoomHub:
         while True:
             if not self.inbox:
                 if self.pending:
-                    due = last + presence_interval(interval, len(self.members))
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout_at(due):
-                            await self._wake.wait()
+                    await self._sleep(loop, last + presence_interval(interval, len(self.members)))
                 elif self.tokens:
-                    await self._wake.wait()
+                    await self._sleep(loop, None)
                 else:
                     # A room that never had a message keeps nothing worth a grace period,
                     # and must not hold a slot under ROOMHUB_MAX_ROOMS for one.
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(grace if self.seq else 0):
-                            await self._wake.wait()
+                    await self._sleep(loop, loop.time() + (grace if self.seq else 0))
                     if not self.inbox and not self.tokens:
                         return
             if self.inbox:
                 wait = last + message_interval(interval, len(self.members)) - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                self._wake.clear()
                 self._collect()
-                if not self.inbox:
-                    # What the in-process broker handed back was collected too.
-                    self._wake.clear()
             now = loop.time()
             if self.pending and (
                 self.urgent or now >= last + presence_interval(interval, len(self.members))
             ):
                 self._flush()
                 last = now
+
+    async def _sleep(self, loop: asyncio.AbstractEventLoop, until: float | None) -> None:
+        """Wait until something is posted or the loop's clock reaches ``until`` (None: no
+        limit). A post wakes the hub through a future made only while it sleeps, with no
+        timeout context: the cheapest wake-up asyncio has."""
+        waiter = self._waiter = loop.create_future()
+        timer = None if until is None else loop.call_at(until, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     def _flush(self) -> None:
         fan_out(self.members, self.pending, self.max_frame_size)
@@ -335,6 +341,11 @@ class RoomHub:
         for token in self.tokens.values():
             self.broker.leave(self.name, token)
         self.tokens.clear()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class ShardedHubs:

@@ -98,7 +98,11 @@ async def broker_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     broker = (
         RedisBroker(
-            settings.broker, settings.history_size, settings.presence_ttl, settings.room_grace
+            settings.broker,
+            settings.history_size,
+            settings.presence_ttl,
+            settings.room_grace,
+            settings.redis_batch_window / 1e6,
         )
         if settings.redis
         else MemoryBroker(settings.history_size)

@@ -12,9 +12,12 @@ Keys of room ``R`` (the ``{R}`` hash tag keeps a room's keys together):
   ``roomhub:{R}:instances`` lists the instances that may hold entries; ``roomhub:rooms``
   ranks rooms by members;
 * the epoch, seq, history and instances keys expire ``retention`` seconds after the room was
-  last used: every script that touches the room (a message, join, leave, catch-up, and the
-  presence refresh while an instance has members there) sets them to expire again, so an
-  abandoned room's keys vanish and its next join makes a new epoch;
+  last used: every script that touches the room (a join, leave, catch-up, and the presence
+  refresh while an instance has members there) sets them to expire again, so an
+  abandoned room's keys vanish and its next join makes a new epoch. A message only gives
+  the seq and history keys an expiry when it creates them: it comes from a member, whose
+  instance's refresh renews the room's keys, and three EXPIREs cost Redis about a third of
+  the message script;
 * channel ``roomhub:{R}`` carries R's events; ``roomhub:instance:<instance>`` carries the
   welcomes meant for one instance; ``roomhub:control`` carries the server API's
   :class:`~server.rooms.broker.Control` orders (JSON ``{"action", "user", "room"}``) to every
@@ -62,10 +65,11 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ...ops import metrics
 from ...wire.protocol import (
+    MAX_USER,
     ChatMessage,
     deleted_event,
     message_event,
@@ -101,6 +105,8 @@ CLOSE_DRAIN = 2.0
 """Seconds :meth:`RedisBroker.close` waits for queued operations (the last leaves)."""
 ROOMS_KEY = "roomhub:rooms"
 CONTROL_CHANNEL = "roomhub:control"
+SAY_BATCH = 64
+"""Most messages one SAY call carries (Redis runs nothing else while a script runs)."""
 
 # Shared by the scripts: ARGV[1] is always the room's key prefix.
 _COMMON = """
@@ -152,16 +158,28 @@ local function welcome(keys, token, room, members, since, seen, fresh, name, cha
 end
 """
 
-# KEYS: seq, history, epoch. ARGV: event tail (after the seq), history size, channel,
-# published, retention.
+# KEYS: seq and history of each message. ARGV: channel, event tail (after the seq) and
+# published of each message, then the history size and the retention. Several messages (of
+# any rooms) share one call: Redis spends about as much on a script call as on the commands
+# in it. Only a key this script creates gets its expiry here: a message comes from a member,
+# so the presence refresh of the member's instance renews the room's keys (``keep``).
 SAY = """
-local seq = redis.call('INCR', KEYS[1])
-local ev = '{"type":"message","seq":' .. seq .. ARGV[1]
-redis.call('RPUSH', KEYS[2], ev)
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
-redis.call('PUBLISH', ARGV[3], 'm ' .. seq .. ' ' .. ARGV[4] .. ' ' .. ev)
-return seq
+local size, ttl = tonumber(ARGV[#ARGV - 1]), ARGV[#ARGV]
+local out = {}
+for m = 1, #KEYS / 2 do
+  local seq = redis.call('INCR', KEYS[2 * m - 1])
+  if seq == 1 then redis.call('EXPIRE', KEYS[2 * m - 1], ttl) end
+  local ev = '{"type":"message","seq":' .. seq .. ARGV[3 * m - 1]
+  local n = redis.call('RPUSH', KEYS[2 * m], ev)
+  if n == 1 then
+    redis.call('EXPIRE', KEYS[2 * m], ttl)
+  elseif n > size then
+    redis.call('LTRIM', KEYS[2 * m], -size, -1)
+  end
+  redis.call('PUBLISH', ARGV[3 * m - 2], 'm ' .. seq .. ' ' .. ARGV[3 * m] .. ' ' .. ev)
+  out[m] = seq
+end
+return out
 """
 
 # KEYS: history. ARGV: the message's prefix up to its seq and comma, channel, published,
@@ -191,27 +209,38 @@ return out
 # KEYS: seq, history, instances, users, tokens, rooms, epoch.
 # ARGV: prefix, room, instance, token, ttl, event tail (after members), published, channel,
 #       since, epoch the joiner saw, a fresh epoch, instance channel, online limit,
-#       retention, then candidate name key, JSON name pairs in order of preference.
+#       retention, then the candidate names in order of preference as quadruples: name key,
+#       JSON name, first and last n (0, 0: the name itself; else the names with the suffixes
+#       -first .. -last). The last quadruple's name is taken when every candidate is.
 JOIN = (
     _COMMON
     + """
 local ids = redis.call('SMEMBERS', KEYS[3])
-local chosen = #ARGV - 1
-for i = 15, #ARGV, 2 do
-  local taken = redis.call('HEXISTS', KEYS[4], ARGV[i]) == 1
+local function taken(key)
+  if redis.call('HEXISTS', KEYS[4], key) == 1 then return true end
   for _, id in ipairs(ids) do
-    if not taken and redis.call('HEXISTS', ARGV[1] .. 'users:' .. id, ARGV[i]) == 1 then
-      taken = true
+    if redis.call('HEXISTS', ARGV[1] .. 'users:' .. id, key) == 1 then return true end
+  end
+  return false
+end
+local chosen, name = ARGV[#ARGV - 3], ARGV[#ARGV - 2]
+local found = false
+for i = 15, #ARGV, 4 do
+  for n = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]) do
+    local key, json = ARGV[i], ARGV[i + 1]
+    if n > 0 then
+      key = key .. '-' .. n
+      json = string.sub(json, 1, -2) .. '-' .. n .. '"'
+    end
+    if not taken(key) then
+      chosen, name, found = key, json, true
+      break
     end
   end
-  if not taken then
-    chosen = i
-    break
-  end
+  if found then break end
 end
-local name = ARGV[chosen + 1]
-redis.call('HSET', KEYS[4], ARGV[chosen], name)
-redis.call('HSET', KEYS[5], ARGV[4], ARGV[chosen])
+redis.call('HSET', KEYS[4], chosen, name)
+redis.call('HSET', KEYS[5], ARGV[4], chosen)
 redis.call('EXPIRE', KEYS[4], ARGV[5])
 redis.call('EXPIRE', KEYS[5], ARGV[5])
 redis.call('SADD', KEYS[3], ARGV[3])
@@ -320,9 +349,33 @@ CHANNEL_HEAD = len("roomhub:{")
 CONTROL_BYTES = CONTROL_CHANNEL.encode()
 
 
+def _encode(value: object) -> bytes:
+    """One argument as redis-py's ``Encoder`` writes it: bytes as they are, str as UTF-8,
+    int and float by ``repr``."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return repr(value).encode()
+    raise TypeError(f"cannot send {type(value).__name__} to redis")
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def pack(*args: object) -> bytes:
+    """One command in RESP (an array of bulk strings), as redis-py's ``pack_command`` makes it."""
+    return b"*%d\r\n" % len(args) + b"".join([_bulk(_encode(arg)) for arg in args])
+
+
 @dataclass(slots=True)
 class _Op:
-    """One queued operation: a script call, or a plain command when ``script`` is None."""
+    """One queued operation: a script call, or a plain command when ``script`` is None;
+    ``packed`` holds its RESP bytes once made (:meth:`wire`). A message has ``say`` instead:
+    the RESP bytes of its keys and of its arguments in the SAY script, which takes several
+    messages per call."""
 
     kind: str  # metrics.BROKER_OPERATIONS
     script: AsyncScript | None
@@ -330,6 +383,19 @@ class _Op:
     args: list[object]
     failed: Callable[[], None] | None = None
     command: tuple[object, ...] = field(default=())
+    packed: bytes = b""
+    say: tuple[bytes, bytes] | None = None
+
+    def wire(self) -> bytes:
+        """The operation's RESP bytes (EVALSHA for a script)."""
+        if not self.packed:
+            if self.script is None:
+                self.packed = pack(*self.command)
+            else:
+                self.packed = pack(
+                    "EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args
+                )
+        return self.packed
 
 
 class RedisBroker:
@@ -338,11 +404,21 @@ class RedisBroker:
     ``url``: ``redis://`` or ``rediss://`` (redis-py's URL syntax); ``history_size``: messages
     kept per room; ``presence_ttl``: seconds an instance's presence outlives its last refresh
     (refreshed every third of it); ``retention``: seconds a room's keys outlive its last use,
-    at least ``presence_ttl`` so the refresh keeps a room in use alive.
+    at least ``presence_ttl`` so the refresh keeps a room in use alive; ``batch_window``:
+    seconds the publisher waits after an operation is queued so that those queued meanwhile
+    leave in the same pipeline (0: none beyond what waits when it runs).
     """
 
-    def __init__(self, url: str, history_size: int, presence_ttl: float, retention: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        history_size: int,
+        presence_ttl: float,
+        retention: float,
+        batch_window: float = 0.0,
+    ) -> None:
         self.url = url
+        self.batch_window = batch_window
         self.history_size = history_size
         self.presence_ttl = max(1, round(presence_ttl))
         self.retention = max(self.presence_ttl, math.ceil(retention))
@@ -369,6 +445,9 @@ class RedisBroker:
         }
         self._control: ControlSink | None = None
         self._sinks: dict[str, Sink] = {}
+        # room -> the RESP bytes of its seq and history keys, and of its channel (SAY).
+        self._say_parts: dict[str, tuple[bytes, bytes]] = {}
+        self._say_tail = _bulk(_encode(history_size)) + _bulk(_encode(self.retention))
         # room -> join token -> (name key, JSON name) of the members here; joins in flight.
         self._local: dict[str, dict[int, tuple[str, bytes]]] = {}
         self._joining: dict[int, str] = {}
@@ -426,6 +505,7 @@ class RedisBroker:
         if self._sinks.get(room) != sink:
             return
         del self._sinks[room]
+        self._say_parts.pop(room, None)
         pubsub = self._pubsub
         if pubsub is not None and self._up:
             task = asyncio.create_task(self._unsubscribe(pubsub, room))
@@ -514,9 +594,19 @@ class RedisBroker:
             delay = min(delay * 2, MAX_BACKOFF)
 
     async def _read(self, pubsub: aioredis.client.PubSub) -> None:
-        """Hand every pub/sub message to its room; raises when the connection is lost."""
+        """Hand every pub/sub message to its room; raises when the connection is lost.
+
+        Reads the pub/sub connection's replies itself (``read_response`` with no timeout, as
+        ``PubSub.parse_response(block=True)`` does) without the retry and health-check layer
+        around each: the broker has no retries and no health checks (``_subscriber``
+        reconnects), and that layer was half the cost of a message read."""
+        conn = pubsub.connection
+        if conn is None:
+            raise BrokerUnavailable("no pub/sub connection")
         while True:
-            message = await pubsub.parse_response(block=True)
+            message = await conn.read_response(
+                timeout=math.inf, disconnect_on_error=False, push_request=True
+            )
             if message is None:
                 continue
             kind, name = message[0], message[1]
@@ -602,9 +692,7 @@ class RedisBroker:
             if sink is not None:
                 sink(Refused(token=token))
 
-        # As names.free_name: the name asked for, -2 .. -SUFFIX_LIMIT, then a random one.
-        names = [user, *(suffixed(user, n) for n in range(2, SUFFIX_LIMIT + 2))]
-        candidates = [item for name in names for item in (name_key(name), orjson.dumps(name))]
+        candidates = candidate_names(user)
         tail = presence_event("join", "", 0).partition(b'"members":0')[2]
         self._enqueue(
             _Op(
@@ -671,15 +759,15 @@ class RedisBroker:
             if sink is not None:
                 sink(Refused(sender=sender, reply_to=msg.id))
 
-        self._enqueue(
-            _Op(
-                "message",
-                self._scripts["say"],
-                _room_keys(room, "seq", "history", "epoch"),
-                [tail, self.history_size, channel(room), repr(time.time()), self.retention],
-                failed,
+        parts = self._say_parts.get(room)
+        if parts is None:
+            keys = _room_keys(room, "seq", "history")
+            parts = self._say_parts[room] = (
+                b"".join([_bulk(key.encode()) for key in keys]),
+                _bulk(channel(room).encode()),
             )
-        )
+        args = parts[1] + _bulk(tail) + _bulk(repr(time.time()).encode())
+        self._enqueue(_Op("message", self._scripts["say"], [], [], failed, say=(parts[0], args)))
 
     def publish(self, room: str, event: bytes) -> None:
         payload = b"b 0 " + repr(time.time()).encode() + b" " + event
@@ -743,12 +831,18 @@ class RedisBroker:
         """Send queued operations in order, all that wait in one pipeline."""
         while True:
             await self._queued.wait()
+            if self.batch_window:
+                await asyncio.sleep(self.batch_window)
             self._queued.clear()
             while self._queue:
-                ops = list(self._queue)
-                self._queue.clear()
-                await self._send(ops)
+                # Not held in a local: a batch's operations are freed once it is sent.
+                await self._send(self._take())
             self._idle.set()
+
+    def _take(self) -> list[_Op]:
+        ops = list(self._queue)
+        self._queue.clear()
+        return ops
 
     async def _send(self, ops: list[_Op]) -> None:
         started = time.perf_counter()
@@ -770,13 +864,58 @@ class RedisBroker:
                 metrics.BROKER_PUBLISH.observe(elapsed)
 
     async def _execute(self, ops: list[_Op]) -> list[object]:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for op in ops:
-                if op.script is None:
-                    pipe.execute_command(*op.command)
-                else:
-                    pipe.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)  # type: ignore[arg-type]  # args: str, int, float
-            return await pipe.execute(raise_on_error=False)
+        """Send ``ops`` as one write of their RESP bytes on a pooled connection and read a
+        reply for each (an error reply as its exception), under one timeout for the whole
+        batch rather than one per reply (``timeout=math.inf``: none per read)."""
+        pool = self._client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py: not annotated
+        try:
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                wire, replies = self._pack(ops)
+                await conn.send_packed_command(wire, False)
+                results: list[object] = []
+                for count in replies:
+                    try:
+                        reply = await conn.read_response(timeout=math.inf)
+                    except ResponseError as exc:
+                        reply = exc
+                    results.extend([reply] * count)
+            return results
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+
+    def _pack(self, ops: list[_Op]) -> tuple[bytes, list[int]]:
+        """The RESP bytes of ``ops``, in order, and how many of them each reply answers:
+        a run of messages (up to ``SAY_BATCH``) is one SAY call, any other op one command."""
+        chunks: list[bytes] = []
+        replies: list[int] = []
+        start, end = 0, len(ops)
+        while start < end:
+            if ops[start].say is None:
+                chunks.append(ops[start].wire())
+                replies.append(1)
+                start += 1
+                continue
+            stop = start + 1
+            while stop < end and stop - start < SAY_BATCH and ops[stop].say is not None:
+                stop += 1
+            run = [op.say for op in ops[start:stop] if op.say is not None]
+            count = len(run)
+            chunks += [
+                b"*%d\r\n" % (3 + 5 * count + 2),
+                _bulk(b"EVALSHA"),
+                _bulk(self._scripts["say"].sha.encode()),
+                _bulk(b"%d" % (2 * count)),
+                *[keys for keys, _ in run],
+                *[args for _, args in run],
+                self._say_tail,
+            ]
+            replies.append(count)
+            start = stop
+        return b"".join(chunks), replies
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -817,16 +956,21 @@ class RedisBroker:
     async def publish_message(self, room: str, user: str, text: str, data: object | None) -> int:
         event = server_message_event(0, room, user, text, data, now_ms())
         tail = event[len(MESSAGE_PREFIX) + 1 :]
-        keys = _room_keys(room, "seq", "history", "epoch")
         args: list[bytes | str | int] = [
-            tail,
-            self.history_size,
             channel(room),
+            tail,
             repr(time.time()),
+            self.history_size,
             self.retention,
         ]
-        seq = await self._call("publish", self._scripts["say"](keys=keys, args=args))
-        return int(seq)
+        # SAY renews no expiry (a member's presence refresh does): a room the API publishes
+        # into may have no member, so its keys are renewed here, as any use of a room does.
+        pipe = self._client.pipeline(transaction=False)
+        await self._scripts["say"](keys=_room_keys(room, "seq", "history"), args=args, client=pipe)
+        for key in _room_keys(room, "seq", "history", "epoch"):
+            pipe.expire(key, self.retention)
+        answers = await self._call("publish", pipe.execute())
+        return int(answers[0][0])
 
     async def delete(self, room: str, seq: int) -> bool:
         head = MESSAGE_PREFIX + str(seq).encode() + b","
@@ -868,6 +1012,26 @@ class RedisBroker:
 
 def _ban_key(room: str, user: str) -> str:
     return f"{prefix(room)}ban:{user}"
+
+
+def candidate_names(user: str) -> list[object]:
+    """The JOIN script's candidate names for ``user``, as names.free_name tries them: the
+    name asked for, ``-2`` .. ``-SUFFIX_LIMIT``, then a random one. The numbered names go as
+    one quadruple per suffix length (the name is cut to fit ``MAX_USER`` with its suffix),
+    ``(key, JSON, first, last)``, and the script appends ``-n`` to both: ``-`` and digits
+    are left alone by NFKC and case folding and need no JSON escape, so the key and JSON of
+    ``base-n`` are those of ``base`` with ``-n`` appended. About 0.3 KB per join instead
+    of the 30 KB that a pair per candidate took."""
+    out: list[object] = [name_key(user), orjson.dumps(user), 0, 0]
+    first = 2
+    while first <= SUFFIX_LIMIT:
+        digits = len(str(first))
+        last = min(SUFFIX_LIMIT, 10**digits - 1)
+        base = user[: MAX_USER - 1 - digits]
+        out += [name_key(base), orjson.dumps(base), first, last]
+        first = last + 1
+    fallback = suffixed(user, SUFFIX_LIMIT + 1)
+    return [*out, name_key(fallback), orjson.dumps(fallback), 0, 0]
 
 
 def _room_keys(room: str, *names: str) -> list[str]:
