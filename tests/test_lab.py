@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,12 +17,14 @@ import yaml
 
 from bench.lab import (
     COMPOSE_YML,
+    K6,
     PROMETHEUS_YML,
     ROOT,
     LabError,
     compose_k6_env,
     k6_env,
     prometheus_config,
+    run_prometheus,
     settings_from_env,
 )
 from tests.support.processes import free_port, require_binary
@@ -71,6 +76,35 @@ def test_k6_remote_write_environment_is_compose_k6_services() -> None:
         for k, v in service["environment"].items()
         if k.startswith("K6_PROMETHEUS_RW_") and k != "K6_PROMETHEUS_RW_SERVER_URL"
     }
+
+
+PUSH_PROBE = """
+import { sleep } from 'k6';
+export const options = { vus: 2, duration: '6s' };
+export default function () { sleep(0.5); }
+"""
+SAMPLES = 'count_over_time(k6_iterations_total{testid="push"}[5m])'
+
+
+def test_k6_remote_writes_the_first_seconds_of_a_run(tmp_path: Path) -> None:
+    """With compose's k6 environment, a 6 s run reaches Prometheus as a sample a second or so,
+    not one every 5 s (k6's default push interval), which drops a run's first seconds."""
+    port = free_port()
+    targets = {"chat": [], "stockapi": [], "prometheus": [f"127.0.0.1:{port}"]}
+    script = tmp_path / "probe.js"
+    script.write_text(PUSH_PROBE)
+    binary = require_binary("prometheus")
+    with run_prometheus(binary, prometheus_config(targets), tmp_path / "prom", port) as prom:
+        env = {**os.environ, **compose_k6_env(prom.url)}
+        command = [str(K6), "run", "--quiet", "-o", env.pop("K6_OUT"), "--tag", "testid=push"]
+        done = subprocess.run(
+            [*command, str(script)], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        query = urllib.parse.urlencode({"query": SAMPLES})
+        with urllib.request.urlopen(f"{prom.url}/api/v1/query?{query}", timeout=10) as answer:
+            (series,) = json.load(answer)["data"]["result"]
+    assert int(series["value"][1]) >= 4  # 6 s at 1 s; 2 at k6's default of 5 s
 
 
 def test_a_bad_port_variable_is_named() -> None:
