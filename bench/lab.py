@@ -10,6 +10,8 @@ One command starts, on 127.0.0.1, from the same config files as compose:
   port, as compose scrapes each replica;
 - the bundled quote service (``python -m server.stockapi``).
 
+Each fixed port must be free: a port in use stops it at once (exit 2) naming the port and
+its ``LAB_*_PORT`` variable. Its processes die with it, even when it is killed (SIGKILL).
 It prints every port, then runs until Ctrl-C, SIGTERM or SIGHUP (to it or its process group),
 or until one of its processes exits; then it stops them all. Logs, the generated
 prometheus.yml and Prometheus's data go to ``LAB_DIR``.
@@ -300,12 +302,45 @@ class Lab:
         ]
 
 
+def port_in_use(port: int) -> bool:
+    """Whether something listens on (or holds) ``127.0.0.1:port``, so a server cannot bind it."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports(settings: LabSettings) -> None:
+    """Raise :class:`LabError` naming the first fixed port of ``settings`` that is in use and
+    the ``LAB_*_PORT`` variable that moves it (a leftover lab would answer in its place)."""
+    wanted = {
+        "LAB_CHAT_PORT": [settings.chat_port],
+        "LAB_PROMETHEUS_PORT": [settings.prometheus_port],
+        "LAB_STOCKAPI_PORT": [settings.stockapi_port],
+    }
+    if settings.replicas > 1:
+        first = settings.metrics_port
+        wanted["LAB_METRICS_PORT"] = list(range(first, first + settings.replicas)) if first else []
+        wanted["LAB_REDIS_PORT"] = [settings.redis_port]
+    for name, ports in wanted.items():
+        for port in ports:
+            if port and port_in_use(port):
+                raise LabError(
+                    f"port {port} on 127.0.0.1 is in use (a lab left running?): stop what "
+                    f"holds it, or set {name} to another port (0: any free one)"
+                )
+
+
 @contextlib.contextmanager
 def lab(settings: LabSettings) -> Iterator[Lab]:
     """Start the lab's processes (Prometheus last, once its targets answer) and stop them
     all on exit. Raises :class:`LabError` when prometheus (or, for replicas, redis-server)
-    is not installed."""
+    is not installed, or when a port it is to use is taken (:func:`check_ports`)."""
     binary = find_prometheus()
+    check_ports(settings)
     out = settings.directory
     out.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -415,6 +450,9 @@ def main(argv: Sequence[str]) -> int:
     except LabError as error:
         print(f"lab: {error}", file=sys.stderr)
         return 2
+    except (RuntimeError, TimeoutError) as error:  # a process did not start: its log is shown
+        print(f"lab: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ from tests.support.processes import free_port, require_binary
 
 TARGETS = {"chat": ["127.0.0.1:1"], "stockapi": ["127.0.0.1:2"], "prometheus": ["127.0.0.1:3"]}
 START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0  # seconds the lab's processes may take to stop
 
 
 def test_prometheus_config_points_every_job_at_the_given_targets() -> None:
@@ -149,15 +151,69 @@ def _wait_for_line(proc: subprocess.Popen, prefix: str) -> list[str]:
 
 
 def _group_members(pgid: int) -> list[int]:
+    """Live processes (not zombies) of process group ``pgid``."""
     members = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
         except OSError:
             continue
-        if int(text[text.rindex(")") + 2 :].split()[2]) == pgid:
+        state, _, _, group = text[text.rindex(")") + 2 :].split()[:4]
+        if int(group) == pgid and state != "Z":
             members.append(int(stat.parent.name))
     return members
+
+
+def _lab_env(tmp_path: Path, **ports: int) -> dict[str, str]:
+    """The environment of a lab on free ports (``ports`` override them), its files in tmp."""
+    chosen = {name: free_port() for name in ("LAB_CHAT_PORT", "LAB_PROMETHEUS_PORT")}
+    chosen |= {"LAB_STOCKAPI_PORT": free_port(), **ports}
+    return {**os.environ, **{k: str(v) for k, v in chosen.items()}, "LAB_DIR": str(tmp_path)}
+
+
+def test_a_port_in_use_stops_the_lab_naming_the_port_and_its_variable(tmp_path: Path) -> None:
+    require_binary("prometheus")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.lab"],
+            cwd=ROOT,
+            env=_lab_env(tmp_path, LAB_PROMETHEUS_PORT=port),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert f"port {port} " in line and "LAB_PROMETHEUS_PORT" in line
+    assert not (tmp_path / "stockapi.log").exists()  # nothing was started
+
+
+def test_the_labs_processes_die_when_the_lab_is_killed(tmp_path: Path) -> None:
+    require_binary("prometheus")
+    with subprocess.Popen(
+        [sys.executable, "-m", "bench.lab"],
+        cwd=ROOT,
+        env=_lab_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        try:
+            _wait_for_line(proc, "load test")
+            assert len(_group_members(proc.pid)) >= 4  # the lab, stockapi, chat, prometheus
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while _group_members(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert _group_members(proc.pid) == []
+        finally:
+            if _group_members(proc.pid):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_lab_comes_up_turns_on_k6_remote_write_and_sigterm_leaves_nothing(
