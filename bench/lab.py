@@ -31,6 +31,8 @@ Environment (ports: 0 picks a free one):
                          on the memory broker, as ``make up`` does
     PROMETHEUS_URL       (k6-env) the Prometheus to look for (default
                          http://127.0.0.1:$LAB_PROMETHEUS_PORT)
+    ROOMHUB_API_KEY      the chat's server API key (default :data:`LAB_API_KEY`); k6-env
+                         passes it to k6 as API_KEY (an API_KEY set wins)
 
 Other ``ROOMHUB_*`` variables reach the chat server, as in compose.
 """
@@ -87,6 +89,11 @@ PORTS = {
     "LAB_REDIS_PORT": 0,
 }
 POLL_SECONDS = 0.5
+LAB_API_KEY = "roomhub-lab-api-key"
+"""The server API key of the lab's chat (``ROOMHUB_API_KEY``) unless one is set: fixed and
+documented rather than drawn per start, because the lab listens on 127.0.0.1 only, where the
+key guards nothing, and ``make k6`` (another process, maybe another shell) needs no state
+file to know it. ``ROOMHUB_HUB_MODE=global`` runs without the API (the server refuses both)."""
 
 
 class LabError(Exception):
@@ -109,6 +116,8 @@ class LabSettings:
     """Scrape and rule evaluation interval (``"1s"``); empty: prometheus.yml's."""
     server_env: Mapping[str, str] = field(default_factory=dict)
     """More environment for the chat server (``ROOMHUB_*`` settings)."""
+    api_key: str = LAB_API_KEY
+    """The chat's ``ROOMHUB_API_KEY`` (not set with ``hub_mode`` global)."""
     stockapi_flags: tuple[str, ...] = ()
     """Flags of the quote service (``--latency-ms``, ...)."""
 
@@ -139,6 +148,7 @@ def settings_from_env(environ: Mapping[str, str]) -> LabSettings:
         replicas=1 if hub_mode == "global" else replicas,
         hub_mode=hub_mode,
         directory=Path(environ.get("LAB_DIR") or ROOT / "results" / "lab"),
+        api_key=environ.get("ROOMHUB_API_KEY") or LAB_API_KEY,
     )
 
 
@@ -356,6 +366,7 @@ def lab(settings: LabSettings) -> Iterator[Lab]:
             "ROOMHUB_QUOTE_URL": quotes.url,
             "ROOMHUB_HUB_MODE": settings.hub_mode,
             **dict.fromkeys(LAB_UNLIMITED, "0"),  # every k6 user is one address here
+            **({"ROOMHUB_API_KEY": settings.api_key} if settings.hub_mode != "global" else {}),
             **settings.server_env,
         }
         redis_url = None
@@ -415,6 +426,8 @@ def up(settings: LabSettings) -> int:
         signal.signal(signum, lambda *_: stop.set())
     with lab(settings) as running:
         print("\n".join(running.lines()), flush=True)
+        if settings.hub_mode != "global":
+            print(f"server API  X-API-Key: {settings.api_key}   (make k6 passes it)", flush=True)
         print("load test   make k6 SCENARIO=mixed   (Ctrl-C stops the lab)", flush=True)
         while not stop.wait(POLL_SECONDS):
             if gone := running.exited():
@@ -428,13 +441,16 @@ def up(settings: LabSettings) -> int:
 
 
 def k6_env(environ: Mapping[str, str]) -> str:
-    """``env NAME=value ...`` that turns on k6's remote write into the lab's Prometheus, or
-    "" when no Prometheus with the receiver on answers there."""
+    """``env NAME=value ...`` that turns on k6's remote write into the lab's Prometheus and
+    gives the api scenario the lab's key (``API_KEY``: the one set, else ``ROOMHUB_API_KEY``,
+    else :data:`LAB_API_KEY`), or "" when no Prometheus with the receiver on answers there."""
     port = environ.get("LAB_PROMETHEUS_PORT") or PORTS["LAB_PROMETHEUS_PORT"]
     url = environ.get("PROMETHEUS_URL") or f"http://127.0.0.1:{port}"
     if not receives_remote_write(url):
         return ""
-    return " ".join(["env", *(f"{k}={v}" for k, v in compose_k6_env(url).items())])
+    env = compose_k6_env(url)
+    env["API_KEY"] = environ.get("API_KEY") or environ.get("ROOMHUB_API_KEY") or LAB_API_KEY
+    return " ".join(["env", *(f"{k}={v}" for k, v in env.items())])
 
 
 def main(argv: Sequence[str]) -> int:

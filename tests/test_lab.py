@@ -216,6 +216,34 @@ def test_the_labs_processes_die_when_the_lab_is_killed(tmp_path: Path) -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
+def test_k6_gets_the_labs_api_key(tmp_path: Path) -> None:
+    require_binary("prometheus")
+    env = _lab_env(tmp_path)
+    with subprocess.Popen(
+        [sys.executable, "-m", "bench.lab"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        try:
+            _wait_for_line(proc, "load test")
+            given = k6_env({"LAB_PROMETHEUS_PORT": env["LAB_PROMETHEUS_PORT"]}).split()
+            (key,) = [v.removeprefix("API_KEY=") for v in given if v.startswith("API_KEY=")]
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{env['LAB_CHAT_PORT']}/api/v1/publish",
+                data=json.dumps({"room": "lab", "text": "hello"}).encode(),
+                headers={"Content-Type": "application/json", "X-API-Key": key},
+            )
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                assert answer.status == 200
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+
+
 def test_lab_comes_up_turns_on_k6_remote_write_and_sigterm_leaves_nothing(
     tmp_path: Path,
 ) -> None:
