@@ -164,6 +164,19 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
+def _start_lab(env: dict[str, str]) -> subprocess.Popen:
+    """``python -m bench.lab`` in a session of its own (its pid is its group), output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.lab"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def _lab_env(tmp_path: Path, **ports: int) -> dict[str, str]:
     """The environment of a lab on free ports (``ports`` override them), its files in tmp."""
     chosen = {name: free_port() for name in ("LAB_CHAT_PORT", "LAB_PROMETHEUS_PORT")}
@@ -193,15 +206,7 @@ def test_a_port_in_use_stops_the_lab_naming_the_port_and_its_variable(tmp_path: 
 
 def test_the_labs_processes_die_when_the_lab_is_killed(tmp_path: Path) -> None:
     require_binary("prometheus")
-    with subprocess.Popen(
-        [sys.executable, "-m", "bench.lab"],
-        cwd=ROOT,
-        env=_lab_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    ) as proc:
+    with _start_lab(_lab_env(tmp_path)) as proc:
         try:
             _wait_for_line(proc, "load test")
             assert len(_group_members(proc.pid)) >= 4  # the lab, stockapi, chat, prometheus
@@ -219,15 +224,7 @@ def test_the_labs_processes_die_when_the_lab_is_killed(tmp_path: Path) -> None:
 def test_k6_gets_the_labs_api_key(tmp_path: Path) -> None:
     require_binary("prometheus")
     env = _lab_env(tmp_path)
-    with subprocess.Popen(
-        [sys.executable, "-m", "bench.lab"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    ) as proc:
+    with _start_lab(env) as proc:
         try:
             _wait_for_line(proc, "load test")
             given = k6_env({"LAB_PROMETHEUS_PORT": env["LAB_PROMETHEUS_PORT"]}).split()
@@ -251,15 +248,7 @@ def test_lab_comes_up_turns_on_k6_remote_write_and_sigterm_leaves_nothing(
     ports = {"LAB_CHAT_PORT": free_port(), "LAB_PROMETHEUS_PORT": free_port()}
     ports |= {"LAB_STOCKAPI_PORT": free_port()}
     env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "LAB_DIR": str(tmp_path)}
-    with subprocess.Popen(
-        [sys.executable, "-m", "bench.lab"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    ) as proc:
+    with _start_lab(env) as proc:
         try:
             printed = "".join(_wait_for_line(proc, "load test"))
             assert all(f":{port}" in printed for port in ports.values()), printed
