@@ -116,7 +116,8 @@ dashboards: $(STAMP)
 	$(BIN)/python dashboards/generate.py
 
 # The k6 load lab (k6/, README "Load lab"): one scenario against a running server, or all
-# seven (api needs API_KEY set to the server's ROOMHUB_API_KEY).
+# seven (api needs API_KEY set to the server's ROOMHUB_API_KEY; against `make lab`, make k6
+# passes the lab's key).
 # make k6 SCENARIO=connection-storm [PROFILE=smoke] [WS_URL=ws://127.0.0.1:8080/ws]
 #        [RESULTS_DIR=results]   each run writes to RESULTS_DIR/<date>-<time>-<scenario>/,
 #                                 and RESULTS_DIR/latest links to the newest such folder

@@ -1,7 +1,9 @@
 """``make k6``: one k6 scenario against a running server, in a folder of its own.
 
-Before k6 starts, every server of ``WS_URL`` (a comma-separated list is allowed) must answer
-``/readyz`` with 200; otherwise the run stops at once (exit 2) naming the URL. k6's web
+Before k6 starts, the scenario must accept its settings (``k6 inspect``; otherwise the run
+stops at once, exit 2, with the scenario's own message) and every server of ``WS_URL`` (a
+comma-separated list is allowed) must answer ``/readyz`` with 200; otherwise the run stops at
+once (exit 2) naming the URL. k6's web
 dashboard samples at a period sized to the scenario's planned duration (``k6 inspect``), so
 that its charts have about :data:`POINTS` points; after the run, the exported report's title
 and heading name the scenario and the verdict. The exit code is k6's, or 99 when the summary
@@ -23,6 +25,7 @@ import html
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -78,14 +81,35 @@ def dashboard_period(planned: float, points: int = POINTS) -> str:
     return f"{max(1, math.ceil(planned / points))}s"
 
 
+class BadSetting(Exception):
+    """The scenario refused its settings; the message is the scenario's own (k6's error)."""
+
+
+K6_MESSAGE = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
+"""The message of a k6 log line (``level=error msg="Error: ...\\n\\tat ..."``)."""
+
+
+def k6_error(stderr: str) -> str:
+    """The first line of the first error k6 logged in ``stderr`` (without ``Error: ``), or
+    ``stderr`` itself when k6 logged none."""
+    found = K6_MESSAGE.search(stderr)
+    if found is None:
+        return stderr.strip()
+    message = json.loads(f'"{found[1]}"').split("\n")[0]
+    return message.removeprefix("Error: ")
+
+
 def planned_seconds(script: Path, variables: dict[str, str]) -> float:
-    """The scenario's longest run in seconds (``k6 inspect``, with the shell environment)."""
+    """The scenario's longest run in seconds (``k6 inspect``, with the shell environment).
+
+    Raises :class:`BadSetting` with the scenario's message when it refuses its settings.
+    """
     command = [str(K6), "inspect", "--execution-requirements", "--include-system-env-vars"]
     for name, value in variables.items():
         command += ["-e", f"{name}={value}"]
-    done = subprocess.run(
-        [*command, str(script)], capture_output=True, text=True, check=True, timeout=60
-    )
+    done = subprocess.run([*command, str(script)], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise BadSetting(k6_error(done.stderr))
     return duration_seconds(json.loads(done.stdout)["totalDuration"])
 
 
@@ -159,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         names = " ".join(sorted(path.stem for path in SCENARIOS.glob("*.js")))
         print(f"SCENARIO must be one of: {names}", file=sys.stderr)
         return 2
+    out = args.results_dir / args.run_id
+    variables = {"PROFILE": args.profile, "WS_URL": args.ws_url, "RESULTS_DIR": str(out)}
+    try:
+        period = dashboard_period(planned_seconds(script, variables))
+    except BadSetting as error:
+        print(f"k6 not started: {error}", file=sys.stderr)
+        return 2
     try:
         check_servers(args.ws_url)
     except ServerNotReady as error:
@@ -168,14 +199,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    out = args.results_dir / args.run_id
     out.mkdir(parents=True)
     latest = args.results_dir / "latest"
     latest.unlink(missing_ok=True)
     latest.symlink_to(args.run_id)
-    variables = {"PROFILE": args.profile, "WS_URL": args.ws_url, "RESULTS_DIR": str(out)}
     report = out / f"{args.scenario}-report.html"
-    period = dashboard_period(planned_seconds(script, variables))
     if args.compose:
         command, env = compose_run(args.compose, args.scenario, args.profile, out, args.run_id)
     else:

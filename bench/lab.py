@@ -10,6 +10,8 @@ One command starts, on 127.0.0.1, from the same config files as compose:
   port, as compose scrapes each replica;
 - the bundled quote service (``python -m server.stockapi``).
 
+Each fixed port must be free: a port in use stops it at once (exit 2) naming the port and
+its ``LAB_*_PORT`` variable. Its processes die with it, even when it is killed (SIGKILL).
 It prints every port, then runs until Ctrl-C, SIGTERM or SIGHUP (to it or its process group),
 or until one of its processes exits; then it stops them all. Logs, the generated
 prometheus.yml and Prometheus's data go to ``LAB_DIR``.
@@ -29,6 +31,8 @@ Environment (ports: 0 picks a free one):
                          on the memory broker, as ``make up`` does
     PROMETHEUS_URL       (k6-env) the Prometheus to look for (default
                          http://127.0.0.1:$LAB_PROMETHEUS_PORT)
+    ROOMHUB_API_KEY      the chat's server API key (default :data:`LAB_API_KEY`); k6-env
+                         passes it to k6 as API_KEY (an API_KEY set wins)
 
 Other ``ROOMHUB_*`` variables reach the chat server, as in compose.
 """
@@ -85,6 +89,11 @@ PORTS = {
     "LAB_REDIS_PORT": 0,
 }
 POLL_SECONDS = 0.5
+LAB_API_KEY = "roomhub-lab-api-key"
+"""The server API key of the lab's chat (``ROOMHUB_API_KEY``) unless one is set: fixed and
+documented rather than drawn per start, because the lab listens on 127.0.0.1 only, where the
+key guards nothing, and ``make k6`` (another process, maybe another shell) needs no state
+file to know it. ``ROOMHUB_HUB_MODE=global`` runs without the API (the server refuses both)."""
 
 
 class LabError(Exception):
@@ -107,6 +116,8 @@ class LabSettings:
     """Scrape and rule evaluation interval (``"1s"``); empty: prometheus.yml's."""
     server_env: Mapping[str, str] = field(default_factory=dict)
     """More environment for the chat server (``ROOMHUB_*`` settings)."""
+    api_key: str = LAB_API_KEY
+    """The chat's ``ROOMHUB_API_KEY`` (not set with ``hub_mode`` global)."""
     stockapi_flags: tuple[str, ...] = ()
     """Flags of the quote service (``--latency-ms``, ...)."""
 
@@ -137,6 +148,7 @@ def settings_from_env(environ: Mapping[str, str]) -> LabSettings:
         replicas=1 if hub_mode == "global" else replicas,
         hub_mode=hub_mode,
         directory=Path(environ.get("LAB_DIR") or ROOT / "results" / "lab"),
+        api_key=environ.get("ROOMHUB_API_KEY") or LAB_API_KEY,
     )
 
 
@@ -300,12 +312,45 @@ class Lab:
         ]
 
 
+def port_in_use(port: int) -> bool:
+    """Whether something listens on (or holds) ``127.0.0.1:port``, so a server cannot bind it."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports(settings: LabSettings) -> None:
+    """Raise :class:`LabError` naming the first fixed port of ``settings`` that is in use and
+    the ``LAB_*_PORT`` variable that moves it (a leftover lab would answer in its place)."""
+    wanted = {
+        "LAB_CHAT_PORT": [settings.chat_port],
+        "LAB_PROMETHEUS_PORT": [settings.prometheus_port],
+        "LAB_STOCKAPI_PORT": [settings.stockapi_port],
+    }
+    if settings.replicas > 1:
+        first = settings.metrics_port
+        wanted["LAB_METRICS_PORT"] = list(range(first, first + settings.replicas)) if first else []
+        wanted["LAB_REDIS_PORT"] = [settings.redis_port]
+    for name, ports in wanted.items():
+        for port in ports:
+            if port and port_in_use(port):
+                raise LabError(
+                    f"port {port} on 127.0.0.1 is in use (a lab left running?): stop what "
+                    f"holds it, or set {name} to another port (0: any free one)"
+                )
+
+
 @contextlib.contextmanager
 def lab(settings: LabSettings) -> Iterator[Lab]:
     """Start the lab's processes (Prometheus last, once its targets answer) and stop them
     all on exit. Raises :class:`LabError` when prometheus (or, for replicas, redis-server)
-    is not installed."""
+    is not installed, or when a port it is to use is taken (:func:`check_ports`)."""
     binary = find_prometheus()
+    check_ports(settings)
     out = settings.directory
     out.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -321,6 +366,7 @@ def lab(settings: LabSettings) -> Iterator[Lab]:
             "ROOMHUB_QUOTE_URL": quotes.url,
             "ROOMHUB_HUB_MODE": settings.hub_mode,
             **dict.fromkeys(LAB_UNLIMITED, "0"),  # every k6 user is one address here
+            **({"ROOMHUB_API_KEY": settings.api_key} if settings.hub_mode != "global" else {}),
             **settings.server_env,
         }
         redis_url = None
@@ -380,6 +426,8 @@ def up(settings: LabSettings) -> int:
         signal.signal(signum, lambda *_: stop.set())
     with lab(settings) as running:
         print("\n".join(running.lines()), flush=True)
+        if settings.hub_mode != "global":
+            print(f"server API  X-API-Key: {settings.api_key}   (make k6 passes it)", flush=True)
         print("load test   make k6 SCENARIO=mixed   (Ctrl-C stops the lab)", flush=True)
         while not stop.wait(POLL_SECONDS):
             if gone := running.exited():
@@ -393,13 +441,16 @@ def up(settings: LabSettings) -> int:
 
 
 def k6_env(environ: Mapping[str, str]) -> str:
-    """``env NAME=value ...`` that turns on k6's remote write into the lab's Prometheus, or
-    "" when no Prometheus with the receiver on answers there."""
+    """``env NAME=value ...`` that turns on k6's remote write into the lab's Prometheus and
+    gives the api scenario the lab's key (``API_KEY``: the one set, else ``ROOMHUB_API_KEY``,
+    else :data:`LAB_API_KEY`), or "" when no Prometheus with the receiver on answers there."""
     port = environ.get("LAB_PROMETHEUS_PORT") or PORTS["LAB_PROMETHEUS_PORT"]
     url = environ.get("PROMETHEUS_URL") or f"http://127.0.0.1:{port}"
     if not receives_remote_write(url):
         return ""
-    return " ".join(["env", *(f"{k}={v}" for k, v in compose_k6_env(url).items())])
+    env = compose_k6_env(url)
+    env["API_KEY"] = environ.get("API_KEY") or environ.get("ROOMHUB_API_KEY") or LAB_API_KEY
+    return " ".join(["env", *(f"{k}={v}" for k, v in env.items())])
 
 
 def main(argv: Sequence[str]) -> int:
@@ -415,6 +466,9 @@ def main(argv: Sequence[str]) -> int:
     except LabError as error:
         print(f"lab: {error}", file=sys.stderr)
         return 2
+    except (RuntimeError, TimeoutError) as error:  # a process did not start: its log is shown
+        print(f"lab: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,11 +4,15 @@ from outside.
 
 Each process writes its output to a log file; :func:`spawn` waits (with a deadline) until
 its health endpoint answers 200 and stops it with SIGTERM (SIGKILL after a grace period).
+On Linux every process started here also gets SIGTERM when the process that started it dies,
+even by SIGKILL (``prctl(PR_SET_PDEATHSIG)``, prctl(2)), so no orphan keeps a port.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 import signal
 import socket
@@ -29,6 +33,27 @@ PYTHONMALLOC = "malloc"
 Python object in glibc's heap, which the server trims. An outer ``PYTHONMALLOC`` wins."""
 START_TIMEOUT = 20.0  # seconds a process may take to answer its health endpoint
 STOP_TIMEOUT = 15.0  # seconds between SIGTERM and SIGKILL
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def _die_with(parent: int) -> None:
+    """In a child before it execs: SIGTERM once ``parent`` dies. The kernel ties this to the
+    thread that forked, so start long-lived processes from a thread that outlives them (the
+    main thread). A parent already gone: the child ends at once."""
+    if LIBC is None:
+        return
+    LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def dies_with_this_process() -> functools.partial[None]:
+    """A ``preexec_fn`` for ``subprocess.Popen``: the child gets SIGTERM when this process
+    dies (Linux; elsewhere it does nothing)."""
+    return functools.partial(_die_with, os.getpid())
 
 
 def free_port() -> int:
@@ -132,6 +157,7 @@ def spawn(
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            preexec_fn=dies_with_this_process(),
         )
     running = Process(proc, port, log)
     try:
@@ -216,7 +242,12 @@ class RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         args += ["--appendonly", "no", "--dir", str(self.directory)]
         args += ["--logfile", str(self.directory / "redis.log")]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            preexec_fn=dies_with_this_process(),
+        )
         deadline = time.monotonic() + REDIS_START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

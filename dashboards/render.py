@@ -88,6 +88,8 @@ class Panel:
     queries: list[str] = field(default_factory=list)
     series: list[Series] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    window: tuple[float, float] | None = None
+    """The run's window (epoch seconds) every time axis spans; None: the data's own."""
 
     @property
     def has_data(self) -> bool:
@@ -257,6 +259,7 @@ def collect(
             type=spec.get("type", "timeseries"),
             unit=unit_of(spec),
             description=spec.get("description", ""),
+            window=(start, end),
         )
         for target in spec.get("targets", []):
             if target.get("hide") or not target.get("expr"):
@@ -314,7 +317,9 @@ def format_value(value: float, unit: str) -> str:
     return _si(value, ["", "k", "M", "G"], 1000)
 
 
-def _time_axis(ax: plt.Axes) -> None:
+def _time_axis(ax: plt.Axes, window: tuple[float, float] | None) -> None:
+    if window is not None:
+        ax.set_xlim(*_dates(window))
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=UTC))
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
@@ -327,8 +332,11 @@ def _dates(times: Sequence[float]) -> list[datetime]:
 def _draw_timeseries(ax: plt.Axes, panel: Panel) -> None:
     for series in panel.series:
         ax.plot(_dates(series.times), series.values, linewidth=1.2, label=series.legend)
+    values = panel.values()
+    if min(values) >= 0:  # a count or a rate: no axis below 0, and 0 to 1 when all are 0
+        ax.set_ylim(bottom=0, top=None if max(values) > 0 else 1)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: format_value(v, panel.unit)))
-    _time_axis(ax)
+    _time_axis(ax, panel.window)
     if panel.series:
         ax.legend(fontsize=6, loc="upper left", ncol=min(3, len(panel.series)), framealpha=0.6)
 
@@ -352,7 +360,7 @@ def _draw_heatmap(ax: plt.Axes, panel: Panel) -> None:
     labels = [format_value(float(s.labels.get("le", "inf")), panel.unit) for s in buckets]
     ax.set_yticks([i + 0.5 for i in range(len(buckets))], labels, fontsize=6)
     ax.xaxis_date()
-    _time_axis(ax)
+    _time_axis(ax, panel.window)
     ax.figure.colorbar(mesh, ax=ax, pad=0.01).ax.tick_params(labelsize=6)
 
 
@@ -372,22 +380,29 @@ def _draw_stat(fig: plt.Figure, panel: Panel, spec_text_mode: str) -> None:
             ax.text(0.5, 0.1, series.legend, transform=ax.transAxes, ha="center", fontsize=8)
 
 
-def draw(panel: Panel, spec: Mapping | None = None) -> bytes:
-    """The panel as a PNG picture (bytes); a panel without data says "No data"."""
+def figure(panel: Panel, spec: Mapping | None = None) -> plt.Figure:
+    """The panel drawn on a new matplotlib figure (the caller closes it); a panel without
+    data says "No data"."""
     stat = panel.type == "stat"
     fig = plt.figure(figsize=(FIGURE[0] / 2, 1.6) if stat else FIGURE, dpi=DPI)
+    if not panel.has_data:
+        fig.text(0.5, 0.5, "No data", ha="center", va="center", fontsize=14, color="gray")
+    elif stat:
+        _draw_stat(fig, panel, (spec or {}).get("options", {}).get("textMode", "auto"))
+    elif panel.type == "heatmap":
+        _draw_heatmap(fig.add_subplot(), panel)
+    else:
+        _draw_timeseries(fig.add_subplot(), panel)
+    fig.suptitle(panel.title, x=0.01, ha="left", fontsize=9, fontweight="bold")
+    if not stat:
+        fig.tight_layout()
+    return fig
+
+
+def draw(panel: Panel, spec: Mapping | None = None) -> bytes:
+    """The panel as a PNG picture (bytes), as :func:`figure` draws it."""
+    fig = figure(panel, spec)
     try:
-        if not panel.has_data:
-            fig.text(0.5, 0.5, "No data", ha="center", va="center", fontsize=14, color="gray")
-        elif stat:
-            _draw_stat(fig, panel, (spec or {}).get("options", {}).get("textMode", "auto"))
-        elif panel.type == "heatmap":
-            _draw_heatmap(fig.add_subplot(), panel)
-        else:
-            _draw_timeseries(fig.add_subplot(), panel)
-        fig.suptitle(panel.title, x=0.01, ha="left", fontsize=9, fontweight="bold")
-        if not stat:
-            fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
     finally:

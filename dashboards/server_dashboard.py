@@ -166,9 +166,10 @@ def build() -> Dashboard:
     board.with_panel(
         graph(
             "Fan-out time p50 / p95 / p99",
-            "Time to hand one event (or one batch) to every member of its room. Sharded "
-            "hubs stay in the sub-millisecond range; the global hub awaits every send in "
-            "turn, so p99 climbs with the number of connections.",
+            "Time to hand one event (or one batch) to every member of its room. It grows "
+            "with the room's size and the load: a 100-connection storm on sharded hubs "
+            "measured p50 1-2 ms and p95 10-21 ms here. The global hub awaits every send "
+            "in turn, so its p99 climbs with the number of connections.",
             "s",
             *quantiles("chat_broadcast_fanout_seconds", 0.5, 0.95, 0.99),
         )

@@ -317,6 +317,37 @@ def test_stock_command_shows_bot_reply_in_both_pages(open_room: OpenRoom) -> Non
     expect(bob.locator("#log li.command")).to_have_count(0)
 
 
+def test_own_help_and_unknown_commands_show_in_the_senders_log_like_stock(
+    open_room: OpenRoom,
+) -> None:
+    alice = open_room("helpdesk", "alice")
+    bob = open_room("helpdesk", "bob")
+
+    send(alice, "/help")
+    expect(alice.locator("#log li.command.answered .text")).to_have_text(["/help"])
+    send(alice, "/nope")
+
+    expect(alice.locator("#log li.command.failed .text")).to_have_text(["/nope"])
+    expect(alice.locator("#log li.bot")).to_have_count(2)
+    expect(bob.locator("#log li.command")).to_have_count(0)
+
+
+def test_member_count_shows_unknown_while_disconnected(
+    live_server: Process, open_room: OpenRoom, contexts: Callable[[], BrowserContext]
+) -> None:
+    open_room("headcount", "bob")
+    alice = contexts().new_page()
+    link = HeldReconnect(alice)
+    alice.goto(f"{live_server.url}/rooms/headcount?user=alice")
+    expect(alice.locator("#members")).to_have_text("2 online")
+
+    link.drop()
+    expect(alice.locator("#members")).to_have_text("\u2013")  # an en dash, as room.html starts
+    link.reconnect()
+
+    expect(alice.locator("#members")).to_have_text("2 online")
+
+
 def test_markup_in_a_message_is_shown_as_literal_text(open_room: OpenRoom) -> None:
     alice = open_room("safe", "alice")
     bob = open_room("safe", "bob")

@@ -227,6 +227,7 @@ def test_grafana_is_anonymous_read_only_with_the_server_dashboard_home() -> None
         ("K6_PROMETHEUS_RW_SERVER_URL", "http://prometheus:9090/api/v1/write"),
         ("K6_PROMETHEUS_RW_TREND_AS_NATIVE_HISTOGRAM", "true"),
         ("K6_PROMETHEUS_RW_STALE_MARKERS", "true"),
+        ("K6_PROMETHEUS_RW_PUSH_INTERVAL", "1s"),
         ("WS_URL", "ws://lb:8080/ws"),
     ],
 )

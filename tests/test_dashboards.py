@@ -112,6 +112,16 @@ def test_every_panel_says_what_it_shows(name: str) -> None:
             assert len(panel.get("description", "")) > 20, panel["title"]
 
 
+def test_fan_out_time_description_states_what_a_storm_measured() -> None:
+    (panel,) = [
+        p
+        for p in panels(load_dashboard("roomhub-server"))
+        if p["title"] == "Fan-out time p50 / p95 / p99"
+    ]
+    assert "sub-millisecond" not in panel["description"]
+    assert "p95 10-21 ms" in panel["description"]
+
+
 def test_every_expression_parses(tmp_path: Path) -> None:
     exprs = {str(q): substitute(q.expr, OFFLINE_VALUES) for q in all_panel_queries()}
     for name in DASHBOARDS:

@@ -7,6 +7,7 @@ import base64
 import gzip
 import html
 import json
+import os
 import re
 import subprocess
 import sys
@@ -41,8 +42,10 @@ def json_rows(run: K6Run) -> dict[str, bool]:
     return {key: ok for key, ok in run.thresholds().items() if not key.endswith(f": {TALLY}")}
 
 
-def make_k6(scenario: str, ws_url: str, results: Path) -> subprocess.CompletedProcess:
-    """``make k6-local`` in the smoke profile with the venv running these tests."""
+def make_k6(
+    scenario: str, ws_url: str, results: Path, profile: str = "smoke", **env: str
+) -> subprocess.CompletedProcess:
+    """``make k6-local`` in ``profile`` with the venv running these tests, ``env`` added."""
     return subprocess.run(
         [
             require_binary("make"),
@@ -52,11 +55,12 @@ def make_k6(scenario: str, ws_url: str, results: Path) -> subprocess.CompletedPr
             "k6-local",
             f"BIN={Path(sys.executable).parent}",
             f"SCENARIO={scenario}",
-            "PROFILE=smoke",
+            f"PROFILE={profile}",
             f"WS_URL={ws_url}",
             f"RESULTS_DIR={results}",
         ],
         cwd=ROOT,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=180,
@@ -152,6 +156,24 @@ def test_make_k6_without_a_server_stops_at_once_naming_the_url(tmp_path: Path) -
     assert f"no server answers at http://127.0.0.1:{port}/readyz" in done.stderr
     assert time.monotonic() - started < 15  # k6 would run its 20 s smoke
     assert not results.exists()  # no run folder for a run that never started
+
+
+@pytest.mark.parametrize(
+    ("profile", "env", "message"),
+    [
+        ("tiny", {}, 'PROFILE must be one of full, smoke, got "tiny"'),
+        ("smoke", {"VUS": "abc"}, 'VUS must be a positive integer, got "abc"'),
+    ],
+)
+def test_make_k6_with_a_bad_setting_prints_the_scenarios_message_and_writes_nothing(
+    k6_bin: str, tmp_path: Path, profile: str, env: dict[str, str], message: str
+) -> None:
+    results = tmp_path / "results"
+    done = make_k6("connection-storm", "ws://127.0.0.1:9/ws", results, profile, **env)
+    assert done.returncode == 2
+    assert f"k6 not started: {message}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not results.exists()
 
 
 EMPTY_TREND = """

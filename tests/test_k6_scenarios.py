@@ -3,6 +3,7 @@ against a live server, checking k6's verdict and the effect the scenario exists 
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ NAMES = ("connection-storm", "active-chat", "stock-bot", "spike", "soak", "mixed
 SMOKE_MAX_VUS = 100
 SMOKE_MAX_SECONDS = 40
 SPIKE_BASE, SPIKE_PEAK = 20, 100  # the spike's smoke shape
+API_KEY = "k6-api-key-0123456789abcdef"  # the api scenario stops at once without one
 
 
 def run_scenario(k6_bin: str, server: Process, tmp_path: Path, name: str) -> K6Run:
@@ -47,7 +49,7 @@ def idle(metrics: dict[str, float]) -> bool:
 
 
 def full(k6_bin: str, name: str, **env: str) -> dict:
-    return inspect(k6_bin, SCENARIOS / f"{name}.js", PROFILE="full", **env)
+    return inspect(k6_bin, SCENARIOS / f"{name}.js", PROFILE="full", API_KEY=API_KEY, **env)
 
 
 def test_connection_storm_full_spec_ramps_to_1000_in_10s_holds_30s_and_drains_in_10s(k6_bin):
@@ -117,7 +119,7 @@ def test_api_full_spec_publishes_200_a_second_into_100_rooms_with_200_listeners(
 
 @pytest.mark.parametrize("name", NAMES)
 def test_smoke_profile_keeps_the_shape_within_40s_and_100_vus(k6_bin, name):
-    spec = inspect(k6_bin, SCENARIOS / f"{name}.js", PROFILE="smoke")
+    spec = inspect(k6_bin, SCENARIOS / f"{name}.js", PROFILE="smoke", API_KEY=API_KEY)
     assert spec["maxVUs"] <= SMOKE_MAX_VUS
     assert seconds(spec["totalDuration"]) <= SMOKE_MAX_SECONDS
     assert spec["scenarios"].keys() == full(k6_bin, name)["scenarios"].keys()
@@ -213,7 +215,42 @@ def test_mixed_measures_every_role(live_server, k6_bin, tmp_path):
     assert grew(before, after, 'chat_bot_commands_total{result="ok"}') > 0
 
 
-API_KEY = "k6-api-key-0123456789abcdef"
+def k6_api(k6_bin: str, ws_url: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """``k6 run`` of the api scenario (smoke) with ``-e`` ``env`` only; k6's output in stdout."""
+    variables = {"PROFILE": "smoke", "WS_URL": ws_url, "RESULTS_DIR": str(tmp_path), **env}
+    command = [k6_bin, "run", "--quiet", "--no-color", "--address", ""]
+    command += ["--include-system-env-vars=false"]
+    for name, value in variables.items():
+        command += ["-e", f"{name}={value}"]
+    return subprocess.run(
+        [*command, str(SCENARIOS / "api.js")],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_api_without_api_key_stops_before_anything_runs(k6_bin, tmp_path):
+    done = k6_api(k6_bin, "ws://127.0.0.1:9/ws", tmp_path)
+    assert done.returncode == 107  # a script exception, in the init context
+    assert "API_KEY must be set to the server's ROOMHUB_API_KEY" in done.stdout
+    assert "http_reqs" not in done.stdout
+
+
+UNAUTHORIZED = 'chat_api_requests_total{method="publish",result="unauthorized"}'
+
+
+def test_api_with_a_wrong_key_stops_after_one_call_naming_it(k6_bin, tmp_path):
+    with run_server(tmp_path, quote_provider="sim", api_key=API_KEY) as server:
+        done = k6_api(k6_bin, server.ws_url, tmp_path, API_KEY="not-the-servers-key-0123")
+        refused = server.metrics()[
+            'chat_api_requests_total{method="publish",result="unauthorized"}'
+        ]
+    assert done.returncode == 107  # a script exception, in setup()
+    assert "API_KEY is not the server's ROOMHUB_API_KEY" in done.stdout
+    assert refused == 1
 
 
 def test_api_delivers_every_published_message_to_every_listener_of_its_room(k6_bin, tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import matplotlib.dates as mdates
+import matplotlib.pyplot as plt
 import pytest
 
 from dashboards.render import (
@@ -13,6 +15,7 @@ from dashboards.render import (
     Series,
     draw,
     expand,
+    figure,
     format_value,
     html_page,
     interval_values,
@@ -109,3 +112,32 @@ def test_the_page_embeds_one_picture_per_panel_and_needs_nothing_else() -> None:
     assert html.count("<img ") == 2
     assert html.count("src='data:image/png;base64,") == 2
     assert not re.search(r"(src|href)=['\"]https?:", html)
+
+
+def _limits(panel: Panel) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The drawn panel's (x limits as epoch seconds, y limits)."""
+    fig = figure(panel)
+    try:
+        ax = fig.axes[0]
+        left, right = (mdates.num2date(x).timestamp() for x in ax.get_xlim())
+        return (left, right), ax.get_ylim()
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("kind", ["timeseries", "heatmap"])
+def test_a_panel_spans_the_runs_window_not_only_its_data(kind: str) -> None:
+    panel = _panel(kind, [_series("0.1", [1, 2, 3], le="0.1"), _series("+Inf", [2, 4, 6])])
+    panel.window = (990.0, 1100.0)  # the data: 1000 to 1010
+    (left, right), _ = _limits(panel)
+    assert (round(left), round(right)) == (990, 1100)
+
+
+def test_an_all_zero_panel_draws_no_axis_below_zero() -> None:
+    (_, (bottom, top)) = _limits(_panel("timeseries", [_series("x", [0, 0, 0])], unit="ops"))
+    assert bottom == 0 < top
+
+
+def test_a_panel_of_counts_starts_its_axis_at_zero() -> None:
+    (_, (bottom, _)) = _limits(_panel("timeseries", [_series("x", [0, 5, 9])], unit="short"))
+    assert bottom == 0

@@ -69,14 +69,30 @@ export const options = {
   summaryTrendStats: TREND_STATS,
 };
 
-export function setup() {
-  if (!API_KEY) {
-    throw new Error('API_KEY must be set: the server runs with ROOMHUB_API_KEY set to it');
-  }
+// Without a key every publish would be a 401: stop before anything runs (k6 inspect too).
+if (!API_KEY) {
+  throw new Error(
+    "API_KEY must be set to the server's ROOMHUB_API_KEY (make lab sets one, and make k6 passes it)",
+  );
 }
 
 // ws://host:port/ws -> http://host:port (the first WS_URL: any instance takes API calls).
 const API_URL = WS_URLS[0].replace(/^ws/, 'http').replace(/\/ws(\?.*)?$/, '');
+
+// One call with an empty body before the run: a wrong key (401) or an API that is off (404)
+// stops the run at once, naming the cause; a right key gets 400 (no room named).
+export function setup() {
+  const response = http.post(`${API_URL}/api/v1/publish`, '{}', {
+    headers: { 'Content-Type': 'application/json', 'X-API-Key': API_KEY },
+    tags: { name: 'key-check' },
+  });
+  if (response.status === 401) {
+    throw new Error(`API_KEY is not the server's ROOMHUB_API_KEY (${API_URL} answers 401)`);
+  }
+  if (response.status === 404) {
+    throw new Error(`the server API is off at ${API_URL}: start it with ROOMHUB_API_KEY set`);
+  }
+}
 
 export function publish() {
   const n = exec.scenario.iterationInTest;

@@ -13,7 +13,9 @@ const STABLE_MS = 10_000; // a connection that stayed up this long starts the ba
 // Attempts that fail before opening, while none of this page's connections has opened yet,
 // before the page stops retrying: the browser cannot tell an HTTP 4xx/5xx answer to the upgrade from an unreachable server.
 const MAX_FIRST_ATTEMPTS = 3;
-const COMMAND = /^\/stock=/i; // sent like a message, answered by a bot event, never echoed
+// A command word opening the text, as the server reads it (server/bot/commands.py): /stock=,
+// /help, /nope... sent like a message, answered by a bot event, never echoed.
+const COMMAND = /^\/[A-Za-z][A-Za-z0-9_-]*(?=$|\s|=)/;
 const RESEND_MS = 400; // gap between two resends of text the rate limiter refused
 const ONLINE_SHOWN = 100; // most names the online list shows; the count covers the rest
 
@@ -66,7 +68,7 @@ const state = {
   unconfirmed: new Map(), // id -> {text, order, bytes} sent, neither echoed nor refused yet
   waiting: [], // {text, order, item} refused as rate_limited, resent in typing order
   resendTimer: 0,
-  members: 0,
+  members: null, // the room's member count from the last welcome or presence event; null: unknown
   online: new Set(), // names shown in the online list
   seenOwnJoin: false, // presence events before our own join are already in the welcome
   moderator: false, // the token claims the role "mod": delete any message, kick, ban
@@ -164,10 +166,11 @@ function renderOnline() {
   const names = [...state.online].sort((a, b) => a.localeCompare(b));
   const items = names.map(onlineItem);
   onlineList.replaceChildren(...items);
-  const more = state.members - names.length;
+  const known = Number.isInteger(state.members);
+  const more = known ? state.members - names.length : 0;
   onlineMore.textContent = more > 0 ? `and ${more} more` : "";
   onlineMore.hidden = more <= 0;
-  membersEl.textContent = `${state.members} online`;
+  membersEl.textContent = known ? `${state.members} online` : "–"; // unknown until a welcome
 }
 
 function setMembers(count) {
@@ -450,6 +453,8 @@ function onClose(socket, event, opened) {
   if (statusEl.dataset.state === "online") notice("Connection lost.", Date.now());
   if (state.welcomedAt && Date.now() - state.welcomedAt >= STABLE_MS) state.attempt = 0;
   state.welcomedAt = 0;
+  state.members = null; // nobody tells this page who comes and goes until the next welcome
+  renderOnline();
   for (const id of [...state.pending.keys()]) settle(id, "lost");
   if (event.code === TOKEN_EXPIRED || (tokenMode && tokenProblem(state.token))) {
     clearTimers();
