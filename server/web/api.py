@@ -110,7 +110,12 @@ async def openapi_document(request: web.Request) -> web.Response:
 Fields = dict[str, Any]
 
 
+ROOM_LIMIT = "the server is at its room limit (ROOMHUB_MAX_ROOMS)"
+
+
 async def _publish(app: web.Application, f: Fields) -> object:
+    if not app[hubs_key].hold(f["room"]):
+        raise ApiError("capacity", ROOM_LIMIT)
     seq = await app[broker_key].publish_message(
         f["room"], f.get("user") or SERVER_NAME, f["text"], f.get("data")
     )
@@ -118,10 +123,12 @@ async def _publish(app: web.Application, f: Fields) -> object:
 
 
 async def _broadcast(app: web.Application, f: Fields) -> object:
-    broker, user = app[broker_key], f.get("user") or SERVER_NAME
+    broker, hubs, user = app[broker_key], app[hubs_key], f.get("user") or SERVER_NAME
     text, data = f["text"], f.get("data")
 
     async def one(room: str) -> dict[str, object]:
+        if not hubs.hold(room):
+            return {"room": room, "error": "capacity", "detail": ROOM_LIMIT}
         try:
             return {"room": room, "seq": await broker.publish_message(room, user, text, data)}
         except BrokerUnavailable:

@@ -41,6 +41,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "unknown_field": (400, "a field the method does not take (``field`` names it)"),
     "bad_field": (400, "a field has a wrong type or value (``field`` names it)"),
     "not_found": (404, "delete: the room's history does not hold that seq"),
+    "capacity": (503, "publish: the room is not open and no more fit under ROOMHUB_MAX_ROOMS"),
     "broker_unavailable": (503, "the broker (Redis) cannot carry the call now; retry"),
     "server_error": (500, "a fault in the server (a bug); the log line names it"),
 }
