@@ -155,6 +155,8 @@ async def test_a_chunked_body_over_the_limit_is_refused(aiohttp_client: Any) -> 
         ("publish", b'{"room": "a", "text": "  "}', "bad_field", "text"),
         ("publish", b'{"room": "a", "text": 5}', "bad_field", "text"),
         ("publish", b'{"room": "a", "text": "x", "user": "a\\u0000b"}', "bad_field", "user"),
+        ("publish", b'{"room": "a", "text": "x", "user": "a\\u200bb"}', "bad_field", "user"),
+        ("publish", b'{"room": "a", "text": "\\u0001\\u0001"}', "bad_field", "text"),
         ("broadcast", b'{"rooms": [], "text": "x"}', "bad_field", "rooms"),
         ("broadcast", b'{"rooms": ["a", "a"], "text": "x"}', "bad_field", "rooms"),
         ("delete", b'{"room": "a", "seq": 0}', "bad_field", "seq"),

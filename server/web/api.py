@@ -25,13 +25,12 @@ from aiohttp import web
 from ..ops import metrics
 from ..ops.version import VERSION
 from ..rooms.broker import BrokerUnavailable
+from ..rooms.names import SERVER_NAME
 from ..wire.api import METHODS, ApiError, openapi, parse_body
 from .keys import broker_key, hubs_key, moderation_key, settings_key
 
 log = logging.getLogger("roomhub.api")
 
-SERVER_NAME = "server"
-"""The sender name of a backend's message that names none."""
 LISTED_ROOMS = 100
 """Most rooms the ``rooms`` method lists: the busiest ones."""
 

@@ -74,7 +74,7 @@ from ...wire.protocol import (
     server_message_event,
 )
 from .. import names as member_names
-from ..names import SUFFIX_LIMIT, name_key, new_epoch, suffixed
+from ..names import SUFFIX_LIMIT, name_key, new_epoch, reserved, suffixed
 from . import (
     MESSAGE_PREFIX,
     BrokerUnavailable,
@@ -602,8 +602,10 @@ class RedisBroker:
             if sink is not None:
                 sink(Refused(token=token))
 
-        # As names.free_name: the name asked for, -2 .. -SUFFIX_LIMIT, then a random one.
+        # As names.free_name: the name asked for, -2 .. -SUFFIX_LIMIT (less the reserved
+        # names), then a random one.
         names = [user, *(suffixed(user, n) for n in range(2, SUFFIX_LIMIT + 2))]
+        names = [name for name in names if not reserved(name)]
         candidates = [item for name in names for item in (name_key(name), orjson.dumps(name))]
         tail = presence_event("join", "", 0).partition(b'"members":0')[2]
         self._enqueue(
