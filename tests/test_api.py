@@ -10,12 +10,14 @@ import time
 from typing import Any
 
 import pytest
+import redis
 from aiohttp.test_utils import TestClient
 from openapi_spec_validator import validate
 
 from server.ops.config import ConfigError, load_settings
+from server.rooms.broker.memory import MemoryBroker
 from server.web.app import create_app
-from server.web.keys import broker_key
+from server.web.keys import broker_key, hubs_key
 from server.wire.api import ERRORS, FIELDS, METHODS
 from tests.chat import UPGRADE_HEADERS, Client, sample, settings, wait_until
 from tests.support.docs import code, table
@@ -153,6 +155,8 @@ async def test_a_chunked_body_over_the_limit_is_refused(aiohttp_client: Any) -> 
         ("publish", b'{"room": "a", "text": "  "}', "bad_field", "text"),
         ("publish", b'{"room": "a", "text": 5}', "bad_field", "text"),
         ("publish", b'{"room": "a", "text": "x", "user": "a\\u0000b"}', "bad_field", "user"),
+        ("publish", b'{"room": "a", "text": "x", "user": "a\\u200bb"}', "bad_field", "user"),
+        ("publish", b'{"room": "a", "text": "\\u0001\\u0001"}', "bad_field", "text"),
         ("broadcast", b'{"rooms": [], "text": "x"}', "bad_field", "rooms"),
         ("broadcast", b'{"rooms": ["a", "a"], "text": "x"}', "bad_field", "rooms"),
         ("delete", b'{"room": "a", "seq": 0}', "bad_field", "seq"),
@@ -250,6 +254,41 @@ async def test_publish_to_a_room_nobody_joined_is_in_the_first_joiners_welcome(
     client = Client(await b.ws_connect("/ws", params={"room": "quiet", "user": "ann"}))
     welcome = await client.next_of("welcome")
     assert [(m["seq"], m["text"]) for m in welcome["history"]] == [(answer["seq"], "hello later")]
+
+
+async def test_rooms_published_into_that_nobody_joins_are_dropped_after_the_grace(
+    request: pytest.FixtureRequest, pair: Any
+) -> None:
+    a, _ = await pair(room_grace=0.5, presence_ttl=1.0)
+    orders = [f"order-{n}" for n in range(50)]
+    for room in orders:
+        await ok(a, "publish", room=room, text="shipped")
+    hubs, broker = a.app[hubs_key], a.app[broker_key]
+    assert hubs.room_count() == len(orders)
+    assert len((await ok(a, "history", room="order-7"))["messages"]) == 1  # kept for the grace
+
+    await wait_until(lambda: hubs.room_count() == 0)
+    if isinstance(broker, MemoryBroker):
+        assert not broker._rooms
+    else:  # the keys expire after the retention: max(room grace, presence TTL)
+        store = redis.Redis.from_url(request.getfixturevalue("redis_server").url)
+        await wait_until(lambda: not store.keys("roomhub:{order-*"), timeout=10)
+        store.close()
+    assert (await ok(a, "history", room="order-7"))["messages"] == []
+
+
+async def test_a_publish_that_would_open_a_room_past_the_limit_gets_503_capacity(
+    pair: Any,
+) -> None:
+    a, _ = await pair(max_rooms=2)
+    await ok(a, "publish", room="r1", text="one")
+    await ok(a, "publish", room="r2", text="two")
+    status, answer = await call(a, "publish", room="r3", text="three")
+    assert (status, answer["error"]) == (503, "capacity")
+    await ok(a, "publish", room="r1", text="an open room takes more")
+    answer = await ok(a, "broadcast", rooms=["r1", "r3"], text="all")
+    assert "seq" in answer["results"][0]
+    assert answer["results"][1]["error"] == "capacity"
 
 
 async def test_broadcast_publishes_to_each_room_with_a_result_per_room(pair: Any) -> None:

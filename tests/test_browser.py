@@ -54,7 +54,8 @@ TIMEOUT_MS = 10_000
 QUOTE = re.compile(r"^AAPL\.US quote is \$\d+\.\d\d per share$")
 REFUSED_NAMES = [
     pytest.param("x" * 33, "at most 32 characters", id="33-characters"),
-    pytest.param("alice\u202eevil", "text-direction", id="bidi-override"),
+    pytest.param("alice\u202eevil", "invisible", id="bidi-override"),
+    pytest.param("ali\u200bce", "invisible", id="zero-width-space"),
 ]
 
 OpenRoom = Callable[[str, str], Page]

@@ -44,6 +44,15 @@ async def test_a_name_already_in_the_room_gets_the_next_free_suffix(
     assert names == ["alice", "alice-2", "alice-3"]
 
 
+@pytest.mark.parametrize("hub_mode", HUB_MODES)
+async def test_the_bots_name_and_the_api_senders_are_taken_in_every_room(
+    make_server: Any, hub_mode: str
+) -> None:
+    server = await make_server(hub_mode=hub_mode)
+    names = [(await welcomed(server, "new", want))[1]["user"] for want in ("StockBot", "server")]
+    assert names == ["StockBot-2", "server-2"]
+
+
 async def test_names_differing_only_in_case_or_width_are_the_same_name(make_server: Any) -> None:
     server = await make_server()
     await welcomed(server, "dup", "Alice")

@@ -31,6 +31,7 @@ from server.wire.protocol import (
     validate_room,
     validate_since,
     validate_user,
+    visible,
     welcome_event,
 )
 
@@ -156,9 +157,9 @@ def test_control_characters_at_the_ends_are_refused_not_trimmed(raw: str) -> Non
 
 
 @pytest.mark.parametrize(
-    "name", ["ann", "Zoë", "\U0001f469\u200d\U0001f4bb ann", "a b", "\u5c0f\u660e"]
+    "name", ["ann", "Zoë", "\U0001f469\U0001f3fd ann", "a b", "\u5c0f\u660e", "e\u0301"]
 )
-def test_validate_user_accepts_ordinary_names_and_emoji_sequences(name: str) -> None:
+def test_validate_user_accepts_ordinary_names_emoji_and_marks(name: str) -> None:
     assert validate_user(f"  {name} ") == name
 
 
@@ -169,6 +170,37 @@ def test_validate_user_refuses_control_bidi_and_undecodable_names(name: str) -> 
     with pytest.raises(ProtocolError) as info:
         validate_user(name)
     assert info.value.code == "bad_user"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ali\u200bce",  # zero-width space
+        "\U0001f469\u200d\U0001f4bb",  # zero-width joiner
+        "ann\u2060",  # word joiner
+        "\ufeffann",  # zero-width no-break space (BOM)
+        "a\u2066b\u2069",  # bidi isolates
+        "ann\U000e0041",  # tag character, beyond the BMP
+        "a\u00adb",  # soft hyphen
+    ],
+)
+def test_validate_user_refuses_format_characters(name: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        validate_user(name)
+    assert info.value.code == "bad_user"
+
+
+@pytest.mark.parametrize("text", ["\x01" * 2000, "\u200b", " \u3000\t", "\ufeff\u2028"])
+def test_a_message_without_a_visible_character_is_refused(text: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_frame(orjson.dumps({"type": "message", "text": text}).decode())
+    assert info.value.code == "bad_message"
+
+
+@pytest.mark.parametrize("text", ["a", "\x01\x01.", "\u200b\U0001f600", "\u0301", "\ue000"])
+def test_a_message_with_one_visible_character_is_taken(text: str) -> None:
+    frame = parse_frame(orjson.dumps({"type": "message", "text": text}).decode())
+    assert isinstance(frame, ChatMessage) and frame.text == text
 
 
 def test_batch_is_the_event_itself_or_a_json_array() -> None:
@@ -247,7 +279,7 @@ worst_chars = st.sampled_from(["\U0001f642", "\U0010ffff", "\x00", '"', "\\", "\
 valid_texts = st.one_of(
     st.text(code_points, max_size=MAX_TEXT),
     st.text(worst_chars, min_size=MAX_TEXT, max_size=MAX_TEXT),
-).filter(lambda text: text.strip())
+).filter(visible)
 valid_messages = st.fixed_dictionaries(
     {"type": st.just("message"), "text": valid_texts},
     optional={

@@ -117,6 +117,10 @@ class GlobalHub:
         """Whether a client may join ``room``: it exists, or one more fits under ``max_rooms``."""
         return room in self._rooms or len(self._rooms) < self.max_rooms
 
+    def hold(self, room: str) -> bool:
+        """Never: the server API does not run with the baseline (the config refuses it)."""
+        return False
+
     def post(self, room: str, item: HubItem) -> bool:
         """Queue ``item`` for ``room``; return False for a bot event to a room that is gone."""
         if isinstance(item, BotEvent) and room not in self._rooms:

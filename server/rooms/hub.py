@@ -10,8 +10,11 @@ room (:func:`message_interval`: a fan-out costs a write per member, whatever it 
 under load, events that arrive in between leave together; a quiet room fans out at once.
 Joins and leaves alone may wait longer in a big room (a join storm would otherwise cost a
 frame per join per member), and leave with the next message at the latest. A room empty for
-``room_grace`` seconds is reaped, and its broker subscription dropped; one that never had a
-message is reaped as soon as it is empty.
+``room_grace`` seconds is reaped, and its broker subscription dropped (the in-process broker
+then forgets its state); one that never had a message is reaped as soon as it is empty. A
+room the server API publishes into is held by its hub the same way (:meth:`ShardedHubs.hold`):
+it counts under ``max_rooms`` and is reaped ``room_grace`` seconds after the last publish if
+nobody joins.
 
 Connections post :data:`~server.rooms.items.HubItem` values with ``post(room, item)``. A hub that
 raises closes every member and every connection whose join was still queued with 1011;
@@ -60,6 +63,15 @@ PRESENCE_FRAME_BUDGET = 1_000
 """Frames per second one room may spend on presence (join/leave) events, summed over members."""
 MAX_PRESENCE_INTERVAL = 1.0
 """Longest time (seconds) a join or leave waits for its fan-out, however big the room."""
+
+
+class Hold:
+    """The inbox item of :meth:`RoomHub.hold`."""
+
+    __slots__ = ()
+
+
+HOLD = Hold()
 
 
 def spacing(base: float, members: int, budget: int, longest: float) -> float:
@@ -114,6 +126,8 @@ class RoomHub:
     ``pending`` holds encoded events not yet fanned out; ``urgent`` says whether one of them
     is a message or bot reply (due within the base interval) rather than presence only;
     ``published`` holds the broker publish times of the pending ones that came over Redis.
+    ``held``: the server API published here (:meth:`hold`), so the room keeps its grace
+    period even before its hub has seen a message.
     """
 
     __slots__ = (
@@ -121,6 +135,7 @@ class RoomHub:
         "broker",
         "early",
         "epoch",
+        "held",
         "inbox",
         "joining",
         "max_frame_size",
@@ -146,20 +161,27 @@ class RoomHub:
         self.early: dict[Connection, list[Say]] = {}
         self.epoch = ""
         self.seq = 0
-        self.inbox: deque[HubItem | Delivery] = deque()
+        self.inbox: deque[HubItem | Delivery | Hold] = deque()
         self.pending: list[bytes] = []
         self.published: list[float] = []
         self.urgent = False
         self._waiter: asyncio.Future[None] | None = None
+        self.held = False
         self.task: asyncio.Task[None] | None = None
 
-    def post(self, item: HubItem | Delivery) -> None:
-        """Queue ``item`` (from a connection or the bot, or a delivery from the broker)."""
+    def post(self, item: HubItem | Delivery | Hold) -> None:
+        """Queue ``item`` (from a connection or the bot, a delivery from the broker, or the
+        server API's hold)."""
         self.inbox.append(item)
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             _wake(waiter)
+
+    def hold(self) -> None:
+        """The server API publishes here: keep the room for the grace period from now on,
+        as a room whose members left."""
+        self.post(HOLD)
 
     async def run(self, grace: float, interval: float) -> None:
         """Subscribe, then serve the inbox until the room has had no connection for ``grace``
@@ -188,7 +210,7 @@ class RoomHub:
                 else:
                     # A room that never had a message keeps nothing worth a grace period,
                     # and must not hold a slot under ROOMHUB_MAX_ROOMS for one.
-                    await self._sleep(loop, loop.time() + (grace if self.seq else 0))
+                    await self._sleep(loop, loop.time() + (grace if self.seq or self.held else 0))
                     if not self.inbox and not self.tokens:
                         return
             if self.inbox:
@@ -258,6 +280,8 @@ class RoomHub:
                     broker.leave(name, left)
             elif isinstance(item, Welcome):
                 self._on_welcome(item)
+            elif isinstance(item, Hold):
+                self.held = True
             else:
                 self._on_refused(item)
             inbox.popleft()
@@ -383,6 +407,19 @@ class ShardedHubs:
         if len(self._hubs) >= self.max_rooms:
             return False
         self._start(room)
+        return True
+
+    def hold(self, room: str) -> bool:
+        """The server API is about to publish into ``room``: start its hub if it is not
+        running and one more fits under ``max_rooms`` (else False), and keep the room for
+        ``room_grace`` seconds from now if nobody joins, so its history lasts as long as that
+        of a room whose members left, and no longer."""
+        hub = self._hubs.get(room)
+        if hub is None:
+            if len(self._hubs) >= self.max_rooms:
+                return False
+            hub = self._start(room)
+        hub.hold()
         return True
 
     def post(self, room: str, item: HubItem) -> bool:

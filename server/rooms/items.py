@@ -61,6 +61,11 @@ class Hubs(Protocol):
         """Whether a client may join ``room`` under ``max_rooms`` (a new room may start now)."""
         ...
 
+    def hold(self, room: str) -> bool:
+        """The server API is about to publish into ``room``: keep it open as a room under
+        ``max_rooms`` for the grace period (starting it if need be); False when no room fits."""
+        ...
+
     def post(self, room: str, item: HubItem) -> bool:
         """Queue ``item`` for ``room``'s hub without waiting; return whether a hub took it."""
         ...

@@ -25,13 +25,12 @@ from aiohttp import web
 from ..ops import metrics
 from ..ops.version import VERSION
 from ..rooms.broker import BrokerUnavailable
+from ..rooms.names import SERVER_NAME
 from ..wire.api import METHODS, ApiError, openapi, parse_body
 from .keys import broker_key, hubs_key, moderation_key, settings_key
 
 log = logging.getLogger("roomhub.api")
 
-SERVER_NAME = "server"
-"""The sender name of a backend's message that names none."""
 LISTED_ROOMS = 100
 """Most rooms the ``rooms`` method lists: the busiest ones."""
 
@@ -110,7 +109,12 @@ async def openapi_document(request: web.Request) -> web.Response:
 Fields = dict[str, Any]
 
 
+ROOM_LIMIT = "the server is at its room limit (ROOMHUB_MAX_ROOMS)"
+
+
 async def _publish(app: web.Application, f: Fields) -> object:
+    if not app[hubs_key].hold(f["room"]):
+        raise ApiError("capacity", ROOM_LIMIT)
     seq = await app[broker_key].publish_message(
         f["room"], f.get("user") or SERVER_NAME, f["text"], f.get("data")
     )
@@ -118,10 +122,12 @@ async def _publish(app: web.Application, f: Fields) -> object:
 
 
 async def _broadcast(app: web.Application, f: Fields) -> object:
-    broker, user = app[broker_key], f.get("user") or SERVER_NAME
+    broker, hubs, user = app[broker_key], app[hubs_key], f.get("user") or SERVER_NAME
     text, data = f["text"], f.get("data")
 
     async def one(room: str) -> dict[str, object]:
+        if not hubs.hold(room):
+            return {"room": room, "error": "capacity", "detail": ROOM_LIMIT}
         try:
             return {"room": room, "seq": await broker.publish_message(room, user, text, data)}
         except BrokerUnavailable:

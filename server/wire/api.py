@@ -11,13 +11,23 @@ field rules, so the document and the checks cannot drift apart.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from .protocol import MAX_TEXT, MAX_USER, ProtocolError, validate_room, validate_user
+from .protocol import (
+    INVISIBLE_CATEGORIES,
+    MAX_TEXT,
+    MAX_USER,
+    REFUSED_CATEGORIES,
+    ProtocolError,
+    validate_room,
+    validate_user,
+    visible,
+)
 
 MAX_ROOMS = 100
 """Rooms one ``broadcast`` may name."""
@@ -41,6 +51,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "unknown_field": (400, "a field the method does not take (``field`` names it)"),
     "bad_field": (400, "a field has a wrong type or value (``field`` names it)"),
     "not_found": (404, "delete: the room's history does not hold that seq"),
+    "capacity": (503, "publish: the room is not open and no more fit under ROOMHUB_MAX_ROOMS"),
     "broker_unavailable": (503, "the broker (Redis) cannot carry the call now; retry"),
     "server_error": (500, "a fault in the server (a bug); the log line names it"),
 }
@@ -106,8 +117,8 @@ def _user(value: Any) -> str:
 
 
 def _text(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("must be a non-blank string")
+    if not isinstance(value, str) or not visible(value):
+        raise ValueError("must be a string with a visible character")
     if len(value) > MAX_TEXT:
         raise ValueError(f"must be at most {MAX_TEXT} characters")
     return value
@@ -149,13 +160,29 @@ def _boolean(value: Any) -> bool:
     return value
 
 
-CONTROLS = (
-    "\\x00-\\x1f\\x7f-\\x9f\\ue000-\\uf8ff\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069\\ufffd"
+def _bmp_class(refused: Callable[[str], bool]) -> str:
+    """The code points of the BMP for which ``refused`` holds, as the inside of a pattern's
+    character class (``\\uXXXX`` or ``\\uXXXX-\\uYYYY`` runs)."""
+    runs: list[list[int]] = []
+    for code in range(0x10000):
+        if refused(chr(code)):
+            if runs and runs[-1][1] == code - 1:
+                runs[-1][1] = code
+            else:
+                runs.append([code, code])
+    return "".join(f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}" for a, b in runs)
+
+
+CONTROLS = _bmp_class(
+    lambda ch: ch == "\ufffd" or unicodedata.category(ch) in REFUSED_CATEGORIES - {"Cs"}
 )
-"""The characters a name may not hold that a pattern over the BMP can name: control, private
-use, line and paragraph separators, bidi controls, U+FFFD. The private use planes 15 and 16
-are refused too (:func:`~server.wire.protocol.validate_user`), which no ECMA-262 pattern
-without the ``u`` flag can say."""
+"""The characters a name may not hold that a pattern over the BMP can name: control, format,
+private use, line and paragraph separators, U+FFFD. Surrogates, and the format and private
+use characters beyond the BMP, are refused too (:func:`~server.wire.protocol.validate_user`),
+which no ECMA-262 pattern without the ``u`` flag can say (it sees an astral character as two
+surrogates)."""
+INVISIBLE = _bmp_class(lambda ch: unicodedata.category(ch) in INVISIBLE_CATEGORIES)
+"""The characters of the BMP that draw nothing: white space, control and format characters."""
 NAME_CHAR = f"[^{CONTROLS}]"
 ROOM_SCHEMA = {
     "type": "string",
@@ -181,12 +208,19 @@ FIELDS: dict[str, Field] = {
             "minLength": 1,
             "maxLength": MAX_USER,
             "pattern": f"^{NAME_CHAR}*[^\\s{CONTROLS}]{NAME_CHAR}*$",
-            "description": "a member name: 1-32 characters, no control or bidi characters",
+            "description": "a member name: 1-32 characters, no control or format characters",
         },
         _user,
     ),
     "text": Field(
-        {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": "\\S"}, _text
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_TEXT,
+            "pattern": f"[^\\s{INVISIBLE}]",
+            "description": "1-2000 characters, one of them visible",
+        },
+        _text,
     ),
     "data": Field({"description": "any JSON value, handed to members as is"}, _any),
     "seq": Field({"type": "integer", "minimum": 1, "maximum": MAX_SEQ}, _integer(1, MAX_SEQ)),

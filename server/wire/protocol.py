@@ -116,16 +116,22 @@ def validate_room(raw: str | None) -> str:
     return raw
 
 
-BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Zl", "Zp"})
+REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+"""Unicode categories a name may not hold: control, format (zero-width space and joiner,
+U+2060, U+FEFF, the bidi controls...: invisible, so ``ali\u200bce`` would pass for
+``alice``), surrogate, private use, line and paragraph separators."""
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+"""Unicode categories that draw nothing: a message text needs one character outside them."""
 
 
 def _name_char_ok(ch: str) -> bool:
-    return (
-        ch not in BIDI_CONTROLS
-        and ch != "\ufffd"
-        and unicodedata.category(ch) not in REFUSED_CATEGORIES
-    )
+    return ch != "\ufffd" and unicodedata.category(ch) not in REFUSED_CATEGORIES
+
+
+def visible(text: str) -> bool:
+    """Whether ``text`` holds a character outside :data:`INVISIBLE_CATEGORIES` (white space,
+    control and format characters). Stops at the first one: one lookup for most texts."""
+    return any(unicodedata.category(ch) not in INVISIBLE_CATEGORIES for ch in text)
 
 
 NAME_TRIM_RE = re.compile(r"^[^\S\x00-\x1f\x7f-\x9f]+|[^\S\x00-\x1f\x7f-\x9f]+$")
@@ -139,16 +145,16 @@ def validate_user(raw: str | None) -> str:
     blank.
 
     Raises ``ProtocolError('bad_user')`` when longer than 32 code points or holding a control,
-    surrogate, private-use, line/paragraph separator or bidi control character, or U+FFFD
-    (what a query that is not valid UTF-8 decodes to). Format characters such as the
-    zero-width joiner in emoji sequences are allowed.
+    format (Cf: zero-width and bidi controls among them), surrogate, private-use or
+    line/paragraph separator character, or U+FFFD (what a query that is not valid UTF-8
+    decodes to).
     """
     name = NAME_TRIM_RE.sub("", raw or "")
     if not name:
         return f"guest-{secrets.token_hex(2)}"
     if len(name) > MAX_USER or not all(map(_name_char_ok, name)):
         raise ProtocolError(
-            "bad_user", "user must be 1-32 characters without control or bidi characters"
+            "bad_user", "user must be 1-32 characters without control or format characters"
         )
     return name
 
@@ -176,7 +182,8 @@ def parse_frame(data: str) -> ChatMessage | ModerationRequest:
     (:data:`MODERATION_TYPES`, whose permission the dispatcher checks).
 
     Raises ``ProtocolError`` with code ``bad_json`` (not a JSON object), ``bad_message``
-    (unknown type, wrong field types, empty text) or ``too_long`` (text over 2000 chars).
+    (unknown type, wrong field types, a text without a :func:`visible` character) or
+    ``too_long`` (text over 2000 chars).
     """
     try:
         obj = orjson.loads(data)
@@ -190,8 +197,8 @@ def parse_frame(data: str) -> ChatMessage | ModerationRequest:
             return _moderation(kind, obj)
         raise ProtocolError("bad_message", 'type must be "message", "delete", "kick" or "ban"')
     text = obj.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise ProtocolError("bad_message", "text must be a non-empty string")
+    if not isinstance(text, str) or not visible(text):
+        raise ProtocolError("bad_message", "text must be a string with a visible character")
     if len(text) > MAX_TEXT:
         raise ProtocolError("too_long", f"text is longer than {MAX_TEXT} characters")
     client_id = obj.get("id")

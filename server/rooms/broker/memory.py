@@ -3,9 +3,10 @@
 Each subscribed room keeps its epoch, seq, history ring and member count here; every
 operation hands its result to the room's sink at once. A room's state is forgotten when its
 hub unsubscribes (the room was empty for the grace period): the next join starts a new epoch.
-A backend's message to a room without a hub starts the room's state with no sink, so that the
-first joiner finds it in the history. Bans are kept here with their expiry (monotonic clock)
-and forgotten once expired.
+A backend's message to a room whose hub has not subscribed yet starts the room's state with no
+sink, so that the first joiner finds it in the history; the server API starts that hub first
+(:meth:`~server.rooms.hub.ShardedHubs.hold`), so the state goes when the hub is reaped.
+Bans are kept here with their expiry (monotonic clock) and forgotten once expired.
 """
 
 from __future__ import annotations

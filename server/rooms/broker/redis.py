@@ -78,7 +78,7 @@ from ...wire.protocol import (
     server_message_event,
 )
 from .. import names as member_names
-from ..names import SUFFIX_LIMIT, name_key, new_epoch, suffixed
+from ..names import SUFFIX_LIMIT, name_key, new_epoch, reserved, suffixed
 from . import (
     MESSAGE_PREFIX,
     BrokerUnavailable,
@@ -1016,13 +1016,14 @@ def _ban_key(room: str, user: str) -> str:
 
 def candidate_names(user: str) -> list[object]:
     """The JOIN script's candidate names for ``user``, as names.free_name tries them: the
-    name asked for, ``-2`` .. ``-SUFFIX_LIMIT``, then a random one. The numbered names go as
-    one quadruple per suffix length (the name is cut to fit ``MAX_USER`` with its suffix),
+    name asked for (unless it is reserved), ``-2`` .. ``-SUFFIX_LIMIT``, then a random one.
+    The numbered names go as one quadruple per suffix length (the name is cut to fit
+    ``MAX_USER`` with its suffix),
     ``(key, JSON, first, last)``, and the script appends ``-n`` to both: ``-`` and digits
     are left alone by NFKC and case folding and need no JSON escape, so the key and JSON of
     ``base-n`` are those of ``base`` with ``-n`` appended. About 0.3 KB per join instead
     of the 30 KB that a pair per candidate took."""
-    out: list[object] = [name_key(user), orjson.dumps(user), 0, 0]
+    out: list[object] = [] if reserved(user) else [name_key(user), orjson.dumps(user), 0, 0]
     first = 2
     while first <= SUFFIX_LIMIT:
         digits = len(str(first))

@@ -6,8 +6,9 @@ const MAX_NAME = 32; // Unicode code points
 // The white space the server trims: what Python's str.isspace() matches, less control characters.
 const EDGE_SPACE =
   /^[\x20\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+|[\x20\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$/g;
-// Controls, surrogates, private use, line/paragraph separators, bidi controls, U+FFFD.
-const FORBIDDEN = /[\p{Cc}\p{Cs}\p{Co}\p{Zl}\p{Zp}\u202A-\u202E\u2066-\u2069\uFFFD]/u;
+// Control, format (zero-width, bidi controls), surrogate, private use, line/paragraph
+// separator characters, U+FFFD.
+const FORBIDDEN = /[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Zl}\p{Zp}\uFFFD]/u;
 const ROOM = /^[A-Za-z0-9_.-]{1,64}$/;
 
 /** The name as the server sees it: white space trimmed from both ends. */
@@ -23,7 +24,7 @@ export function nameProblem(name) {
     return `A name can be at most ${MAX_NAME} characters long; this one has ${length}.`;
   }
   if (FORBIDDEN.test(name)) {
-    return "A name can't contain control, private-use, line-break or text-direction characters.";
+    return "A name can't contain control, invisible, private-use or line-break characters.";
   }
   return "";
 }
