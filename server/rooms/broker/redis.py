@@ -17,7 +17,7 @@ Keys of room ``R`` (the ``{R}`` hash tag keeps a room's keys together):
   abandoned room's keys vanish and its next join makes a new epoch. A message only gives
   the seq and history keys an expiry when it creates them: it comes from a member, whose
   instance's refresh renews the room's keys, and three EXPIREs cost Redis about a third of
-  the message script;
+  the message script. A server API publish, which may come with no member, renews them;
 * channel ``roomhub:{R}`` carries R's events; ``roomhub:instance:<instance>`` carries the
   welcomes meant for one instance; ``roomhub:control`` carries the server API's
   :class:`~server.rooms.broker.Control` orders (JSON ``{"action", "user", "room"}``) to every
