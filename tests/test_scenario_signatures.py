@@ -49,6 +49,9 @@ NO_SCENARIO_DATA = {
     # Panels no scenario feeds in a healthy run, named so that one going dark is noticed.
     # k6 writes a counter only once it counted something; k6/checks/faults.js provokes these.
     "roomhub load (k6) / Unexpected closes and errors",
+    # Only the api scenario calls the server API (tests/test_k6_scenarios.py runs it, and
+    # tests/test_observability_live.py queries this panel after it).
+    "roomhub server / API call latency p50 / p99",
 }
 
 
