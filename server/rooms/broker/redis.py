@@ -24,7 +24,8 @@ Keys of room ``R`` (the ``{R}`` hash tag keeps a room's keys together):
   instance;
 * ``roomhub:{R}:ban:<name key>`` marks a banned member, expiring with the ban.
 
-Every operation runs as one server-side Lua script (atomic, as Centrifugo does): a message
+Every operation runs as one server-side Lua script (atomic, as Centrifugo does; the scripts
+and their KEYS/ARGV builders: :mod:`~server.rooms.broker.scripts`): a message
 increments the seq, appends the encoded event to the capped history and publishes it; a join
 gives the joiner the first of its candidate names (the one it asked for, then ``-2``,
 ``-3``, ...) that no instance holds, publishes its :class:`~server.rooms.broker.Welcome` on the
@@ -33,10 +34,8 @@ ordered pipeline over the command connection (redis-py's pool); every subscripti
 one pub/sub connection, read by one task, so a welcome reaches the hub exactly between the
 events it covers and the ones after it.
 
-A published payload is ``<kind> <seq> <published> <event>``: kind ``m`` message, ``b`` bot,
-``p`` presence; ``published`` is the publisher's ``time.time()``. A welcome payload is
-``w <token> <seq> <members> <reset 0|1> <epoch> <room>``, then lines holding the JSON-encoded
-name given, the JSON list of names online, and one history event each.
+What goes on the channels (events, welcomes, control orders) is written and read by
+:mod:`~server.rooms.broker.payload`.
 
 When Redis goes away the broker is not :attr:`ready`, refuses operations at once (messages
 come back as :class:`~server.rooms.broker.Refused`), reconnects with capped exponential backoff,
@@ -58,7 +57,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
@@ -84,11 +83,29 @@ from . import (
     BrokerUnavailable,
     Control,
     ControlSink,
-    Event,
     Refused,
     Sink,
     Welcome,
     encoded_history_seq,
+    payload,
+    scripts,
+)
+from .scripts import (
+    Arg,
+    Delete,
+    Join,
+    Leave,
+    Presence,
+    Refresh,
+    Rooms,
+    Say,
+    SayRoom,
+    Sync,
+    bulk,
+    channel,
+    prefix,
+    room_keys,
+    say_head,
 )
 
 log = logging.getLogger("roomhub.broker")
@@ -103,246 +120,19 @@ COMMAND_TIMEOUT = 5.0
 """Seconds one command (or pipeline) may take before Redis counts as unavailable."""
 CLOSE_DRAIN = 2.0
 """Seconds :meth:`RedisBroker.close` waits for queued operations (the last leaves)."""
-ROOMS_KEY = "roomhub:rooms"
 CONTROL_CHANNEL = "roomhub:control"
 SAY_BATCH = 64
 """Most messages one SAY call carries (Redis runs nothing else while a script runs)."""
-
-# Shared by the scripts: ARGV[1] is always the room's key prefix.
-_COMMON = """
-local function total(prefix, instances)
-  local n = 0
-  for _, id in ipairs(redis.call('SMEMBERS', instances)) do
-    local here = redis.call('HLEN', prefix .. 'users:' .. id)
-    if here == 0 then redis.call('SREM', instances, id) end
-    n = n + here
-  end
-  return n
-end
-local function rank(rooms, room, n)
-  if n > 0 then redis.call('ZADD', rooms, n, room) else redis.call('ZREM', rooms, room) end
-end
--- Sets the room's keys to expire ``ttl`` seconds from now.
-local function keep(prefix, ttl)
-  for _, name in ipairs({'epoch', 'seq', 'history', 'instances'}) do
-    redis.call('EXPIRE', prefix .. name, ttl)
-  end
-end
--- Publishes the welcome of join ``token`` (0: a catch-up) to ``channel``; ``seen`` is the
--- epoch the joiner saw ('' if none), ``name`` the JSON name it got.
-local function welcome(keys, token, room, members, since, seen, fresh, name, channel, limit)
-  local epoch = redis.call('GET', keys.epoch)
-  if not epoch then
-    epoch = fresh
-    redis.call('SET', keys.epoch, epoch)
-  end
-  local reset = 0
-  if seen ~= '' and seen ~= epoch then
-    reset, since = 1, -1
-  end
-  local online = {}
-  for _, id in ipairs(redis.call('SMEMBERS', keys.instances)) do
-    for _, who in ipairs(redis.call('HVALS', keys.prefix .. 'users:' .. id)) do
-      if #online < limit then online[#online + 1] = who end
-    end
-  end
-  local seq = tonumber(redis.call('GET', keys.seq) or '0')
-  local out = {table.concat({'w', token, seq, members, reset, epoch, room}, ' '), name,
-               '[' .. table.concat(online, ',') .. ']'}
-  for _, ev in ipairs(redis.call('LRANGE', keys.history, 0, -1)) do
-    if tonumber(string.match(ev, '^{"type":"message","seq":(%d+)')) > since then
-      table.insert(out, ev)
-    end
-  end
-  redis.call('PUBLISH', channel, table.concat(out, '\\n'))
-end
-"""
-
-# KEYS: seq and history of each message. ARGV: channel, event tail (after the seq) and
-# published of each message, then the history size and the retention. Several messages (of
-# any rooms) share one call: Redis spends about as much on a script call as on the commands
-# in it. Only a key this script creates gets its expiry here: a message comes from a member,
-# so the presence refresh of the member's instance renews the room's keys (``keep``).
-SAY = """
-local size, ttl = tonumber(ARGV[#ARGV - 1]), ARGV[#ARGV]
-local out = {}
-for m = 1, #KEYS / 2 do
-  local seq = redis.call('INCR', KEYS[2 * m - 1])
-  if seq == 1 then redis.call('EXPIRE', KEYS[2 * m - 1], ttl) end
-  local ev = '{"type":"message","seq":' .. seq .. ARGV[3 * m - 1]
-  local n = redis.call('RPUSH', KEYS[2 * m], ev)
-  if n == 1 then
-    redis.call('EXPIRE', KEYS[2 * m], ttl)
-  elseif n > size then
-    redis.call('LTRIM', KEYS[2 * m], -size, -1)
-  end
-  redis.call('PUBLISH', ARGV[3 * m - 2], 'm ' .. seq .. ' ' .. ARGV[3 * m] .. ' ' .. ev)
-  out[m] = seq
-end
-return out
-"""
-
-# KEYS: history. ARGV: the message's prefix up to its seq and comma, channel, published,
-# the deleted event. Removes the message from the history and publishes the event.
-DELETE = """
-for _, ev in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  if string.sub(ev, 1, #ARGV[1]) == ARGV[1] then
-    redis.call('LREM', KEYS[1], 1, ev)
-    redis.call('PUBLISH', ARGV[2], 'b 0 ' .. ARGV[3] .. ' ' .. ARGV[4])
-    return 1
-  end
-end
-return 0
-"""
-
-# KEYS: instances. ARGV: prefix. The JSON names of the room's members on every instance.
-PRESENCE = """
-local out = {}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  for _, who in ipairs(redis.call('HVALS', ARGV[1] .. 'users:' .. id)) do
-    out[#out + 1] = who
-  end
-end
-return out
-"""
-
-# KEYS: seq, history, instances, users, tokens, rooms, epoch.
-# ARGV: prefix, room, instance, token, ttl, event tail (after members), published, channel,
-#       since, epoch the joiner saw, a fresh epoch, instance channel, online limit,
-#       retention, then the candidate names in order of preference as quadruples: name key,
-#       JSON name, first and last n (0, 0: the name itself; else the names with the suffixes
-#       -first .. -last). The last quadruple's name is taken when every candidate is.
-JOIN = (
-    _COMMON
-    + """
-local ids = redis.call('SMEMBERS', KEYS[3])
-local function taken(key)
-  if redis.call('HEXISTS', KEYS[4], key) == 1 then return true end
-  for _, id in ipairs(ids) do
-    if redis.call('HEXISTS', ARGV[1] .. 'users:' .. id, key) == 1 then return true end
-  end
-  return false
-end
-local chosen, name = ARGV[#ARGV - 3], ARGV[#ARGV - 2]
-local found = false
-for i = 15, #ARGV, 4 do
-  for n = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]) do
-    local key, json = ARGV[i], ARGV[i + 1]
-    if n > 0 then
-      key = key .. '-' .. n
-      json = string.sub(json, 1, -2) .. '-' .. n .. '"'
-    end
-    if not taken(key) then
-      chosen, name, found = key, json, true
-      break
-    end
-  end
-  if found then break end
-end
-redis.call('HSET', KEYS[4], chosen, name)
-redis.call('HSET', KEYS[5], ARGV[4], chosen)
-redis.call('EXPIRE', KEYS[4], ARGV[5])
-redis.call('EXPIRE', KEYS[5], ARGV[5])
-redis.call('SADD', KEYS[3], ARGV[3])
-local n = total(ARGV[1], KEYS[3])
-rank(KEYS[6], ARGV[2], n)
-local keys = {prefix = ARGV[1], seq = KEYS[1], history = KEYS[2], epoch = KEYS[7],
-              instances = KEYS[3]}
-welcome(keys, ARGV[4], ARGV[2], n, tonumber(ARGV[9]), ARGV[10], ARGV[11], name, ARGV[12],
-        tonumber(ARGV[13]))
-keep(ARGV[1], ARGV[14])
-redis.call('PUBLISH', ARGV[8],
-  'p 0 ' .. ARGV[7] .. ' {"type":"join","user":' .. name .. ',"members":' .. n .. ARGV[6])
-return n
-"""
-)
-
-# KEYS: instances, users, tokens, rooms. ARGV: prefix, room, token, ttl, event tail (after
-# members), published, channel, retention.
-LEAVE = (
-    _COMMON
-    + """
-local key = redis.call('HGET', KEYS[3], ARGV[3])
-if not key then return -1 end
-local name = redis.call('HGET', KEYS[2], key)
-redis.call('HDEL', KEYS[3], ARGV[3])
-redis.call('HDEL', KEYS[2], key)
-local n = total(ARGV[1], KEYS[1])
-rank(KEYS[4], ARGV[2], n)
-keep(ARGV[1], ARGV[8])
-if name then
-  redis.call('PUBLISH', ARGV[7],
-    'p 0 ' .. ARGV[6] .. ' {"type":"leave","user":' .. name .. ',"members":' .. n .. ARGV[5])
-end
-return n
-"""
-)
-
-# KEYS: seq, history, instances, rooms, epoch. ARGV: prefix, room, instance channel, a fresh
-# epoch, online limit, retention. Publishes a catch-up welcome (token 0) with the whole history.
-SYNC = (
-    _COMMON
-    + """
-local n = total(ARGV[1], KEYS[3])
-rank(KEYS[4], ARGV[2], n)
-local keys = {prefix = ARGV[1], seq = KEYS[1], history = KEYS[2], epoch = KEYS[5],
-              instances = KEYS[3]}
-welcome(keys, '0', ARGV[2], n, -1, '', ARGV[4], '""', ARGV[3], tonumber(ARGV[5]))
-keep(ARGV[1], ARGV[6])
-return n
-"""
-)
-
-# KEYS: instances, users, tokens, rooms. ARGV: prefix, room, instance, ttl, whole (1: replace
-# what is there, 0: add), retention, then token, name key, JSON name triples of this
-# instance's members.
-REFRESH = (
-    _COMMON
-    + """
-if ARGV[5] == '1' then redis.call('DEL', KEYS[2], KEYS[3]) end
-for i = 7, #ARGV, 3 do
-  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
-  redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
-end
-if #ARGV > 6 then
-  redis.call('EXPIRE', KEYS[2], ARGV[4])
-  redis.call('EXPIRE', KEYS[3], ARGV[4])
-  redis.call('SADD', KEYS[1], ARGV[3])
-  keep(ARGV[1], ARGV[6])
-end
-rank(KEYS[4], ARGV[2], total(ARGV[1], KEYS[1]))
-"""
-)
-
-# KEYS: rooms. ARGV: limit. Recounts the busiest rooms (dead instances drop out).
-ROOMS = (
-    _COMMON
-    + """
-local out = {}
-for _, room in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)) do
-  local prefix = 'roomhub:{' .. room .. '}:'
-  local n = total(prefix, prefix .. 'instances')
-  rank(KEYS[1], room, n)
-  if n > 0 then
-    table.insert(out, room)
-    table.insert(out, n)
-  end
-end
-return out
-"""
-)
 
 
 def _online_limit() -> int:
     return member_names.ONLINE_LIMIT
 
 
-def prefix(room: str) -> str:
-    return f"roomhub:{{{room}}}:"
-
-
-def channel(room: str) -> str:
-    return f"roomhub:{{{room}}}"
+def _presence_tail(kind: str) -> bytes:
+    """What follows the members count in a ``join`` or ``leave`` event (its script writes
+    the head: type, name and count)."""
+    return presence_event(kind, "", 0).partition(b'"members":0')[2]
 
 
 CHANNEL_HEAD = len("roomhub:{")
@@ -361,13 +151,9 @@ def _encode(value: object) -> bytes:
     raise TypeError(f"cannot send {type(value).__name__} to redis")
 
 
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(value), value)
-
-
 def pack(*args: object) -> bytes:
     """One command in RESP (an array of bulk strings), as redis-py's ``pack_command`` makes it."""
-    return b"*%d\r\n" % len(args) + b"".join([_bulk(_encode(arg)) for arg in args])
+    return b"*%d\r\n" % len(args) + b"".join([bulk(_encode(arg)) for arg in args])
 
 
 @dataclass(slots=True)
@@ -375,12 +161,12 @@ class _Op:
     """One queued operation: a script call, or a plain command when ``script`` is None;
     ``packed`` holds its RESP bytes once made (:meth:`wire`). A message has ``say`` instead:
     the RESP bytes of its keys and of its arguments in the SAY script, which takes several
-    messages per call."""
+    messages per call (:class:`~server.rooms.broker.scripts.SayRoom`)."""
 
     kind: str  # metrics.BROKER_OPERATIONS
     script: AsyncScript | None
     keys: list[str]
-    args: list[object]
+    args: list[Arg]
     failed: Callable[[], None] | None = None
     command: tuple[object, ...] = field(default=())
     packed: bytes = b""
@@ -431,23 +217,13 @@ class RedisBroker:
             socket_connect_timeout=COMMAND_TIMEOUT,
         )
         self._scripts = {
-            name: self._client.register_script(source)
-            for name, source in (
-                ("say", SAY),
-                ("join", JOIN),
-                ("leave", LEAVE),
-                ("sync", SYNC),
-                ("refresh", REFRESH),
-                ("rooms", ROOMS),
-                ("delete", DELETE),
-                ("presence", PRESENCE),
-            )
+            name: self._client.register_script(scripts.source(name)) for name in scripts.SCRIPTS
         }
         self._control: ControlSink | None = None
         self._sinks: dict[str, Sink] = {}
-        # room -> the RESP bytes of its seq and history keys, and of its channel (SAY).
-        self._say_parts: dict[str, tuple[bytes, bytes]] = {}
-        self._say_tail = _bulk(_encode(history_size)) + _bulk(_encode(self.retention))
+        # room -> the RESP bytes of its part in every SAY call.
+        self._say_parts: dict[str, SayRoom] = {}
+        self._say_tail = scripts.say_settings(history_size, self.retention)
         # room -> join token -> (name key, JSON name) of the members here; joins in flight.
         self._local: dict[str, dict[int, tuple[str, bytes]]] = {}
         self._joining: dict[int, str] = {}
@@ -627,29 +403,27 @@ class RedisBroker:
         sink = self._sinks.get(name[CHANNEL_HEAD:-1].decode())
         if sink is None:
             return
-        kind, seq, published, event = data.split(b" ", 3)
-        sink(Event(event, int(seq), kind != b"p", float(published)))
+        sink(payload.decode_event(data))
 
     def _on_welcome(self, data: bytes) -> None:
-        head, user, online, *history = data.split(b"\n")
-        _, token, seq, members, reset, epoch, room = head.decode().split(" ")
-        if self._joining.pop(int(token), None) is not None:
-            name = orjson.loads(user)
-            self._local.setdefault(room, {})[int(token)] = (name_key(name), user)
+        got = payload.decode_welcome(data)
+        if self._joining.pop(got.token, None) is not None:
+            name = orjson.loads(got.name)
+            self._local.setdefault(got.room, {})[got.token] = (name_key(name), got.name)
         else:
             name = ""  # a catch-up, or a join whose connection left meanwhile
-        sink = self._sinks.get(room)
+        sink = self._sinks.get(got.room)
         if sink is not None:
             sink(
                 Welcome(
-                    int(token),
+                    got.token,
                     name,
-                    epoch,
-                    int(seq),
-                    int(members),
-                    orjson.loads(online),
-                    reset == "1",
-                    history,
+                    got.epoch,
+                    got.seq,
+                    got.members,
+                    got.online,
+                    got.reset,
+                    got.history,
                 )
             )
 
@@ -661,25 +435,8 @@ class RedisBroker:
         for room in self._local:
             self._refresh(room, whole=True)
         for room in self._sinks:
-            self._enqueue(
-                _Op(
-                    "sync",
-                    self._scripts["sync"],
-                    [
-                        *_room_keys(room, "seq", "history", "instances"),
-                        ROOMS_KEY,
-                        prefix(room) + "epoch",
-                    ],
-                    [
-                        prefix(room),
-                        room,
-                        self._instance_channel,
-                        new_epoch(),
-                        _online_limit(),
-                        self.retention,
-                    ],
-                )
-            )
+            sync = Sync(room, self._instance_channel, new_epoch(), _online_limit(), self.retention)
+            self._enqueue(self._script_op("sync", sync))
 
     # -- operations -------------------------------------------------------------------------
 
@@ -692,39 +449,22 @@ class RedisBroker:
             if sink is not None:
                 sink(Refused(token=token))
 
-        candidates = candidate_names(user)
-        tail = presence_event("join", "", 0).partition(b'"members":0')[2]
-        self._enqueue(
-            _Op(
-                "presence",
-                self._scripts["join"],
-                [
-                    *_room_keys(room, "seq", "history", "instances"),
-                    f"{prefix(room)}users:{self.instance}",
-                    f"{prefix(room)}tokens:{self.instance}",
-                    ROOMS_KEY,
-                    prefix(room) + "epoch",
-                ],
-                [
-                    prefix(room),
-                    room,
-                    self.instance,
-                    token,
-                    self.presence_ttl,
-                    tail,
-                    repr(time.time()),
-                    channel(room),
-                    -1 if since is None else since,
-                    epoch or "",
-                    new_epoch(),
-                    self._instance_channel,
-                    _online_limit(),
-                    self.retention,
-                    *candidates,
-                ],
-                failed,
-            )
+        join = Join(
+            room,
+            self.instance,
+            token,
+            self.presence_ttl,
+            _presence_tail("join"),
+            repr(time.time()),
+            since,
+            epoch,
+            new_epoch(),
+            self._instance_channel,
+            _online_limit(),
+            self.retention,
+            tuple(candidate_names(user)),
         )
+        self._enqueue(self._script_op("presence", join, failed))
 
     def leave(self, room: str, token: int) -> None:
         self._joining.pop(token, None)
@@ -732,24 +472,16 @@ class RedisBroker:
         here.pop(token, None)
         if not here:
             self._local.pop(room, None)
-        tail = presence_event("leave", "", 0).partition(b'"members":0')[2]
-        self._enqueue(
-            _Op(
-                "presence",
-                self._scripts["leave"],
-                self._presence_keys(room),
-                [
-                    prefix(room),
-                    room,
-                    token,
-                    self.presence_ttl,
-                    tail,
-                    repr(time.time()),
-                    channel(room),
-                    self.retention,
-                ],
-            )
+        leave = Leave(
+            room,
+            self.instance,
+            token,
+            self.presence_ttl,
+            _presence_tail("leave"),
+            repr(time.time()),
+            self.retention,
         )
+        self._enqueue(self._script_op("presence", leave))
 
     def say(self, room: str, user: str, msg: ChatMessage, sender: int) -> None:
         tail = message_event(0, room, user, msg)[len(MESSAGE_PREFIX) + 1 :]
@@ -761,50 +493,27 @@ class RedisBroker:
 
         parts = self._say_parts.get(room)
         if parts is None:
-            keys = _room_keys(room, "seq", "history")
-            parts = self._say_parts[room] = (
-                b"".join([_bulk(key.encode()) for key in keys]),
-                _bulk(channel(room).encode()),
-            )
-        args = parts[1] + _bulk(tail) + _bulk(repr(time.time()).encode())
-        self._enqueue(_Op("message", self._scripts["say"], [], [], failed, say=(parts[0], args)))
+            parts = self._say_parts[room] = SayRoom.of(room)
+        args = parts.message(tail, repr(time.time()).encode())
+        self._enqueue(_Op("message", self._scripts["say"], [], [], failed, say=(parts.keys, args)))
 
     def publish(self, room: str, event: bytes) -> None:
-        payload = b"b 0 " + repr(time.time()).encode() + b" " + event
-        self._enqueue(_Op("bot", None, [], [], command=("PUBLISH", channel(room), payload)))
+        data = payload.encode_event(payload.BOT, 0, time.time(), event)
+        self._enqueue(_Op("bot", None, [], [], command=("PUBLISH", channel(room), data)))
 
-    def _presence_keys(self, room: str) -> list[str]:
-        """KEYS of the leave and refresh scripts: instances, this instance's users and
-        tokens, and the room list."""
-        here = prefix(room)
-        return [
-            f"{here}instances",
-            f"{here}users:{self.instance}",
-            f"{here}tokens:{self.instance}",
-            ROOMS_KEY,
-        ]
+    def _script_op(
+        self, kind: str, call: scripts.Call, failed: Callable[[], None] | None = None
+    ) -> _Op:
+        """The queued operation of script ``call``, counted as ``kind``."""
+        return _Op(kind, self._scripts[call.NAME], call.keys(), call.args(), failed)
 
     def _refresh(self, room: str, whole: bool = False) -> None:
         """Keep this instance's members of ``room`` present; ``whole`` replaces what Redis
         holds for this instance (after a reconnect), else entries are only added."""
         here = self._local.get(room, {})
-        triples = [item for token, (key, name) in here.items() for item in (token, key, name)]
-        self._enqueue(
-            _Op(
-                "presence",
-                self._scripts["refresh"],
-                self._presence_keys(room),
-                [
-                    prefix(room),
-                    room,
-                    self.instance,
-                    self.presence_ttl,
-                    int(whole),
-                    self.retention,
-                    *triples,
-                ],
-            )
-        )
+        members = tuple((token, key, name) for token, (key, name) in here.items())
+        refresh = Refresh(room, self.instance, self.presence_ttl, whole, self.retention, members)
+        self._enqueue(self._script_op("presence", refresh))
 
     async def _refresher(self) -> None:
         """Keep this instance's presence entries alive while it has members."""
@@ -905,10 +614,7 @@ class RedisBroker:
             run = [op.say for op in ops[start:stop] if op.say is not None]
             count = len(run)
             chunks += [
-                b"*%d\r\n" % (3 + 5 * count + 2),
-                _bulk(b"EVALSHA"),
-                _bulk(self._scripts["say"].sha.encode()),
-                _bulk(b"%d" % (2 * count)),
+                say_head(self._scripts["say"].sha, count),
                 *[keys for keys, _ in run],
                 *[args for _, args in run],
                 self._say_tail,
@@ -921,7 +627,7 @@ class RedisBroker:
 
     async def rooms(self, limit: int) -> list[tuple[str, int]]:
         try:
-            flat = await self._scripts["rooms"](keys=[ROOMS_KEY], args=[limit])
+            flat = await self._run(Rooms(limit))
         except (RedisError, OSError):
             metrics.BROKER_ERRORS.labels("query").inc()
             raise BrokerUnavailable("redis is unavailable") from None
@@ -937,9 +643,8 @@ class RedisBroker:
         if self._control is None:
             return
         try:
-            fields = orjson.loads(data)
-            order = Control(fields["action"], fields["user"], fields["room"])
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            order = payload.decode_control(data)
+        except ValueError:
             log.warning("control_unreadable", extra={"fields": {"size": len(data)}})
             return
         self._control(order)
@@ -953,31 +658,37 @@ class RedisBroker:
             metrics.BROKER_ERRORS.labels("query").inc()
             raise BrokerUnavailable(f"redis is unavailable ({what})") from None
 
+    def _run(self, call: scripts.Call, client: aioredis.Redis | None = None) -> Awaitable[Any]:
+        """Run script ``call`` now (loading it first if Redis lacks it), on ``client`` (a
+        pipeline) if given."""
+        return self._scripts[call.NAME](keys=call.keys(), args=call.args(), client=client)
+
     async def publish_message(self, room: str, user: str, text: str, data: object | None) -> int:
         event = server_message_event(0, room, user, text, data, now_ms())
-        tail = event[len(MESSAGE_PREFIX) + 1 :]
-        args: list[bytes | str | int] = [
-            channel(room),
-            tail,
+        say = Say(
+            room,
+            event[len(MESSAGE_PREFIX) + 1 :],
             repr(time.time()),
             self.history_size,
             self.retention,
-        ]
+        )
         # SAY renews no expiry (a member's presence refresh does): a room the API publishes
         # into may have no member, so its keys are renewed here, as any use of a room does.
         pipe = self._client.pipeline(transaction=False)
-        await self._scripts["say"](keys=_room_keys(room, "seq", "history"), args=args, client=pipe)
-        for key in _room_keys(room, "seq", "history", "epoch"):
+        await self._run(say, client=pipe)
+        for key in room_keys(room, "seq", "history", "epoch"):
             pipe.expire(key, self.retention)
         answers = await self._call("publish", pipe.execute())
         return int(answers[0][0])
 
     async def delete(self, room: str, seq: int) -> bool:
-        head = MESSAGE_PREFIX + str(seq).encode() + b","
-        args: list[bytes | str] = [head, channel(room), repr(time.time()), deleted_event(room, seq)]
-        found = await self._call(
-            "delete", self._scripts["delete"](keys=_room_keys(room, "history"), args=args)
+        delete = Delete(
+            room,
+            seq,
+            repr(time.time()),
+            deleted_event(room, seq),
         )
+        found = await self._call("delete", self._run(delete))
         return bool(found)
 
     async def history(self, room: str, since: int, limit: int) -> list[bytes]:
@@ -989,15 +700,12 @@ class RedisBroker:
         return newer[-limit:]
 
     async def presence(self, room: str) -> list[str]:
-        names = await self._call(
-            "presence",
-            self._scripts["presence"](keys=_room_keys(room, "instances"), args=[prefix(room)]),
-        )
+        names = await self._call("presence", self._run(Presence(room)))
         return [orjson.loads(name) for name in names]
 
     async def control(self, order: Control) -> None:
-        payload = orjson.dumps({"action": order.action, "user": order.user, "room": order.room})
-        await self._call("control", self._client.publish(CONTROL_CHANNEL, payload))
+        data = payload.encode_control(order)
+        await self._call("control", self._client.publish(CONTROL_CHANNEL, data))
 
     async def ban(self, room: str, user: str, seconds: float | None) -> None:
         expiry = None if seconds is None else max(1, math.ceil(seconds * 1000))
@@ -1014,7 +722,7 @@ def _ban_key(room: str, user: str) -> str:
     return f"{prefix(room)}ban:{user}"
 
 
-def candidate_names(user: str) -> list[object]:
+def candidate_names(user: str) -> list[Arg]:
     """The JOIN script's candidate names for ``user``, as names.free_name tries them: the
     name asked for (unless it is reserved), ``-2`` .. ``-SUFFIX_LIMIT``, then a random one.
     The numbered names go as one quadruple per suffix length (the name is cut to fit
@@ -1023,7 +731,7 @@ def candidate_names(user: str) -> list[object]:
     are left alone by NFKC and case folding and need no JSON escape, so the key and JSON of
     ``base-n`` are those of ``base`` with ``-n`` appended. About 0.3 KB per join instead
     of the 30 KB that a pair per candidate took."""
-    out: list[object] = [] if reserved(user) else [name_key(user), orjson.dumps(user), 0, 0]
+    out: list[Arg] = [] if reserved(user) else [name_key(user), orjson.dumps(user), 0, 0]
     first = 2
     while first <= SUFFIX_LIMIT:
         digits = len(str(first))
@@ -1033,10 +741,6 @@ def candidate_names(user: str) -> list[object]:
         first = last + 1
     fallback = suffixed(user, SUFFIX_LIMIT + 1)
     return [*out, name_key(fallback), orjson.dumps(fallback), 0, 0]
-
-
-def _room_keys(room: str, *names: str) -> list[str]:
-    return [prefix(room) + name for name in names]
 
 
 def _quiet(task: asyncio.Task[None]) -> None:

@@ -1,0 +1,50 @@
+-- Functions shared by the scripts that use them (prepended to each; see scripts.py).
+-- A room's keys share the prefix 'roomhub:{<room>}:'.
+-- Counts the room's members over every instance listed in ``instances`` (dropping those that
+-- hold none).
+local function total(prefix, instances)
+  local n = 0
+  for _, id in ipairs(redis.call('SMEMBERS', instances)) do
+    local here = redis.call('HLEN', prefix .. 'users:' .. id)
+    if here == 0 then redis.call('SREM', instances, id) end
+    n = n + here
+  end
+  return n
+end
+local function rank(rooms, room, n)
+  if n > 0 then redis.call('ZADD', rooms, n, room) else redis.call('ZREM', rooms, room) end
+end
+-- Sets the room's keys to expire ``ttl`` seconds from now.
+local function keep(prefix, ttl)
+  for _, name in ipairs({'epoch', 'seq', 'history', 'instances'}) do
+    redis.call('EXPIRE', prefix .. name, ttl)
+  end
+end
+-- Publishes the welcome of join ``token`` (0: a catch-up) to ``channel``; ``seen`` is the
+-- epoch the joiner saw ('' if none), ``name`` the JSON name it got.
+local function welcome(keys, token, room, members, since, seen, fresh, name, channel, limit)
+  local epoch = redis.call('GET', keys.epoch)
+  if not epoch then
+    epoch = fresh
+    redis.call('SET', keys.epoch, epoch)
+  end
+  local reset = 0
+  if seen ~= '' and seen ~= epoch then
+    reset, since = 1, -1
+  end
+  local online = {}
+  for _, id in ipairs(redis.call('SMEMBERS', keys.instances)) do
+    for _, who in ipairs(redis.call('HVALS', keys.prefix .. 'users:' .. id)) do
+      if #online < limit then online[#online + 1] = who end
+    end
+  end
+  local seq = tonumber(redis.call('GET', keys.seq) or '0')
+  local out = {table.concat({'w', token, seq, members, reset, epoch, room}, ' '), name,
+               '[' .. table.concat(online, ',') .. ']'}
+  for _, ev in ipairs(redis.call('LRANGE', keys.history, 0, -1)) do
+    if tonumber(string.match(ev, '^{"type":"message","seq":(%d+)')) > since then
+      table.insert(out, ev)
+    end
+  end
+  redis.call('PUBLISH', channel, table.concat(out, '\n'))
+end
