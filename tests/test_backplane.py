@@ -384,13 +384,6 @@ async def test_names_are_unique_over_every_instance(make_instance: Any) -> None:
     await again.close()
 
 
-async def test_the_bots_name_is_taken_over_redis_too(make_instance: Any) -> None:
-    a = await make_instance()
-    client = await connect(a, "new", "stockbot")
-    assert (await client.next_of("welcome"))["user"] == "stockbot-2"
-    await client.close()
-
-
 def test_readme_states_the_reconnect_backoff_the_broker_uses() -> None:
     from server.rooms.broker.redis import MAX_BACKOFF, MIN_BACKOFF
 

@@ -632,7 +632,7 @@ class RedisBroker:
             metrics.BROKER_ERRORS.labels("query").inc()
             raise BrokerUnavailable("redis is unavailable") from None
         rooms = [(flat[i].decode(), int(flat[i + 1])) for i in range(0, len(flat), 2)]
-        return sorted(rooms, key=lambda room: (-room[1], room[0]))
+        return sorted(rooms, key=lambda room: (-room[1], room[0]))[:limit]
 
     # -- the server API ----------------------------------------------------------------------
 

@@ -303,8 +303,9 @@ class Sync:
 
 @dataclass(frozen=True, slots=True)
 class Rooms:
-    """ROOMS: recount the ``limit`` busiest rooms; the script returns ``room, members`` pairs,
-    flattened, of those with members.
+    """ROOMS: recount the ``limit`` busiest rooms, ties by name; the script returns
+    ``room, members`` pairs, flattened, of those with members: up to ``2 * limit - 1`` rooms,
+    those ranked above the ``limit``-th room's count and the first ``limit`` by name at it.
 
     KEYS: the room list. ARGV: limit.
     """
