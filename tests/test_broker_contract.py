@@ -161,6 +161,13 @@ async def test_names_are_told_apart_by_case_and_compatibility_forms(broker: Brok
     assert (await join(broker, sink, "FIONA", 2)).user == "FIONA-2"
 
 
+async def test_a_numbered_variant_keeps_quotes_backslashes_and_emoji(broker: Broker) -> None:
+    sink = await room(broker)
+    await join(broker, sink, 'a"b\\c 😀', 1)
+    welcome = await join(broker, sink, 'a"b\\c 😀', 2)
+    assert (welcome.user, welcome.online) == ('a"b\\c 😀-2', ['a"b\\c 😀', 'a"b\\c 😀-2'])
+
+
 async def test_a_numbered_variant_of_a_long_name_is_cut_to_fit(broker: Broker) -> None:
     sink = await room(broker)
     await join(broker, sink, "x" * MAX_USER, 1)
