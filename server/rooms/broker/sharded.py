@@ -75,6 +75,20 @@ def redis_shards(broker: object) -> tuple[RedisBroker, ...]:
     return (broker,) if isinstance(broker, RedisBroker) else ()
 
 
+class Placement(dict[str, RedisBroker]):
+    """``room -> shard``: the rooms subscribed here are kept, so that a hub's operations cost
+    one dict lookup (the entries are bounded by the rooms with a hub on this instance); any
+    other room is hashed on each lookup (``__missing__``), and not kept."""
+
+    def __init__(self, shards: tuple[RedisBroker, ...], shard_of: Callable[[str], int]) -> None:
+        super().__init__()
+        self.shards = shards
+        self.shard_of = shard_of
+
+    def __missing__(self, room: str) -> RedisBroker:
+        return self.shards[self.shard_of(room)]
+
+
 class ShardedBroker:
     """The :class:`~server.rooms.broker.Broker` of rooms over several Redis ``shards``, each
     room on ``shards[shard_of(room)]`` (see the module docstring).
@@ -88,16 +102,11 @@ class ShardedBroker:
             raise ValueError("a sharded broker needs at least one shard")
         self.shards = tuple(shards)
         self.shard_of = shard_of
-        # The shard of each room subscribed here, so a hub's operations skip the hash: bounded
-        # by the rooms with a hub, and only a cache (a room missing from it is hashed).
-        self._placed: dict[str, RedisBroker] = {}
+        self._placed = Placement(self.shards, shard_of)
 
     def shard(self, room: str) -> RedisBroker:
         """The shard that holds ``room``."""
-        shard = self._placed.get(room)
-        if shard is None:
-            shard = self.shards[self.shard_of(room)]
-        return shard
+        return self._placed[room]
 
     @property
     def ready(self) -> bool:
@@ -117,7 +126,7 @@ class ShardedBroker:
     # -- a room's operations: its shard's ----------------------------------------------------
 
     async def subscribe(self, room: str, sink: Sink) -> None:
-        shard = self._placed[room] = self.shards[self.shard_of(room)]
+        shard = self._placed[room] = self._placed[room]
         try:
             await shard.subscribe(room, sink)
         except BrokerUnavailable:
@@ -125,41 +134,41 @@ class ShardedBroker:
             raise
 
     def unsubscribe(self, room: str, sink: Sink) -> None:
-        shard = self._placed.pop(room, None) or self.shards[self.shard_of(room)]
-        shard.unsubscribe(room, sink)
+        self._placed[room].unsubscribe(room, sink)
+        self._placed.pop(room, None)
 
     def join(self, room: str, user: str, since: int | None, epoch: str | None, token: int) -> None:
-        self.shard(room).join(room, user, since, epoch, token)
+        self._placed[room].join(room, user, since, epoch, token)
 
     def leave(self, room: str, token: int) -> None:
-        self.shard(room).leave(room, token)
+        self._placed[room].leave(room, token)
 
     def say(self, room: str, user: str, msg: ChatMessage, sender: int) -> None:
-        self.shard(room).say(room, user, msg, sender)
+        self._placed[room].say(room, user, msg, sender)
 
     def publish(self, room: str, event: bytes) -> None:
-        self.shard(room).publish(room, event)
+        self._placed[room].publish(room, event)
 
     async def publish_message(self, room: str, user: str, text: str, data: object | None) -> int:
-        return await self.shard(room).publish_message(room, user, text, data)
+        return await self._placed[room].publish_message(room, user, text, data)
 
     async def delete(self, room: str, seq: int) -> bool:
-        return await self.shard(room).delete(room, seq)
+        return await self._placed[room].delete(room, seq)
 
     async def history(self, room: str, since: int, limit: int) -> list[bytes]:
-        return await self.shard(room).history(room, since, limit)
+        return await self._placed[room].history(room, since, limit)
 
     async def presence(self, room: str) -> list[str]:
-        return await self.shard(room).presence(room)
+        return await self._placed[room].presence(room)
 
     async def ban(self, room: str, user: str, seconds: float | None) -> None:
-        await self.shard(room).ban(room, user, seconds)
+        await self._placed[room].ban(room, user, seconds)
 
     async def unban(self, room: str, user: str) -> bool:
-        return await self.shard(room).unban(room, user)
+        return await self._placed[room].unban(room, user)
 
     async def banned(self, room: str, user: str) -> bool:
-        return await self.shard(room).banned(room, user)
+        return await self._placed[room].banned(room, user)
 
     # -- over every shard --------------------------------------------------------------------
 
