@@ -227,6 +227,9 @@ async def test_a_shard_down_fails_only_its_rooms_until_it_is_back(cluster: Clust
         assert (error["code"], error["reply_to"]) == ("unavailable", "l1")
         async with session.get(f"{a.url}/api/rooms") as response:
             assert kept in [r["name"] for r in (await response.json())["rooms"]]
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await joined(session, b, lost, "eve")
+        assert refused.value.status == 503
 
         cluster.shards[1].start()  # empty: the room restarts in a new epoch
         for instance in (a, b):

@@ -24,6 +24,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
+from ...ops import metrics
 from ...ops.config import redacted
 from ...wire.protocol import ChatMessage
 from . import BrokerUnavailable, Control, ControlSink, Sink
@@ -104,10 +105,6 @@ class ShardedBroker:
         self.shard_of = shard_of
         self._placed = Placement(self.shards, shard_of)
 
-    def shard(self, room: str) -> RedisBroker:
-        """The shard that holds ``room``."""
-        return self._placed[room]
-
     @property
     def ready(self) -> bool:
         return any(shard.ready for shard in self.shards)
@@ -150,25 +147,34 @@ class ShardedBroker:
         self._placed[room].publish(room, event)
 
     async def publish_message(self, room: str, user: str, text: str, data: object | None) -> int:
-        return await self._placed[room].publish_message(room, user, text, data)
+        return await self._up(room).publish_message(room, user, text, data)
 
     async def delete(self, room: str, seq: int) -> bool:
-        return await self._placed[room].delete(room, seq)
+        return await self._up(room).delete(room, seq)
 
     async def history(self, room: str, since: int, limit: int) -> list[bytes]:
-        return await self._placed[room].history(room, since, limit)
+        return await self._up(room).history(room, since, limit)
 
     async def presence(self, room: str) -> list[str]:
-        return await self._placed[room].presence(room)
+        return await self._up(room).presence(room)
 
     async def ban(self, room: str, user: str, seconds: float | None) -> None:
-        await self._placed[room].ban(room, user, seconds)
+        await self._up(room).ban(room, user, seconds)
 
     async def unban(self, room: str, user: str) -> bool:
-        return await self._placed[room].unban(room, user)
+        return await self._up(room).unban(room, user)
 
     async def banned(self, room: str, user: str) -> bool:
-        return await self._placed[room].banned(room, user)
+        return await self._up(room).banned(room, user)
+
+    def _up(self, room: str) -> RedisBroker:
+        """``room``'s shard; :class:`BrokerUnavailable` at once when it is down, rather than
+        after a connection attempt to it."""
+        shard = self._placed[room]
+        if not shard.ready:
+            metrics.BROKER_ERRORS.labels("query").inc()
+            raise BrokerUnavailable(f"redis shard {self.shards.index(shard)} is unavailable")
+        return shard
 
     # -- over every shard --------------------------------------------------------------------
 
