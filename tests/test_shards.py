@@ -240,3 +240,32 @@ async def test_a_shard_down_fails_only_its_rooms_until_it_is_back(cluster: Clust
         assert (await dan.next_of("message"))["id"] == "l2"
         for client in (ann, bob, cat, dan):
             await client.close()
+
+
+async def test_a_kick_reaches_every_instance_while_the_first_shard_is_down(
+    cluster: Cluster,
+) -> None:
+    room = cluster.room_on(1, "kick")
+    a, b = cluster.instances
+    async with aiohttp.ClientSession() as session:
+        ann = await joined(session, b, room, "ann")
+        cluster.shards[0].stop()
+        wait_for_status(a, "degraded")
+        status, answer = await api(session, a, "kick", room=room, user="ann")
+        assert (status, answer["code"]) == (200, 4501)
+        assert await ann.closed() == 4501
+        cluster.shards[0].start()
+        for instance in (a, b):
+            wait_for_status(instance, "ready")
+
+
+async def test_readyz_is_503_only_once_no_shard_is_up(cluster: Cluster) -> None:
+    a = cluster.instances[0]
+    cluster.shards[0].stop()
+    assert wait_for_status(a, "degraded")["down"] == [{"shard": 0, "url": cluster.shards[0].url}]
+    cluster.shards[1].stop()
+    wait_for_status(a, "broker_unavailable")
+    assert readyz(a)[0] == 503
+    for shard in cluster.shards:
+        shard.start()
+    wait_for_status(a, "ready")
