@@ -17,6 +17,17 @@ from server.ops.config import ConfigError, Settings, env_name, flag_name, load_s
 from tests.support.docs import ROOT, table
 
 
+def start_up(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m server serve`` with only ``env`` (and no PATH) set, run to its exit."""
+    return subprocess.run(
+        [sys.executable, "-m", "server", "serve"],
+        env={**env, "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 def test_defaults_serve_sharded_on_8080() -> None:
     settings = load_settings({})
     assert settings == Settings()
@@ -104,13 +115,7 @@ def test_broker_is_memory_by_default_or_a_redis_url() -> None:
 def test_settings_refused_together_stop_start_up_naming_both(
     env: dict[str, str], named: tuple[str, str]
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "server", "serve"],
-        env={**env, "PATH": ""},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = start_up(env)
     assert result.returncode == 2
     assert all(name in result.stderr for name in named)
 
@@ -159,13 +164,7 @@ def test_a_bad_or_repeated_redis_url_is_refused_naming_it_without_its_password(
 
 
 def test_a_bad_redis_url_among_several_stops_start_up_with_exit_code_2() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "server", "serve"],
-        env={"ROOMHUB_BROKER": "redis://a:6379/0,redis://:s3cret@b:99999/0", "PATH": ""},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = start_up({"ROOMHUB_BROKER": "redis://a:6379/0,redis://:s3cret@b:99999/0"})
     assert result.returncode == 2
     assert "ROOMHUB_BROKER" in result.stderr
     assert "item 2 'redis://:***@b:99999/0'" in result.stderr
@@ -198,13 +197,7 @@ def test_redis_cluster_stops_start_up_saying_it_is_not_built_yet() -> None:
 
 
 def test_bad_env_var_stops_start_up_with_exit_code_2() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "server", "serve"],
-        env={"ROOMHUB_OUTBOX_LIMIT": "lots", "PATH": ""},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = start_up({"ROOMHUB_OUTBOX_LIMIT": "lots"})
     assert result.returncode == 2
     assert "ROOMHUB_OUTBOX_LIMIT" in result.stderr
 
@@ -223,13 +216,7 @@ URL_RULE = "an http:// or https:// URL with a host and no spaces"
     ],
 )
 def test_bad_value_stops_start_up_stating_what_is_accepted(name: str, raw: str, says: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "server", "serve"],
-        env={name: raw, "PATH": ""},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = start_up({name: raw})
     assert result.returncode == 2
     assert f"{name}={raw!r}: must be {says}" in result.stderr
 
