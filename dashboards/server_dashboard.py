@@ -350,11 +350,15 @@ def build() -> Dashboard:
     board.with_panel(
         graph(
             "Broker up",
-            "1 while the instance reaches Redis, 0 while Redis is unavailable: /readyz answers "
-            "503 and RoomhubBrokerDown fires after 1 m. No series with the memory broker, which "
-            "has no broker connection.",
+            "Per instance and Redis shard (its index in ROOMHUB_BROKER): 1 while the instance "
+            "reaches it, 0 while it is unavailable: that shard's rooms fail, /readyz answers "
+            "degraded (503 once no shard is up) and RoomhubBrokerDown fires after 1 m. No "
+            "series with the memory broker, which has no broker connection.",
             "short",
-            query(f"max by (instance) (chat_broker_up{{{SEL}}})", "{{instance}}"),
+            query(
+                f"min by (instance, shard) (chat_broker_up{{{SEL}}})",
+                "{{instance}} shard {{shard}}",
+            ),
             width=6,
         )
     )
@@ -383,11 +387,14 @@ def build() -> Dashboard:
             "Broker errors by operation",
             "Broker operations refused or failed per second while Redis was unavailable, by "
             "operation; Broker reconnects counts recoveries; subscriptions are the room "
-            "channels each instance listens to. Redis broker only.",
+            "channels the instances listen to on each Redis shard. Redis broker only.",
             "ops",
             query(rate("chat_broker_errors_total", "operation"), "{{operation}}"),
             query(rate("chat_broker_reconnects_total"), "reconnects"),
-            query(f"sum (chat_broker_subscriptions{{{SEL}}})", "subscriptions"),
+            query(
+                f"sum by (shard) (chat_broker_subscriptions{{{SEL}}})",
+                "subscriptions shard {{shard}}",
+            ),
             width=6,
         )
     )

@@ -17,6 +17,17 @@ from server.ops.config import ConfigError, Settings, env_name, flag_name, load_s
 from tests.support.docs import ROOT, table
 
 
+def start_up(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m server serve`` with only ``env`` (and no PATH) set, run to its exit."""
+    return subprocess.run(
+        [sys.executable, "-m", "server", "serve"],
+        env={**env, "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 def test_defaults_serve_sharded_on_8080() -> None:
     settings = load_settings({})
     assert settings == Settings()
@@ -104,13 +115,7 @@ def test_broker_is_memory_by_default_or_a_redis_url() -> None:
 def test_settings_refused_together_stop_start_up_naming_both(
     env: dict[str, str], named: tuple[str, str]
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "server", "serve"],
-        env={**env, "PATH": ""},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = start_up(env)
     assert result.returncode == 2
     assert all(name in result.stderr for name in named)
 
@@ -122,14 +127,77 @@ def test_broker_password_is_never_shown() -> None:
     assert "s3cret" not in str(raised.value)
 
 
-def test_bad_env_var_stops_start_up_with_exit_code_2() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "server", "serve"],
-        env={"ROOMHUB_OUTBOX_LIMIT": "lots", "PATH": ""},
-        capture_output=True,
-        text=True,
-        timeout=30,
+def test_several_redis_urls_are_the_shards_in_their_order() -> None:
+    settings = load_settings(
+        {"ROOMHUB_BROKER": " redis://a.example:6379/0 , rediss://:pw@b.example:6380/2"}
     )
+    assert settings.broker_urls == ("redis://a.example:6379/0", "rediss://:pw@b.example:6380/2")
+    assert (settings.redis, settings.broker_cluster) == (True, False)
+    assert load_settings({"ROOMHUB_BROKER": "redis://a:6379/0"}).broker_urls == (
+        "redis://a:6379/0",
+    )
+    assert load_settings({}).broker_urls == ()
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        (
+            "redis://a:6379/0,redis://:s3cret@b:port/0",
+            "item 2 'redis://:***@b:port/0' is not a URL",
+        ),
+        ("redis://a:6379/0,,redis://b:6379/0", "item 2 is empty"),
+        ("redis://a:6379/0,postgres://b/0", "item 2 'postgres://b/0' is not a redis://"),
+        ("redis://a:6379/0,redis://u:s3cret@b:6379/x", "the database after the host"),
+        ("redis://a:6379/0,redis://A:6379/1", "names the same Redis server as 'redis://a:6379/0'"),
+        ("redis://a/0,redis://:s3cret@a:6379/0", "same Redis server"),
+    ],
+)
+def test_a_bad_or_repeated_redis_url_is_refused_naming_it_without_its_password(
+    raw: str, says: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"ROOMHUB_BROKER": raw})
+    assert str(raised.value).startswith("ROOMHUB_BROKER=")
+    assert says in str(raised.value)
+    assert "s3cret" not in str(raised.value)
+
+
+def test_a_bad_redis_url_among_several_stops_start_up_with_exit_code_2() -> None:
+    result = start_up({"ROOMHUB_BROKER": "redis://a:6379/0,redis://:s3cret@b:99999/0"})
+    assert result.returncode == 2
+    assert "ROOMHUB_BROKER" in result.stderr
+    assert "item 2 'redis://:***@b:99999/0'" in result.stderr
+    assert "s3cret" not in result.stderr
+
+
+def test_redis_cluster_seeds_are_parsed_into_one_url_each() -> None:
+    settings = Settings(broker="rediss+cluster://u:pw@a:7000,b:7001")
+    assert settings.broker_cluster
+    assert settings.broker_urls == ("rediss://u:pw@a:7000", "rediss://u:pw@b:7001")
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        ("redis+cluster://a:7000/0", "a Redis Cluster has one database"),
+        ("redis+cluster://", "must be redis+cluster://[user:password@]host:port"),
+        ("redis+cluster://a:7000,a:7000", "names the same Redis server"),
+    ],
+)
+def test_a_bad_redis_cluster_setting_is_refused_saying_why(raw: str, says: str) -> None:
+    with pytest.raises(ConfigError, match="ROOMHUB_BROKER") as raised:
+        load_settings({"ROOMHUB_BROKER": raw})
+    assert says in str(raised.value)
+
+
+def test_redis_cluster_stops_start_up_saying_it_is_not_built_yet() -> None:
+    with pytest.raises(ConfigError, match="Redis Cluster support is not built yet"):
+        load_settings({"ROOMHUB_BROKER": "redis+cluster://127.0.0.1:7000,127.0.0.1:7001"})
+
+
+def test_bad_env_var_stops_start_up_with_exit_code_2() -> None:
+    result = start_up({"ROOMHUB_OUTBOX_LIMIT": "lots"})
     assert result.returncode == 2
     assert "ROOMHUB_OUTBOX_LIMIT" in result.stderr
 
@@ -148,13 +216,7 @@ URL_RULE = "an http:// or https:// URL with a host and no spaces"
     ],
 )
 def test_bad_value_stops_start_up_stating_what_is_accepted(name: str, raw: str, says: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "server", "serve"],
-        env={name: raw, "PATH": ""},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = start_up({name: raw})
     assert result.returncode == 2
     assert f"{name}={raw!r}: must be {says}" in result.stderr
 

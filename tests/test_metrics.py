@@ -206,12 +206,12 @@ async def test_redis_broker_exports_its_link_and_names_the_broker_kind_only(
 ) -> None:
     server = await aiohttp_client(create_app(settings(broker=redis_server.url)))
     async with asyncio.timeout(5):
-        while (samples := await scrape(server)).get("chat_broker_up") != 1:
+        while (samples := await scrape(server)).get('chat_broker_up{shard="0"}') != 1:
             await asyncio.sleep(0.01)
     ann = Client(await server.ws_connect("/ws", params={"room": "r", "user": "ann"}))
     await ann.next_of("welcome")
     samples = await scrape(server)
-    assert samples["chat_broker_subscriptions"] == 1
+    assert samples['chat_broker_subscriptions{shard="0"}'] == 1
     assert [name for name in samples if name.startswith("chat_build_info")] == [
         'chat_build_info{broker="redis",hub_mode="sharded",version="0.1.0"}'
     ]

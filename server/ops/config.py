@@ -142,6 +142,17 @@ class Settings:
         """Whether rooms live in Redis (``broker`` is a URL) rather than in this process."""
         return self.broker != "memory"
 
+    @property
+    def broker_cluster(self) -> bool:
+        """Whether ``broker`` names the seed nodes of a Redis Cluster (``redis+cluster://``)."""
+        return cluster_broker(self.broker)
+
+    @property
+    def broker_urls(self) -> tuple[str, ...]:
+        """The Redis URLs of ``broker`` (:func:`broker_urls`): one per shard, in order, or
+        one per seed node of a Redis Cluster; empty with the memory broker."""
+        return broker_urls(self.broker) if self.redis else ()
+
 
 MIN_HEARTBEAT = 1.0
 """Shortest ``heartbeat`` in seconds other than 0 (off); its sweep runs every half of it."""
@@ -253,13 +264,89 @@ def _url(raw: str) -> str:
     return value
 
 
+REDIS_SCHEMES = ("redis", "rediss")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+DEFAULT_REDIS_PORT = 6379
+
+
 def _broker(raw: str) -> str:
     value = raw.strip()
     if value.lower() == "memory":
         return "memory"
-    if not value.startswith(("redis://", "rediss://")):
-        raise ValueError("must be memory or a redis:// or rediss:// URL")
-    return value
+    urls = broker_urls(value)
+    return value if cluster_broker(value) else ",".join(urls)
+
+
+def cluster_broker(broker: str) -> bool:
+    """Whether ``broker`` names the seed nodes of a Redis Cluster (``redis+cluster://``)."""
+    return broker.lower().startswith(tuple(f"{scheme}://" for scheme in CLUSTER_SCHEMES))
+
+
+def broker_urls(broker: str) -> tuple[str, ...]:
+    """The Redis URLs that the ``broker`` setting names, in order: each shard's (several
+    ``redis://`` or ``rediss://`` URLs separated by commas), or, for
+    ``redis+cluster://[user:password@]host:port[,host:port...]`` (``rediss+cluster://``: TLS),
+    one ``redis://`` (``rediss://``) URL per seed node with the credentials. Raises
+    ``ValueError`` naming the first bad item (its password hidden), or a Redis server named
+    twice (by host and port: pub/sub channels are shared by all of a server's databases)."""
+    if cluster_broker(broker):
+        urls = _cluster_seeds(broker)
+    else:
+        items = [item.strip() for item in broker.split(",")]
+        urls = tuple(_redis_url(item, index, len(items), URLS) for index, item in enumerate(items))
+    seen: dict[tuple[str, int], str] = {}
+    for url in urls:
+        parsed = URL(url)
+        server = ((parsed.host or "").lower(), parsed.explicit_port or DEFAULT_REDIS_PORT)
+        if server in seen:
+            raise ValueError(
+                f"{redacted(url)!r} names the same Redis server as {redacted(seen[server])!r} "
+                "(its pub/sub is shared by every database): list each Redis once"
+            )
+        seen[server] = url
+    return urls
+
+
+URLS = "must be memory or redis:// or rediss:// URLs separated by commas"
+
+
+def _redis_url(item: str, index: int, count: int, accepted: str) -> str:
+    """``item`` (the ``index``-th of ``count`` comma-separated URLs) if it is a usable
+    ``redis://`` or ``rediss://`` URL, else ``ValueError`` naming it and what is ``accepted``."""
+    which = f"item {index + 1} " if count > 1 else ""
+    if not item:
+        raise ValueError(f"{which}is empty: {accepted}")
+    shown = f"{which}{redacted(item)!r}"
+    if any(c.isspace() or not c.isprintable() for c in item):
+        raise ValueError(f"{shown} has a space or a control character: {accepted}")
+    try:
+        url = URL(item)
+        port = url.explicit_port
+    except ValueError as exc:
+        raise ValueError(f"{shown} is not a URL ({exc}): {accepted}") from None
+    if url.scheme not in REDIS_SCHEMES or not url.host:
+        raise ValueError(f"{shown} is not a redis:// or rediss:// URL with a host: {accepted}")
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"{shown}: the port must be 1..65535")
+    if url.path not in ("", "/") and not INT_RE.fullmatch(url.path[1:]):
+        raise ValueError(f"{shown}: the database after the host must be a number, like /0")
+    return item
+
+
+def _cluster_seeds(broker: str) -> tuple[str, ...]:
+    """The seed node URLs of a ``redis+cluster://`` setting (see :func:`broker_urls`)."""
+    scheme, _, rest = broker.partition("://")
+    plain = scheme.lower().removesuffix("+cluster")
+    credentials, _, nodes = rest.rpartition("@")
+    accepted = f"must be {scheme}://[user:password@]host:port[,host:port...]"
+    if not nodes or any(mark in nodes for mark in "/?#"):
+        raise ValueError(f"{accepted} (a Redis Cluster has one database: no /db or options)")
+    items = [item.strip() for item in nodes.split(",")]
+    userinfo = f"{credentials}@" if credentials else ""
+    return tuple(
+        _redis_url(f"{plain}://{userinfo}{item}" if item else "", index, len(items), accepted)
+        for index, item in enumerate(items)
+    )
 
 
 def _text(raw: str) -> str:
@@ -384,16 +471,25 @@ def load_settings(
 
 
 def redacted(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``, for messages and logs."""
-    try:
-        parsed = URL(url)
-    except ValueError:
-        return "***"
-    return str(parsed.with_password("***")) if parsed.password else url
+    """``url`` with its password (if any) replaced by ``***``, for messages and logs; in a
+    comma-separated list of URLs, each one's. What stands before the last ``@`` counts as
+    ``user:password``, even where the URL is not well formed."""
+    if "," in url:
+        return ",".join(redacted(item) for item in url.split(","))
+    scheme, sep, rest = url.rpartition("://") if "://" in url else ("", "", url)
+    userinfo, at, location = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{location}"
 
 
 def _check_together(settings: Settings) -> None:
     """Settings that are valid alone but not together; raises :class:`ConfigError`."""
+    if settings.broker_cluster:
+        raise ConfigError(
+            f"ROOMHUB_BROKER={redacted(settings.broker)!r}: Redis Cluster support is not built "
+            "yet; list the Redis servers as redis:// URLs separated by commas (sharded)"
+        )
     if settings.redis and settings.hub_mode == "global":
         raise ConfigError(
             f"ROOMHUB_HUB_MODE=global with ROOMHUB_BROKER={redacted(settings.broker)!r}: global "

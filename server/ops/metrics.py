@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import (
@@ -239,31 +239,37 @@ BUILD_INFO = Gauge(
 
 
 class BrokerLink(Collector):
-    """``chat_broker_up`` and ``chat_broker_subscriptions``, read at scrape time from the Redis
+    """``chat_broker_up`` and ``chat_broker_subscriptions`` per Redis shard (label ``shard``:
+    its index in ``ROOMHUB_BROKER``, "0" with one Redis), read at scrape time from the Redis
     broker handed to :meth:`watch`. With the memory broker there is no broker connection to
     describe, so neither series is exported (an absent series, not a constant 1)."""
 
     def __init__(self) -> None:
-        self.broker: Callable[[], tuple[bool, int]] | None = None
+        self.broker: Callable[[], Sequence[tuple[bool, int]]] | None = None
 
-    def watch(self, state: Callable[[], tuple[bool, int]] | None) -> None:
-        """Export from ``state() -> (up, subscriptions)``; None: stop exporting."""
+    def watch(self, state: Callable[[], Sequence[tuple[bool, int]]] | None) -> None:
+        """Export from ``state() -> [(up, subscriptions) of each shard]``; None: stop."""
         self.broker = state
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         if self.broker is None:
             return
-        up, subscriptions = self.broker()
-        yield GaugeMetricFamily(
+        shards = self.broker()
+        up = GaugeMetricFamily(
             "chat_broker_up",
-            "1 while the Redis broker can carry operations, else 0.",
-            value=1 if up else 0,
+            "1 while the Redis shard can carry operations, else 0.",
+            labels=["shard"],
         )
-        yield GaugeMetricFamily(
+        subscriptions = GaugeMetricFamily(
             "chat_broker_subscriptions",
-            "Room channels this instance is subscribed to in Redis.",
-            value=subscriptions,
+            "Room channels this instance is subscribed to on the Redis shard.",
+            labels=["shard"],
         )
+        for index, (ready, count) in enumerate(shards):
+            up.add_metric([str(index)], 1 if ready else 0)
+            subscriptions.add_metric([str(index)], count)
+        yield up
+        yield subscriptions
 
 
 BROKER_LINK = BrokerLink()

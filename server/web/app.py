@@ -20,8 +20,10 @@ from ..ops import heap, metrics
 from ..ops.config import Settings
 from ..ops.version import VERSION
 from ..rooms.baseline import GlobalHub
+from ..rooms.broker import Broker
 from ..rooms.broker.memory import MemoryBroker
 from ..rooms.broker.redis import RedisBroker
+from ..rooms.broker.sharded import ShardedBroker, redis_shards, room_shard
 from ..rooms.dispatch import RoomDispatcher
 from ..rooms.hub import ShardedHubs
 from ..rooms.items import Hubs
@@ -93,29 +95,38 @@ async def bot_context(app: web.Application) -> AsyncIterator[None]:
     await bot.stop()
 
 
-async def broker_context(app: web.Application) -> AsyncIterator[None]:
-    """The instance's broker: in-process, or Redis (connecting in the background)."""
-    settings = app[settings_key]
-    broker = (
+def make_broker(settings: Settings) -> Broker:
+    """The broker ``settings`` ask for: in-process, one Redis, or rooms sharded over several
+    Redis (:class:`~server.rooms.broker.sharded.ShardedBroker`; one URL needs no wrapper)."""
+    if not settings.redis:
+        return MemoryBroker(settings.history_size)
+    shards = [
         RedisBroker(
-            settings.broker,
+            url,
             settings.history_size,
             settings.presence_ttl,
             settings.room_grace,
             settings.redis_batch_window / 1e6,
         )
-        if settings.redis
-        else MemoryBroker(settings.history_size)
-    )
+        for url in settings.broker_urls
+    ]
+    return shards[0] if len(shards) == 1 else ShardedBroker(shards, room_shard(len(shards)))
+
+
+async def broker_context(app: web.Application) -> AsyncIterator[None]:
+    """The instance's broker (:func:`make_broker`), connecting to Redis in the background."""
+    settings = app[settings_key]
+    broker = make_broker(settings)
     await broker.start()
     app[broker_key] = broker
     app[moderation_key] = Moderation(broker, settings.history_size)
     registry = app[registry_key]
     broker.on_control(lambda order: close_matching(registry.connections, order))
-    if isinstance(broker, RedisBroker):
-        metrics.BROKER_LINK.watch(lambda: (broker.ready, broker.subscriptions()))
+    shards = redis_shards(broker)
+    if shards:
+        metrics.BROKER_LINK.watch(lambda: [(s.ready, s.subscriptions()) for s in shards])
     yield
-    if isinstance(broker, RedisBroker):
+    if shards:
         metrics.BROKER_LINK.watch(None)
     await broker.close()
 

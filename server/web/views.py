@@ -11,8 +11,10 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from ..ops import metrics
+from ..ops.config import redacted
 from ..ops.version import VERSION
 from ..rooms.broker import BrokerUnavailable
+from ..rooms.broker.sharded import redis_shards
 from ..rooms.items import Join, Leave
 from ..transport.connection import Connection
 from ..transport.upgrade import take_over
@@ -75,12 +77,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 while accepting connections; 503 once shutdown has begun (``shutting_down``) or
-    while the broker is unavailable (``broker_unavailable``)."""
+    """200 ``ready`` while accepting connections; 503 once shutdown has begun
+    (``shutting_down``) or while no Redis shard can carry operations (``broker_unavailable``);
+    200 ``degraded`` while some shards are down (``down``: each one's ``shard`` index and
+    ``url``, password hidden): their rooms fail, every other room works."""
     if request.app[registry_key].draining:
         return web.json_response({"status": "shutting_down"}, status=503)
-    if not request.app[broker_key].ready:
+    broker = request.app[broker_key]
+    if not broker.ready:
         return web.json_response({"status": "broker_unavailable"}, status=503)
+    shards = redis_shards(broker)
+    down = [{"shard": i, "url": redacted(s.url)} for i, s in enumerate(shards) if not s.ready]
+    if down:
+        return web.json_response({"status": "degraded", "down": down})
     return web.json_response({"status": "ready"})
 
 

@@ -10,6 +10,8 @@ once, in one order):
 * :class:`~server.rooms.broker.redis.RedisBroker` (``redis://`` or ``rediss://`` URL): the seq,
   history and presence live in Redis; a server-side script sequences, stores and publishes
   each message in one atomic step, and the answer comes back over Redis pub/sub.
+* :class:`~server.rooms.broker.sharded.ShardedBroker` (several such URLs, separated by
+  commas): rooms spread over several Redis, each room on one, chosen by a consistent hash.
 
 What a broker hands to a room's sink is a :class:`Delivery`: an :class:`Event` for every
 member, a :class:`Welcome` for one joining connection, or a :class:`Refused` message.

@@ -67,6 +67,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ...ops import metrics
+from ...ops.config import redacted
 from ...wire.protocol import (
     MAX_USER,
     ChatMessage,
@@ -204,6 +205,7 @@ class RedisBroker:
         batch_window: float = 0.0,
     ) -> None:
         self.url = url
+        self._shown = redacted(url)  # for logs
         self.batch_window = batch_window
         self.history_size = history_size
         self.presence_ttl = max(1, round(presence_ttl))
@@ -337,10 +339,16 @@ class RedisBroker:
                 self._set_up(True)
                 if connected_once:
                     metrics.BROKER_RECONNECTS.inc()
-                    log.info("broker_reconnected", extra={"fields": {"rooms": len(self._sinks)}})
+                    log.info(
+                        "broker_reconnected",
+                        extra={"fields": {"rooms": len(self._sinks), "redis": self._shown}},
+                    )
                     self._resync()
                 else:
-                    log.info("broker_connected", extra={"fields": {"instance": self.instance}})
+                    log.info(
+                        "broker_connected",
+                        extra={"fields": {"instance": self.instance, "redis": self._shown}},
+                    )
                 connected_once, outage_logged, delay = True, False, MIN_BACKOFF
                 await reader
             except asyncio.CancelledError:
@@ -351,7 +359,12 @@ class RedisBroker:
                     outage_logged = True
                     log.warning(
                         "broker_unavailable",
-                        extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}},
+                        extra={
+                            "fields": {
+                                "error": f"{type(exc).__name__}: {exc}",
+                                "redis": self._shown,
+                            }
+                        },
                     )
             finally:
                 self._set_up(False)
@@ -563,7 +576,9 @@ class RedisBroker:
                     await self._client.script_load(script.script)
                 results = await self._execute(ops)
         except (RedisError, OSError) as exc:
-            log.warning("broker_send_failed", extra={"fields": {"error": str(exc)}})
+            log.warning(
+                "broker_send_failed", extra={"fields": {"error": str(exc), "redis": self._shown}}
+            )
             results = [exc] * len(ops)
         elapsed = time.perf_counter() - started
         for op, result in zip(ops, results, strict=True):
