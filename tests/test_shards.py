@@ -20,8 +20,10 @@ import aiohttp
 import pytest
 import redis
 
-from server.rooms.broker.sharded import fnv1a_64, jump_hash, room_shard
-from tests.chat import Client
+from server.rooms.broker.redis import RedisBroker
+from server.rooms.broker.sharded import ShardedBroker, fnv1a_64, jump_hash, room_shard
+from server.web.app import make_broker
+from tests.chat import Client, settings
 from tests.support.processes import (
     Process,
     RedisServer,
@@ -82,6 +84,14 @@ def test_rooms_spread_evenly_over_the_shards() -> None:
     for room in ROOMS:
         counts[room_shard(4)(room)] += 1
     assert all(abs(count / len(ROOMS) - 0.25) < 0.02 for count in counts), counts
+
+
+def test_one_redis_url_builds_the_one_redis_broker_and_several_a_sharded_one() -> None:
+    assert type(make_broker(settings(broker="redis://127.0.0.1:6379/0"))) is RedisBroker
+    urls = ["redis://127.0.0.1:6379/0", "redis://127.0.0.1:6380/0"]
+    sharded = make_broker(settings(broker=",".join(urls)))
+    assert isinstance(sharded, ShardedBroker)
+    assert [shard.url for shard in sharded.shards] == urls
 
 
 # -- two instances on two shards ---------------------------------------------------------------

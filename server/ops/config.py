@@ -118,7 +118,9 @@ class Settings:
         "", "PEM file with the RSA (RS256) or P-256 (ES256) public key for auth=token"
     )
     broker: str = _setting(
-        "memory", "rooms live in this process (memory) or in Redis (a redis:// or rediss:// URL)"
+        "memory",
+        "rooms live in this process (memory) or in Redis (a redis:// or rediss:// URL; several, "
+        "separated by commas: each room on one of them)",
     )
     presence_ttl: float = _setting(
         15.0, "seconds a crashed instance's members keep being counted (Redis broker)"

@@ -94,8 +94,8 @@ class ShardedBroker:
     """The :class:`~server.rooms.broker.Broker` of rooms over several Redis ``shards``, each
     room on ``shards[shard_of(room)]`` (see the module docstring).
 
-    :attr:`ready` while any shard is up (the rooms of the others fail on their own);
-    :meth:`down` names the shards that are not.
+    :attr:`ready` while any shard is up: the rooms of the others fail on their own
+    (:func:`redis_shards` gives each shard's readiness).
     """
 
     def __init__(self, shards: Sequence[RedisBroker], shard_of: Callable[[str], int]) -> None:
@@ -109,10 +109,6 @@ class ShardedBroker:
     def ready(self) -> bool:
         return any(shard.ready for shard in self.shards)
 
-    def down(self) -> list[int]:
-        """The indexes of the shards that cannot carry operations now."""
-        return [index for index, shard in enumerate(self.shards) if not shard.ready]
-
     async def start(self) -> None:
         for shard in self.shards:
             await shard.start()
@@ -123,7 +119,8 @@ class ShardedBroker:
     # -- a room's operations: its shard's ----------------------------------------------------
 
     async def subscribe(self, room: str, sink: Sink) -> None:
-        shard = self._placed[room] = self._placed[room]
+        shard = self._placed[room]  # hashed, then kept while the room is subscribed
+        self._placed[room] = shard
         try:
             await shard.subscribe(room, sink)
         except BrokerUnavailable:
