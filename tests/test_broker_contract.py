@@ -218,6 +218,17 @@ async def test_the_welcome_lists_the_first_online_names_and_counts_all(
     assert (welcome.members, welcome.online) == (3, ["ann", "bob"])
 
 
+async def test_online_and_presence_list_the_members_in_join_order(broker: Broker) -> None:
+    """A name of 20 emoji (82 bytes of JSON) makes Redis keep a hash as a hash table, which
+    has no order of its own."""
+    sink = await room(broker)
+    users = ["ann", "😀" * 20, *(f"u{n}" for n in range(6))]
+    for token, user in enumerate(users, start=1):
+        welcome = await join(broker, sink, user, token)
+    assert welcome.online == users
+    assert await broker.presence("lobby") == users
+
+
 async def test_messages_are_sequenced_in_the_order_they_were_said(broker: Broker) -> None:
     sink = await room(broker)
     await join(broker, sink, "ann", 1)
