@@ -1,7 +1,8 @@
 """The room rules, once, for every broker: the same operations on the Broker protocol hand the
-room's sink the same deliveries from the MemoryBroker (the reference) and from a RedisBroker
-on a real redis-server: names given, welcome fields, seq order, history, presence, the room
-listing and the server API's operations."""
+room's sink the same deliveries from the MemoryBroker (the reference), from a RedisBroker on a
+real redis-server and from a ShardedBroker over two (the rooms of the listing test fall on
+both): names given, welcome fields, seq order, history, presence, the room listing and the
+server API's operations."""
 
 from __future__ import annotations
 
@@ -18,12 +19,15 @@ from server.rooms import names
 from server.rooms.broker import Broker, Control, Delivery, Event, Welcome
 from server.rooms.broker.memory import MemoryBroker
 from server.rooms.broker.redis import RedisBroker
+from server.rooms.broker.sharded import ShardedBroker, redis_shards, room_shard
 from server.wire.protocol import MAX_USER, ChatMessage
 from tests.chat import wait_until
 from tests.support.processes import RedisServer, require_binary, serve_redis
 
 HISTORY = 3
 """Messages each broker keeps per room in these tests."""
+LISTED = ("c", "b", "a", "d")
+"""The rooms of the listing test, in the order they are made."""
 WAIT = 5.0
 """Seconds a delivery may take to reach the sink."""
 
@@ -43,20 +47,24 @@ def _folder(factory: pytest.TempPathFactory) -> Path:
     return factory.mktemp("redis")
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def broker(
-    request: pytest.FixtureRequest, redis_servers: list[RedisServer]
-) -> AsyncIterator[Broker]:
+@pytest.fixture(params=["memory", "redis", "sharded"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
+    """The MemoryBroker; a RedisBroker on an empty redis-server; a ShardedBroker over two."""
     made: Broker
     if request.param == "memory":
         made = MemoryBroker(HISTORY)
     else:
-        for server in redis_servers:
+        servers: list[RedisServer] = request.getfixturevalue("redis_servers")
+        for server in servers:
             with redis.Redis(port=server.port) as admin:
                 admin.flushall()
-        made = RedisBroker(redis_servers[0].url, HISTORY, presence_ttl=30, retention=30)
+        if request.param == "redis":
+            made = RedisBroker(servers[0].url, HISTORY, presence_ttl=30, retention=30)
+        else:
+            shards = [RedisBroker(s.url, HISTORY, presence_ttl=30, retention=30) for s in servers]
+            made = ShardedBroker(shards, room_shard(len(shards)))
     await made.start()
-    await wait_until(lambda: made.ready)
+    await wait_until(lambda: made.ready and all(shard.ready for shard in redis_shards(made)))
     yield made
     await made.close()
 
@@ -210,6 +218,17 @@ async def test_the_welcome_lists_the_first_online_names_and_counts_all(
     assert (welcome.members, welcome.online) == (3, ["ann", "bob"])
 
 
+async def test_online_and_presence_list_the_members_in_join_order(broker: Broker) -> None:
+    """A name of 20 emoji (82 bytes of JSON) makes Redis keep a hash as a hash table, which
+    has no order of its own."""
+    sink = await room(broker)
+    users = ["ann", "😀" * 20, *(f"u{n}" for n in range(6))]
+    for token, user in enumerate(users, start=1):
+        welcome = await join(broker, sink, user, token)
+    assert welcome.online == users
+    assert await broker.presence("lobby") == users
+
+
 async def test_messages_are_sequenced_in_the_order_they_were_said(broker: Broker) -> None:
     sink = await room(broker)
     await join(broker, sink, "ann", 1)
@@ -291,13 +310,17 @@ async def test_a_published_event_is_urgent_and_outside_the_sequence(broker: Brok
 
 
 async def test_rooms_lists_the_busiest_first_then_by_name(broker: Broker) -> None:
-    sinks = {name: await room(broker, name) for name in ("c", "b", "a", "d")}
+    sinks = {name: await room(broker, name) for name in LISTED}
     token = 0
     for name, members in (("c", 1), ("b", 1), ("a", 1), ("d", 2)):
         for _ in range(members):
             token += 1
             await join(broker, sinks[name], f"u{token}", token, name=name)
     assert await broker.rooms(3) == [("d", 2), ("a", 1), ("b", 1)]
+
+
+def test_the_listed_rooms_fall_on_both_shards_of_the_sharded_broker() -> None:
+    assert {room_shard(2)(name) for name in LISTED} == {0, 1}
 
 
 async def test_a_room_whose_members_all_left_is_not_listed(broker: Broker) -> None:

@@ -7,8 +7,11 @@ Keys of room ``R`` (the ``{R}`` hash tag keeps a room's keys together):
   a new epoch), ``roomhub:{R}:seq`` (the last seq), ``roomhub:{R}:history`` (list of encoded
   ``message`` events, at most ``history_size``);
 * ``roomhub:{R}:users:<instance>`` (hash: name key -> JSON-encoded name of each member on
-  that instance) and ``roomhub:{R}:tokens:<instance>`` (hash: join token -> name key), both
-  expiring after ``presence_ttl`` seconds unless the live instance refreshes them;
+  that instance), ``roomhub:{R}:tokens:<instance>`` (hash: join token -> name key) and
+  ``roomhub:{R}:joined:<instance>`` (sorted set: the JSON names ranked by join token, which
+  rises on each instance, so the welcome's ``online`` and the presence list keep join
+  order), all three expiring after ``presence_ttl`` seconds unless the live instance
+  refreshes them;
   ``roomhub:{R}:instances`` lists the instances that may hold entries; ``roomhub:rooms``
   ranks rooms by members;
 * the epoch, seq, history and instances keys expire ``retention`` seconds after the room was

@@ -31,7 +31,7 @@ SCRIPTS = {
     "refresh": True,
     "rooms": True,
     "delete": False,
-    "presence": False,
+    "presence": True,
 }
 """Every script's name (its file is ``lua/<name>.lua``), and whether ``_common.lua`` is
 prepended to it."""
@@ -143,7 +143,8 @@ class Join:
     count it present, publish its welcome on ``instance_channel`` and the join event on the
     room's channel; the script returns the members counted.
 
-    KEYS: seq, history, instances, this instance's users and tokens, the room list, epoch.
+    KEYS: seq, history, instances, this instance's users and tokens, the room list, epoch,
+    this instance's joined.
     ARGV: prefix, room, instance, token, ttl (seconds), the join event's tail (after
     ``members``), published, channel, since (-1: none), the epoch the joiner saw (``''``:
     none), a fresh epoch, the instance channel, the online limit, the retention (seconds),
@@ -173,6 +174,7 @@ class Join:
             f"{here}tokens:{self.instance}",
             ROOMS_KEY,
             here + "epoch",
+            f"{here}joined:{self.instance}",
         ]
 
     def args(self) -> list[Arg]:
@@ -196,9 +198,16 @@ class Join:
 
 
 def presence_keys(room: str, instance: str) -> list[str]:
-    """KEYS of LEAVE and REFRESH: instances, ``instance``'s users and tokens, the room list."""
+    """KEYS of LEAVE and REFRESH: instances, ``instance``'s users and tokens, the room list,
+    ``instance``'s joined."""
     here = prefix(room)
-    return [f"{here}instances", f"{here}users:{instance}", f"{here}tokens:{instance}", ROOMS_KEY]
+    return [
+        f"{here}instances",
+        f"{here}users:{instance}",
+        f"{here}tokens:{instance}",
+        ROOMS_KEY,
+        f"{here}joined:{instance}",
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,21 @@ local function keep(prefix, ttl)
     redis.call('EXPIRE', prefix .. name, ttl)
   end
 end
+-- The JSON names of the members on every instance in ``instances``, at most ``limit``,
+-- instance by instance, each instance's in the order they joined: ``joined:<instance>``
+-- ranks them by join token, which rises on each instance (the users hash keeps no order
+-- once Redis stores it as a hash table).
+local function names(prefix, instances, limit)
+  local out = {}
+  for _, id in ipairs(redis.call('SMEMBERS', instances)) do
+    if #out >= limit then break end
+    local stop = limit == math.huge and -1 or limit - #out - 1
+    for _, who in ipairs(redis.call('ZRANGE', prefix .. 'joined:' .. id, 0, stop)) do
+      out[#out + 1] = who
+    end
+  end
+  return out
+end
 -- Publishes the welcome of join ``token`` (0: a catch-up) to ``channel``; ``seen`` is the
 -- epoch the joiner saw ('' if none), ``name`` the JSON name it got.
 local function welcome(keys, token, room, members, since, seen, fresh, name, channel, limit)
@@ -32,12 +47,7 @@ local function welcome(keys, token, room, members, since, seen, fresh, name, cha
   if seen ~= '' and seen ~= epoch then
     reset, since = 1, -1
   end
-  local online = {}
-  for _, id in ipairs(redis.call('SMEMBERS', keys.instances)) do
-    for _, who in ipairs(redis.call('HVALS', keys.prefix .. 'users:' .. id)) do
-      if #online < limit then online[#online + 1] = who end
-    end
-  end
+  local online = names(keys.prefix, keys.instances, limit)
   local seq = tonumber(redis.call('GET', keys.seq) or '0')
   local out = {table.concat({'w', token, seq, members, reset, epoch, room}, ' '), name,
                '[' .. table.concat(online, ',') .. ']'}

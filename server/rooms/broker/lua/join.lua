@@ -1,6 +1,6 @@
 -- JOIN: give the joiner a free name, count it present, publish its welcome on the instance
 -- channel, then the join event on the room channel. Prepended with _common.lua.
--- KEYS: seq, history, instances, users, tokens, rooms, epoch.
+-- KEYS: seq, history, instances, users, tokens, rooms, epoch, joined.
 -- ARGV: prefix, room, instance, token, ttl, event tail (after members), published, channel,
 --       since, epoch the joiner saw, a fresh epoch, instance channel, online limit,
 --       retention, then the candidate names in order of preference as quadruples: name key,
@@ -33,8 +33,10 @@ for i = 15, #ARGV, 4 do
 end
 redis.call('HSET', KEYS[4], chosen, name)
 redis.call('HSET', KEYS[5], ARGV[4], chosen)
+redis.call('ZADD', KEYS[8], ARGV[4], name)
 redis.call('EXPIRE', KEYS[4], ARGV[5])
 redis.call('EXPIRE', KEYS[5], ARGV[5])
+redis.call('EXPIRE', KEYS[8], ARGV[5])
 redis.call('SADD', KEYS[3], ARGV[3])
 local n = total(ARGV[1], KEYS[3])
 rank(KEYS[6], ARGV[2], n)

@@ -1,5 +1,5 @@
 -- LEAVE: free the joiner's name and publish the leave event. Prepended with _common.lua.
--- KEYS: instances, users, tokens, rooms.
+-- KEYS: instances, users, tokens, rooms, joined.
 -- ARGV: prefix, room, token, ttl, event tail (after members), published, channel, retention.
 -- Returns the members counted, or -1 when the token was not present.
 local key = redis.call('HGET', KEYS[3], ARGV[3])
@@ -7,6 +7,7 @@ if not key then return -1 end
 local name = redis.call('HGET', KEYS[2], key)
 redis.call('HDEL', KEYS[3], ARGV[3])
 redis.call('HDEL', KEYS[2], key)
+if name then redis.call('ZREM', KEYS[5], name) end
 local n = total(ARGV[1], KEYS[1])
 rank(KEYS[4], ARGV[2], n)
 keep(ARGV[1], ARGV[8])

@@ -1,10 +1,5 @@
--- PRESENCE: the JSON names of the room's members on every instance.
+-- PRESENCE: the JSON names of the room's members on every instance, instance by instance,
+-- each instance's in join order. Prepended with _common.lua.
 -- KEYS: instances.
 -- ARGV: prefix.
-local out = {}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  for _, who in ipairs(redis.call('HVALS', ARGV[1] .. 'users:' .. id)) do
-    out[#out + 1] = who
-  end
-end
-return out
+return names(ARGV[1], KEYS[1], math.huge)
