@@ -173,19 +173,22 @@ def lag_p99(before: list[dict[str, float]], after: list[dict[str, float]]) -> fl
     return None
 
 
-def _sequenced(redis: RedisServer) -> int:
-    """Messages this Redis has sequenced so far: the message script's ``INCR`` calls (Redis
-    counts a script's commands in ``INFO commandstats``)."""
+def _counts(redis: RedisServer) -> tuple[int, int]:
+    """Messages this Redis has sequenced so far (the message script's ``INCR`` calls: Redis
+    counts a script's commands in ``INFO commandstats``) and bytes it has read and written on
+    its connections (``total_net_input_bytes`` + ``total_net_output_bytes``)."""
     with contextlib.closing(Redis.from_url(redis.url)) as client:
-        stats = client.info("commandstats")
-    return int(stats.get("cmdstat_incr", {}).get("calls", 0))
+        commands = client.info("commandstats")
+        stats = client.info("stats")
+    network = int(stats["total_net_input_bytes"]) + int(stats["total_net_output_bytes"])
+    return int(commands.get("cmdstat_incr", {}).get("calls", 0)), network
 
 
 @dataclass(frozen=True, slots=True)
 class Observed:
     """One k6 active-chat run against a :class:`Target`: k6's summary and exit code, every
     process's scrape before and after; CPU in seconds over the run (roomhub summed, Redis
-    per server); messages each Redis sequenced in the run."""
+    per server); messages each Redis sequenced and bytes it read and wrote in the run."""
 
     returncode: int
     summary: dict
@@ -194,6 +197,7 @@ class Observed:
     roomhub_cpu: float
     redis_cpu: list[float]
     redis_messages: list[int]
+    redis_bytes: list[int]
     k6_cpu: float
 
     @property
@@ -216,7 +220,7 @@ def observe(target: Target, env: dict[str, str], out: Path) -> Observed:
     before = [scrape(url) for url in target.metrics]
     cpu = [usage(pid).cpu_seconds for pid in target.pids]
     redis_cpu = [usage(redis.pid).cpu_seconds for redis in target.redis]
-    sequenced = [_sequenced(redis) for redis in target.redis]
+    counts = [_counts(redis) for redis in target.redis]
     command = [str(K6), "run", "--quiet", "--no-color", "--address", "", *_k6_args(env)]
     with (out / "k6.log").open("w") as log:
         started = usage_self()
@@ -225,6 +229,10 @@ def observe(target: Target, env: dict[str, str], out: Path) -> Observed:
         )
         k6_cpu = usage_self() - started
     after = [scrape(url) for url in target.metrics]
+    grown = [
+        (messages - old[0], network - old[1])
+        for (messages, network), old in zip(map(_counts, target.redis), counts, strict=True)
+    ]
     return Observed(
         returncode=done.returncode,
         summary=json.loads((out / "active-chat-summary.json").read_text()),
@@ -237,9 +245,8 @@ def observe(target: Target, env: dict[str, str], out: Path) -> Observed:
             usage(redis.pid).cpu_seconds - c
             for redis, c in zip(target.redis, redis_cpu, strict=True)
         ],
-        redis_messages=[
-            _sequenced(redis) - n for redis, n in zip(target.redis, sequenced, strict=True)
-        ],
+        redis_messages=[messages for messages, _ in grown],
+        redis_bytes=[network for _, network in grown],
         k6_cpu=k6_cpu,
     )
 

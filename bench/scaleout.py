@@ -45,8 +45,9 @@ def shard_counts(text: str) -> list[int]:
 class Row:
     """One shard count under the load. ``seconds``: the k6 run; ``messages``, ``events``: what
     every process received and delivered; CPU in seconds; ``shard_messages``: messages each
-    shard sequenced; lag in seconds, RTT in milliseconds; ``load``: the machine's 1-minute
-    load average when the run ended."""
+    shard sequenced, ``shard_bytes``: bytes each read and wrote; lag in seconds, RTT in
+    milliseconds; ``sent_share``: the messages k6 sent over those it planned (below 1: k6
+    fell behind); ``load``: the machine's 1-minute load average when the run ended."""
 
     shards: int
     returncode: int
@@ -56,6 +57,7 @@ class Row:
     roomhub_cpu: float
     shard_cpu: tuple[float, ...]
     shard_messages: tuple[int, ...]
+    shard_bytes: tuple[int, ...]
     lag_p99: float | None
     rtt_p99: float | None
     sent_share: float | None
@@ -79,6 +81,12 @@ class Row:
         """CPU of every shard together over every message sequenced, in µs."""
         total = sum(self.shard_messages)
         return sum(self.shard_cpu) / total * 1e6 if total else None
+
+    @property
+    def redis_bytes_per_message(self) -> float | None:
+        """Bytes every shard read and wrote together over every message sequenced."""
+        total = sum(self.shard_messages)
+        return sum(self.shard_bytes) / total if total else None
 
     @property
     def roomhub_ms_per_1000(self) -> float | None:
@@ -113,6 +121,7 @@ def measure(shards: int, duration: str, profile: str, out: Path) -> Row:
         roomhub_cpu=run.roomhub_cpu,
         shard_cpu=tuple(run.redis_cpu),
         shard_messages=tuple(run.redis_messages),
+        shard_bytes=tuple(run.redis_bytes),
         lag_p99=backplane.lag_p99(run.before, run.after),
         rtt_p99=run.rtt_p99,
         sent_share=_sent_share(run.summary),
@@ -148,15 +157,17 @@ def render(rows: list[Row]) -> list[str]:
         "",
         "| Redis shards | messages/s | sent % of planned "
         "| Redis CPU µs per message, per shard (share of messages) "
-        "| Redis CPU µs per message, all shards | roomhub CPU ms per 1000 events "
+        "| Redis CPU µs per message, all shards | Redis network bytes per message "
+        "| roomhub CPU ms per 1000 events "
         "| pub/sub lag p99 (ms, ≤) | chat_rtt p99 (ms) | k6 CPU (s) | k6 exit | load average |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row.shards} | {row.messages_per_second:,.0f} | "
             f"{'—' if row.sent_share is None else f'{row.sent_share:.0%}'} | {_per_shard(row)} | "
-            f"{_num(row.redis_us_per_message)} | {_num(row.roomhub_ms_per_1000, 2)} | "
+            f"{_num(row.redis_us_per_message)} | {_num(row.redis_bytes_per_message, 0)} | "
+            f"{_num(row.roomhub_ms_per_1000, 2)} | "
             f"{_lag_ms(row.lag_p99)} | "
             f"{_num(row.rtt_p99)} | {row.k6_cpu:,.1f} | {row.returncode} | {row.load:.1f} |"
         )
@@ -168,7 +179,9 @@ def render(rows: list[Row]) -> list[str]:
         "the 2 s drain included; sent % of planned is k6's sent messages over those its users'",
         "schedules held (below 100 %, k6 fell behind: the load generator set the pace).",
         "A shard's messages are the `INCR` calls of the message script",
-        "in its `INFO commandstats`; its CPU is utime + stime of its `redis-server` over the run.",
+        "in its `INFO commandstats`; its CPU is utime + stime of its `redis-server` over the run;",
+        "its network bytes are what it read and wrote (`INFO stats`), the pub/sub deliveries to",
+        "both workers included.",
         "Pub/sub lag p99 is the upper bound of the `chat_broker_lag_seconds` bucket holding the",
         "99th percentile, over both workers. Load average: the machine's 1-minute load average",
         f"as the row's k6 run ended ({os.cpu_count()} CPUs; k6 runs on them too).",
