@@ -153,7 +153,7 @@ def _per_shard(row: Row) -> str:
 def render(rows: list[Row]) -> list[str]:
     """The scale-out section of results/bench.md."""
     lines = [
-        "## Scale-out: 100 rooms of 2 against `--workers 2` on 1, 2 and 4 Redis shards",
+        "## Scale-out: 100 rooms of 2 against `--workers 2` on Redis shards",
         "",
         "| Redis shards | messages/s | sent % of planned "
         "| Redis CPU µs per message, per shard (share of messages) "
@@ -171,20 +171,19 @@ def render(rows: list[Row]) -> list[str]:
             f"{_lag_ms(row.lag_p99)} | "
             f"{_num(row.rtt_p99)} | {row.k6_cpu:,.1f} | {row.returncode} | {row.load:.1f} |"
         )
+    load = " ".join(f"{name}={value}" for name, value in LOAD.items())
     lines += [
         "",
-        f"The load offers {OFFERED:,} messages/s while it sends (k6 `active-chat` with "
-        + " ".join(f"{k}={v}" for k, v in LOAD.items())
-        + "); messages/s divides what the servers received by the whole k6 run, connects and",
-        "the 2 s drain included; sent % of planned is k6's sent messages over those its users'",
-        "schedules held (below 100 %, k6 fell behind: the load generator set the pace).",
-        "A shard's messages are the `INCR` calls of the message script",
-        "in its `INFO commandstats`; its CPU is utime + stime of its `redis-server` over the run;",
-        "its network bytes are what it read and wrote (`INFO stats`), the pub/sub deliveries to",
-        "both workers included.",
-        "Pub/sub lag p99 is the upper bound of the `chat_broker_lag_seconds` bucket holding the",
-        "99th percentile, over both workers. Load average: the machine's 1-minute load average",
-        f"as the row's k6 run ended ({os.cpu_count()} CPUs; k6 runs on them too).",
+        f"The load: k6 `active-chat` with {load}, {OFFERED:,} messages/s offered while it",
+        "sends. Messages/s divides what the servers received by the whole k6 run (connects and",
+        "the 2 s drain included); sent % of planned is k6's sent messages over those its users'",
+        "schedules held (below 100 %, k6 fell behind: the load generator set the pace). A",
+        "shard's messages are the `INCR` calls of the message script in its `INFO commandstats`;",
+        "its CPU is utime + stime of its `redis-server` over the run; its network bytes are what",
+        "it read and wrote (`INFO stats`), pub/sub deliveries to both workers included. Pub/sub",
+        "lag p99 is the upper bound of the `chat_broker_lag_seconds` bucket holding the 99th",
+        "percentile, over both workers. Load average: the machine's 1-minute load average as",
+        f"the row's k6 run ended ({os.cpu_count()} CPUs, which k6 shares with the servers).",
         "",
     ]
     return lines
