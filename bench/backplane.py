@@ -32,6 +32,7 @@ from .server import (
     serve,
     serve_redis,
     spawn,
+    wait_http_ok,
 )
 
 SETTINGS = {"quote_provider": "sim", "log_level": "warning"}
@@ -128,6 +129,8 @@ def workers(
     }
     with spawn(["-m", "server", "serve"], port, "/readyz", log, server_env) as parent:
         metrics = [f"http://127.0.0.1:{metrics_port + i}/metrics" for i in range(2)]
+        for url in metrics:  # /readyz answered from one worker; the other may still start
+            wait_http_ok(url, proc=parent.proc)
         yield Target(parent.ws_url, metrics, [parent.pid, *_children(parent.pid)], redis)
 
 
