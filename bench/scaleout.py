@@ -19,6 +19,7 @@ from pathlib import Path
 from server.ops.metrics import FAST_BUCKETS
 
 from . import backplane
+from .procstat import usage
 
 SHARDS = "1 2 4"
 DURATION = "30s"
@@ -44,10 +45,11 @@ def shard_counts(text: str) -> list[int]:
 @dataclass(frozen=True, slots=True)
 class Row:
     """One shard count under the load. ``seconds``: the k6 run; ``messages``, ``events``: what
-    every process received and delivered; CPU in seconds; ``shard_messages``: messages each
-    shard sequenced, ``shard_bytes``: bytes each read and wrote; lag in seconds, RTT in
-    milliseconds; ``sent_share``: the messages k6 sent over those it planned (below 1: k6
-    fell behind); ``load``: the machine's 1-minute load average when the run ended."""
+    every process received and delivered; CPU in seconds, each shard's less ``idle_cpu`` (what
+    a ``redis-server`` without clients used meanwhile: its timers); ``shard_messages``:
+    messages each shard sequenced, ``shard_bytes``: bytes each read and wrote; lag in seconds,
+    RTT in milliseconds; ``sent_share``: the messages k6 sent over those it planned (below 1:
+    k6 fell behind); ``load``: the machine's 1-minute load average when the run ended."""
 
     shards: int
     returncode: int
@@ -56,6 +58,7 @@ class Row:
     events: float
     roomhub_cpu: float
     shard_cpu: tuple[float, ...]
+    idle_cpu: float
     shard_messages: tuple[int, ...]
     shard_bytes: tuple[int, ...]
     lag_p99: float | None
@@ -104,14 +107,17 @@ def _sent_share(summary: dict) -> float | None:
 
 def measure(shards: int, duration: str, profile: str, out: Path) -> Row:
     """Run the load for ``duration`` (a k6 duration) against ``--workers 2`` on ``shards``
-    fresh Redis shards; files go to ``out``."""
+    fresh Redis shards (and one more, left idle, whose CPU is each shard's baseline); files go
+    to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     env = {"PROFILE": profile, "DURATION": duration, **LOAD}
     with (
-        backplane.redis_servers(shards, out) as redis,
-        backplane.workers(redis, out / "server.log", SERVER_ENV) as target,
+        backplane.redis_servers(shards + 1, out) as redis,
+        backplane.workers(redis[:shards], out / "server.log", SERVER_ENV) as target,
     ):
+        idle = usage(redis[-1].pid).cpu_seconds
         run = backplane.observe(target, env, out)
+        idle = usage(redis[-1].pid).cpu_seconds - idle
     return Row(
         shards=shards,
         returncode=run.returncode,
@@ -119,7 +125,8 @@ def measure(shards: int, duration: str, profile: str, out: Path) -> Row:
         messages=backplane.grew(run.before, run.after, backplane.MESSAGES_IN),
         events=backplane.grew(run.before, run.after, "chat_events_delivered_total"),
         roomhub_cpu=run.roomhub_cpu,
-        shard_cpu=tuple(run.redis_cpu),
+        shard_cpu=tuple(cpu - idle for cpu in run.redis_cpu),
+        idle_cpu=idle,
         shard_messages=tuple(run.redis_messages),
         shard_bytes=tuple(run.redis_bytes),
         lag_p99=backplane.lag_p99(run.before, run.after),
@@ -157,16 +164,18 @@ def render(rows: list[Row]) -> list[str]:
         "",
         "| Redis shards | messages/s | sent % of planned "
         "| Redis CPU µs per message, per shard (share of messages) "
-        "| Redis CPU µs per message, all shards | Redis network bytes per message "
+        "| Redis CPU µs per message, all shards | idle Redis CPU (ms) "
+        "| Redis network bytes per message "
         "| roomhub CPU ms per 1000 events "
         "| pub/sub lag p99 (ms, ≤) | chat_rtt p99 (ms) | k6 CPU (s) | k6 exit | load average |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row.shards} | {row.messages_per_second:,.0f} | "
             f"{'—' if row.sent_share is None else f'{row.sent_share:.0%}'} | {_per_shard(row)} | "
-            f"{_num(row.redis_us_per_message)} | {_num(row.redis_bytes_per_message, 0)} | "
+            f"{_num(row.redis_us_per_message)} | {_num(row.idle_cpu * 1000, 0)} | "
+            f"{_num(row.redis_bytes_per_message, 0)} | "
             f"{_num(row.roomhub_ms_per_1000, 2)} | "
             f"{_lag_ms(row.lag_p99)} | "
             f"{_num(row.rtt_p99)} | {row.k6_cpu:,.1f} | {row.returncode} | {row.load:.1f} |"
@@ -179,7 +188,8 @@ def render(rows: list[Row]) -> list[str]:
         "the 2 s drain included); sent % of planned is k6's sent messages over those its users'",
         "schedules held (below 100 %, k6 fell behind: the load generator set the pace). A",
         "shard's messages are the `INCR` calls of the message script in its `INFO commandstats`;",
-        "its CPU is utime + stime of its `redis-server` over the run; its network bytes are what",
+        "its CPU is utime + stime of its `redis-server` over the run less that of an idle one",
+        "(no clients: its timers alone) started beside it; its network bytes are what",
         "it read and wrote (`INFO stats`), pub/sub deliveries to both workers included. Pub/sub",
         "lag p99 is the upper bound of the `chat_broker_lag_seconds` bucket holding the 99th",
         "percentile, over both workers. Load average: the machine's 1-minute load average as",
