@@ -176,22 +176,41 @@ def lag_p99(before: list[dict[str, float]], after: list[dict[str, float]]) -> fl
     return None
 
 
-def _counts(redis: RedisServer) -> tuple[int, int]:
-    """Messages this Redis has sequenced so far (the message script's ``INCR`` calls: Redis
-    counts a script's commands in ``INFO commandstats``) and bytes it has read and written on
-    its connections (``total_net_input_bytes`` + ``total_net_output_bytes``)."""
-    with contextlib.closing(Redis.from_url(redis.url)) as client:
-        commands = client.info("commandstats")
-        stats = client.info("stats")
-    network = int(stats["total_net_input_bytes"]) + int(stats["total_net_output_bytes"])
-    return int(commands.get("cmdstat_incr", {}).get("calls", 0)), network
+@dataclass(frozen=True, slots=True)
+class RedisCounts:
+    """What a Redis has done so far, from ``INFO``: ``messages`` sequenced (the message
+    script's ``INCR`` calls: Redis counts a script's commands in ``commandstats``),
+    ``script_calls`` (``EVALSHA``: each one carries a batch of messages) and ``network_bytes``
+    read and written on its connections (``total_net_input_bytes`` + ``_output_bytes``)."""
+
+    messages: int
+    script_calls: int
+    network_bytes: int
+
+    @classmethod
+    def read(cls, redis: RedisServer) -> RedisCounts:
+        with contextlib.closing(Redis.from_url(redis.url)) as client:
+            commands = client.info("commandstats")
+            stats = client.info("stats")
+        return cls(
+            int(commands.get("cmdstat_incr", {}).get("calls", 0)),
+            int(commands.get("cmdstat_evalsha", {}).get("calls", 0)),
+            int(stats["total_net_input_bytes"]) + int(stats["total_net_output_bytes"]),
+        )
+
+    def __sub__(self, other: RedisCounts) -> RedisCounts:
+        return RedisCounts(
+            self.messages - other.messages,
+            self.script_calls - other.script_calls,
+            self.network_bytes - other.network_bytes,
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Observed:
     """One k6 active-chat run against a :class:`Target`: k6's summary and exit code, every
     process's scrape before and after; CPU in seconds over the run (roomhub summed, Redis
-    per server); messages each Redis sequenced and bytes it read and wrote in the run."""
+    per server); what each Redis did in the run."""
 
     returncode: int
     summary: dict
@@ -199,8 +218,7 @@ class Observed:
     after: list[dict[str, float]]
     roomhub_cpu: float
     redis_cpu: list[float]
-    redis_messages: list[int]
-    redis_bytes: list[int]
+    redis_counts: list[RedisCounts]
     k6_cpu: float
 
     @property
@@ -223,7 +241,7 @@ def observe(target: Target, env: dict[str, str], out: Path) -> Observed:
     before = [scrape(url) for url in target.metrics]
     cpu = [usage(pid).cpu_seconds for pid in target.pids]
     redis_cpu = [usage(redis.pid).cpu_seconds for redis in target.redis]
-    counts = [_counts(redis) for redis in target.redis]
+    counts = [RedisCounts.read(redis) for redis in target.redis]
     command = [str(K6), "run", "--quiet", "--no-color", "--address", "", *_k6_args(env)]
     with (out / "k6.log").open("w") as log:
         started = usage_self()
@@ -232,10 +250,6 @@ def observe(target: Target, env: dict[str, str], out: Path) -> Observed:
         )
         k6_cpu = usage_self() - started
     after = [scrape(url) for url in target.metrics]
-    grown = [
-        (messages - old[0], network - old[1])
-        for (messages, network), old in zip(map(_counts, target.redis), counts, strict=True)
-    ]
     return Observed(
         returncode=done.returncode,
         summary=json.loads((out / "active-chat-summary.json").read_text()),
@@ -248,8 +262,9 @@ def observe(target: Target, env: dict[str, str], out: Path) -> Observed:
             usage(redis.pid).cpu_seconds - c
             for redis, c in zip(target.redis, redis_cpu, strict=True)
         ],
-        redis_messages=[messages for messages, _ in grown],
-        redis_bytes=[network for _, network in grown],
+        redis_counts=[
+            RedisCounts.read(redis) - old for redis, old in zip(target.redis, counts, strict=True)
+        ],
         k6_cpu=k6_cpu,
     )
 

@@ -47,7 +47,8 @@ class Row:
     """One shard count under the load. ``seconds``: the k6 run; ``messages``, ``events``: what
     every process received and delivered; CPU in seconds, each shard's less ``idle_cpu`` (what
     a ``redis-server`` without clients used meanwhile: its timers); ``shard_messages``:
-    messages each shard sequenced, ``shard_bytes``: bytes each read and wrote; lag in seconds,
+    messages each shard sequenced, ``shard_bytes``: bytes each read and wrote,
+    ``script_calls``: message script calls on every shard (each a batch); lag in seconds,
     RTT in milliseconds; ``sent_share``: the messages k6 sent over those it planned (below 1:
     k6 fell behind); ``load``: the machine's 1-minute load average when the run ended."""
 
@@ -61,6 +62,7 @@ class Row:
     idle_cpu: float
     shard_messages: tuple[int, ...]
     shard_bytes: tuple[int, ...]
+    script_calls: int
     lag_p99: float | None
     rtt_p99: float | None
     sent_share: float | None
@@ -84,6 +86,11 @@ class Row:
         """CPU of every shard together over every message sequenced, in µs."""
         total = sum(self.shard_messages)
         return sum(self.shard_cpu) / total * 1e6 if total else None
+
+    @property
+    def messages_per_call(self) -> float | None:
+        """Messages per message script call: how much each shard's batches held."""
+        return sum(self.shard_messages) / self.script_calls if self.script_calls else None
 
     @property
     def redis_bytes_per_message(self) -> float | None:
@@ -127,8 +134,9 @@ def measure(shards: int, duration: str, profile: str, out: Path) -> Row:
         roomhub_cpu=run.roomhub_cpu,
         shard_cpu=tuple(cpu - idle for cpu in run.redis_cpu),
         idle_cpu=idle,
-        shard_messages=tuple(run.redis_messages),
-        shard_bytes=tuple(run.redis_bytes),
+        shard_messages=tuple(counts.messages for counts in run.redis_counts),
+        shard_bytes=tuple(counts.network_bytes for counts in run.redis_counts),
+        script_calls=sum(counts.script_calls for counts in run.redis_counts),
         lag_p99=backplane.lag_p99(run.before, run.after),
         rtt_p99=run.rtt_p99,
         sent_share=_sent_share(run.summary),
@@ -164,17 +172,18 @@ def render(rows: list[Row]) -> list[str]:
         "",
         "| Redis shards | messages/s | sent % of planned "
         "| Redis CPU µs per message, per shard (share of messages) "
-        "| Redis CPU µs per message, all shards | idle Redis CPU (ms) "
+        "| Redis CPU µs per message, all shards | idle Redis CPU (ms) | messages per script call "
         "| Redis network bytes per message "
         "| roomhub CPU ms per 1000 events "
         "| pub/sub lag p99 (ms, ≤) | chat_rtt p99 (ms) | k6 CPU (s) | k6 exit | load average |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row.shards} | {row.messages_per_second:,.0f} | "
             f"{'—' if row.sent_share is None else f'{row.sent_share:.0%}'} | {_per_shard(row)} | "
             f"{_num(row.redis_us_per_message)} | {_num(row.idle_cpu * 1000, 0)} | "
+            f"{_num(row.messages_per_call)} | "
             f"{_num(row.redis_bytes_per_message, 0)} | "
             f"{_num(row.roomhub_ms_per_1000, 2)} | "
             f"{_lag_ms(row.lag_p99)} | "
@@ -190,7 +199,8 @@ def render(rows: list[Row]) -> list[str]:
         "shard's messages are the `INCR` calls of the message script in its `INFO commandstats`;",
         "its CPU is utime + stime of its `redis-server` over the run less that of an idle one",
         "(no clients: its timers alone) started beside it; its network bytes are what",
-        "it read and wrote (`INFO stats`), pub/sub deliveries to both workers included. Pub/sub",
+        "it read and wrote (`INFO stats`), pub/sub deliveries to both workers included;",
+        "messages per script call: messages over `EVALSHA` calls, every shard together. Pub/sub",
         "lag p99 is the upper bound of the `chat_broker_lag_seconds` bucket holding the 99th",
         "percentile, over both workers. Load average: the machine's 1-minute load average as",
         f"the row's k6 run ended ({os.cpu_count()} CPUs, which k6 shares with the servers).",
