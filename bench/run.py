@@ -23,6 +23,7 @@ Environment (``make bench NAME=value`` works too):
                       it): 100 rooms of 2 users sending 20 messages/s each against
                       --workers 2 on that many fresh redis-server shards
     BENCH_SCALEOUT_DURATION  k6 DURATION of each scale-out row (default 30s)
+    BENCH_SCALEOUT_SEND_EVERY_MS  milliseconds between a scale-out user's messages (default 50)
     BENCH_CAPACITY    users per capacity step, all in one room sending 2 messages/s each
                       (default "200 300 400 600"; 0 skips the steps)
     BENCH_CAPACITY_MODES  hub modes that run the capacity steps (default "sharded")
@@ -156,7 +157,8 @@ def main() -> int:
         out = results_dir / "bench" / f"scaleout-{count}"
         duration = environ.get("BENCH_SCALEOUT_DURATION", scaleout.DURATION)
         profile = environ.get("BENCH_PROFILE", "full")
-        scaled.append(scaleout.measure(count, duration, profile, out))
+        every = int(environ.get("BENCH_SCALEOUT_SEND_EVERY_MS", scaleout.SEND_EVERY_MS))
+        scaled.append(scaleout.measure(count, duration, profile, out, every))
         print(f"[scaleout] {count} shards: k6 exit {scaled[-1].returncode}", flush=True)
     sections = [render(results, facts)]
     sections += ["\n".join(backplane.render(rows))] if rows else []

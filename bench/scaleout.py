@@ -23,9 +23,8 @@ from .procstat import usage
 
 SHARDS = "1 2 4"
 DURATION = "30s"
-LOAD = {"VUS": "200", "ROOMS": "100", "SEND_EVERY_MS": "50"}
-"""k6 ``-e`` variables: 100 rooms of 2 (user n joins room n mod 100), 20 messages/s each."""
-OFFERED = 4000  # messages/s the load offers: 200 users x 1000 / 50 ms
+USERS, ROOMS = 200, 100  # user n joins room n mod 100: 100 rooms of 2
+SEND_EVERY_MS = 50  # each user sends 20 messages/s
 SERVER_ENV = {"ROOMHUB_RATE_LIMIT": "100", "ROOMHUB_RATE_BURST": "100"}
 """Room for 20 frames/s per connection (default 5), as in the peer harness runs."""
 
@@ -44,15 +43,17 @@ def shard_counts(text: str) -> list[int]:
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One shard count under the load. ``seconds``: the k6 run; ``messages``, ``events``: what
-    every process received and delivered; CPU in seconds, each shard's less ``idle_cpu`` (what
-    a ``redis-server`` without clients used meanwhile: its timers); ``shard_messages``:
-    messages each shard sequenced, ``shard_bytes``: bytes each read and wrote,
-    ``script_calls``: message script calls on every shard (each a batch); lag in seconds,
-    RTT in milliseconds; ``sent_share``: the messages k6 sent over those it planned (below 1:
-    k6 fell behind); ``load``: the machine's 1-minute load average when the run ended."""
+    """One shard count under the load, each user sending every ``send_every_ms``.
+    ``seconds``: the k6 run; ``messages``, ``events``: what every process received and
+    delivered; CPU in seconds, each shard's less ``idle_cpu`` (what a ``redis-server``
+    without clients used meanwhile: its timers); ``shard_messages``: messages each shard
+    sequenced, ``shard_bytes``: bytes each read and wrote, ``script_calls``: message script
+    calls on every shard (each a batch); lag in seconds, RTT in milliseconds;
+    ``sent_share``: the messages k6 sent over those it planned (below 1: k6 fell behind);
+    ``load``: the machine's 1-minute load average when the run ended."""
 
     shards: int
+    send_every_ms: int
     returncode: int
     seconds: float
     messages: float
@@ -112,12 +113,16 @@ def _sent_share(summary: dict) -> float | None:
     return sent / (sent + unsent) if sent + unsent else None
 
 
-def measure(shards: int, duration: str, profile: str, out: Path) -> Row:
-    """Run the load for ``duration`` (a k6 duration) against ``--workers 2`` on ``shards``
+def measure(
+    shards: int, duration: str, profile: str, out: Path, send_every_ms: int = SEND_EVERY_MS
+) -> Row:
+    """Run the load (each user sending every ``send_every_ms``) for ``duration`` (a k6
+    duration) against ``--workers 2`` on ``shards``
     fresh Redis shards (and one more, left idle, whose CPU is each shard's baseline); files go
     to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    env = {"PROFILE": profile, "DURATION": duration, **LOAD}
+    env = {"PROFILE": profile, "DURATION": duration, "VUS": str(USERS), "ROOMS": str(ROOMS)}
+    env["SEND_EVERY_MS"] = str(send_every_ms)
     with (
         backplane.redis_servers(shards + 1, out) as redis,
         backplane.workers(redis[:shards], out / "server.log", SERVER_ENV) as target,
@@ -127,6 +132,7 @@ def measure(shards: int, duration: str, profile: str, out: Path) -> Row:
         idle = usage(redis[-1].pid).cpu_seconds - idle
     return Row(
         shards=shards,
+        send_every_ms=send_every_ms,
         returncode=run.returncode,
         seconds=run.seconds,
         messages=backplane.grew(run.before, run.after, backplane.MESSAGES_IN),
@@ -189,10 +195,13 @@ def render(rows: list[Row]) -> list[str]:
             f"{_lag_ms(row.lag_p99)} | "
             f"{_num(row.rtt_p99)} | {row.k6_cpu:,.1f} | {row.returncode} | {row.load:.1f} |"
         )
-    load = " ".join(f"{name}={value}" for name, value in LOAD.items())
+    offered = ", ".join(
+        f"{USERS * 1000 / every:,.0f} messages/s offered with SEND_EVERY_MS={every}"
+        for every in sorted({row.send_every_ms for row in rows})
+    )
     lines += [
         "",
-        f"The load: k6 `active-chat` with {load}, {OFFERED:,} messages/s offered while it",
+        f"The load: k6 `active-chat` with VUS={USERS} ROOMS={ROOMS}, {offered} while it",
         "sends. Messages/s divides what the servers received by the whole k6 run (connects and",
         "the 2 s drain included); sent % of planned is k6's sent messages over those its users'",
         "schedules held (below 100 %, k6 fell behind: the load generator set the pace). A",

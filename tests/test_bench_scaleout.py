@@ -16,7 +16,7 @@ def two_shards() -> scaleout.Row:
     100 MB of traffic and 4,000 script calls between them; 200,000 events delivered on 12 s
     of roomhub CPU."""
     return scaleout.Row(
-        shards=2, returncode=0, seconds=30.0, messages=100_000, events=200_000,
+        shards=2, send_every_ms=50, returncode=0, seconds=30.0, messages=100_000, events=200_000,
         roomhub_cpu=12.0, shard_cpu=(1.2, 1.0), idle_cpu=0.05, shard_messages=(60_000, 40_000),
         shard_bytes=(60_000_000, 40_000_000), script_calls=4_000,
         lag_p99=0.025, rtt_p99=123.4, sent_share=0.834, k6_cpu=20.0, load=3.5,
@@ -35,9 +35,10 @@ def test_costs_are_per_message_per_shard_and_in_total() -> None:
 
 def test_a_shard_that_sequenced_nothing_has_no_cost_per_message() -> None:
     row = scaleout.Row(
-        shards=2, returncode=0, seconds=30.0, messages=100, events=200, roomhub_cpu=1.0,
-        shard_cpu=(0.1, 0.01), idle_cpu=0.0, shard_messages=(100, 0), shard_bytes=(1000, 0),
-        script_calls=0, lag_p99=None, rtt_p99=None, sent_share=None, k6_cpu=1.0, load=1.0,
+        shards=2, send_every_ms=50, returncode=0, seconds=30.0, messages=100, events=200,
+        roomhub_cpu=1.0, shard_cpu=(0.1, 0.01), idle_cpu=0.0, shard_messages=(100, 0),
+        shard_bytes=(1000, 0), script_calls=0, lag_p99=None, rtt_p99=None, sent_share=None,
+        k6_cpu=1.0, load=1.0,
     )  # fmt: skip
     assert row.shard_us_per_message == [pytest.approx(1000.0), None]
 
