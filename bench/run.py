@@ -19,11 +19,18 @@ Environment (``make bench NAME=value`` works too):
     BENCH_BACKPLANE   backplane rows to run (default "memory redis redis-workers"; "" skips
                       the table): full active-chat on the memory broker, on Redis, and
                       with --workers 2 on Redis (needs Debian's redis-server)
+    BENCH_SCALEOUT    Redis shard counts of the scale-out table (default "1 2 4"; "" skips
+                      it): 100 rooms of 2 users sending 20 messages/s each against
+                      --workers 2 on that many fresh redis-server shards
+    BENCH_SCALEOUT_DURATION  k6 DURATION of each scale-out row (default 30s)
+    BENCH_SCALEOUT_SEND_EVERY_MS  milliseconds between a scale-out user's messages (default 50)
     BENCH_CAPACITY    users per capacity step, all in one room sending 2 messages/s each
                       (default "200 300 400 600"; 0 skips the steps)
     BENCH_CAPACITY_MODES  hub modes that run the capacity steps (default "sharded")
     BENCH_CAPACITY_DURATION  active-chat DURATION of each step (default 30s)
     BENCH_RESULTS     output directory (default results)
+
+``BENCH_MODES="" BENCH_BACKPLANE="" make bench`` runs only the scale-out table.
 
 Other ``ROOMHUB_*`` variables in the environment reach every server started.
 """
@@ -38,7 +45,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import backplane, capacity, idle
+from . import backplane, capacity, idle, scaleout
 from .measure import K6, ROOT, run_scenario
 from .report import ModeResult, render
 from .server import serve
@@ -134,6 +141,7 @@ def capacity_steps(mode: str, environ: dict[str, str], out: Path) -> list[capaci
 def main() -> int:
     environ = dict(os.environ)
     results_dir = ROOT / environ.get("BENCH_RESULTS", "results")
+    shards = scaleout.shard_counts(environ.get("BENCH_SCALEOUT", scaleout.SHARDS))
     facts = context(environ)
     results = [
         bench_mode(mode, environ, results_dir / "bench" / mode)
@@ -144,10 +152,19 @@ def main() -> int:
         env = scenario_env("active-chat", environ)
         rows.append(backplane.measure(name, env, results_dir / "bench" / f"backplane-{name}"))
         print(f"[backplane] {name}: k6 exit {rows[-1].returncode}", flush=True)
+    scaled = []
+    for count in shards:
+        out = results_dir / "bench" / f"scaleout-{count}"
+        duration = environ.get("BENCH_SCALEOUT_DURATION", scaleout.DURATION)
+        profile = environ.get("BENCH_PROFILE", "full")
+        every = int(environ.get("BENCH_SCALEOUT_SEND_EVERY_MS", scaleout.SEND_EVERY_MS))
+        scaled.append(scaleout.measure(count, duration, profile, out, every))
+        print(f"[scaleout] {count} shards: k6 exit {scaled[-1].returncode}", flush=True)
+    sections = [render(results, facts)]
+    sections += ["\n".join(backplane.render(rows))] if rows else []
+    sections += ["\n".join(scaleout.render(scaled))] if scaled else []
     report = results_dir / "bench.md"
-    report.write_text(
-        render(results, facts) + ("\n" + "\n".join(backplane.render(rows)) if rows else "")
-    )
+    report.write_text("\n".join(sections))
     print(f"wrote {report}")
     return 0
 
