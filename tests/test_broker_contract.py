@@ -384,3 +384,14 @@ async def test_a_control_order_reaches_the_control_sink_once(broker: Broker) -> 
     await broker.control(Control("kick", "marker"))
     await wait_until(lambda: orders[-1:] == [Control("kick", "marker")], timeout=WAIT)
     assert orders[:-1] == [Control("kick", "ann", "lobby"), Control("disconnect", "bob")]
+
+
+async def test_a_burst_of_ban_checks_is_answered_while_messages_still_go(broker: Broker) -> None:
+    """Hundreds of joins at once each ask whether their name is banned: every check is
+    answered (a check waits for a free connection rather than failing), and a message said
+    meanwhile is delivered, not refused."""
+    sink, _ = await chatted(broker)
+    checks = [broker.banned("lobby", f"user{n}") for n in range(300)]
+    broker.say("lobby", "ann", ChatMessage("during"), sender=1)
+    assert await asyncio.gather(*checks) == [False] * 300
+    assert (await sink.event())["text"] == "during"

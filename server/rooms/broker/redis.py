@@ -122,6 +122,9 @@ SUBSCRIBE_TIMEOUT = 5.0
 """Seconds a subscription may take to be confirmed."""
 COMMAND_TIMEOUT = 5.0
 """Seconds one command (or pipeline) may take before Redis counts as unavailable."""
+POOL_SIZE = 32
+"""Connections to one Redis at most: the pub/sub reader, the publisher's pipeline and the
+server API's and handshake's queries; a query finding none free waits for one."""
 CLOSE_DRAIN = 2.0
 """Seconds :meth:`RedisBroker.close` waits for queued operations (the last leaves)."""
 CONTROL_CHANNEL = "roomhub:control"
@@ -215,12 +218,19 @@ class RedisBroker:
         self.retention = max(self.presence_ttl, math.ceil(retention))
         self.instance = secrets.token_hex(6)
         self._instance_channel = f"roomhub:instance:{self.instance}"
-        self._client = aioredis.Redis.from_url(
+        # A bounded pool that makes a caller wait for a free connection (up to
+        # COMMAND_TIMEOUT) instead of failing: a burst of joins each asking whether its name
+        # is banned must not take every connection and make the publisher's batch fail with
+        # "Too many connections" (redis-py's default pool: 100, then an error).
+        self._pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=POOL_SIZE,
+            timeout=COMMAND_TIMEOUT,
             retry=Retry(NoBackoff(), 0),
             socket_timeout=COMMAND_TIMEOUT,
             socket_connect_timeout=COMMAND_TIMEOUT,
         )
+        self._client = aioredis.Redis(connection_pool=self._pool)
         self._scripts = {
             name: self._client.register_script(scripts.source(name)) for name in scripts.SCRIPTS
         }
@@ -269,6 +279,7 @@ class RedisBroker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(RedisError, OSError):
             await self._client.aclose()
+            await self._pool.aclose()
 
     # -- subscriptions ----------------------------------------------------------------------
 
