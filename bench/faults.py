@@ -118,15 +118,17 @@ class Tally:
     """What :func:`check` counts; messages are counted once per sender (``sent``,
     ``echoed``, ``refused``) or once per member that should have had them (the rest).
 
-    ``delivered``: echoed messages a member got; ``excused``: echoed messages a member
-    missed after its connection ended and the room restarted (a reset); ``closes``:
-    connections the server or the network ended; ``slowest_echo``: seconds, the longest a
-    sender waited for its own message."""
+    ``refused_delivered``: refused messages some member got all the same (the docs say
+    nobody gets one); ``delivered``: echoed messages a member got; ``excused``: echoed
+    messages a member missed after its connection ended and the room restarted (a reset);
+    ``closes``: connections the server or the network ended; ``slowest_echo``: seconds, the
+    longest a sender waited for its own message."""
 
     members: int = 0
     sent: int = 0
     echoed: int = 0
     refused: int = 0
+    refused_delivered: int = 0
     delivered: int = 0
     lost: int = 0
     duplicated: int = 0
@@ -148,8 +150,16 @@ class Tally:
 
     @property
     def broken(self) -> int:
-        """Breaches of the guarantee: lost, duplicated, out of order, conflicts, unresumed."""
-        return self.lost + self.duplicated + self.out_of_order + self.conflicts + self.unresumed
+        """Breaches of the guarantee: lost, duplicated, out of order, conflicts, unresumed,
+        refused yet delivered."""
+        return (
+            self.lost
+            + self.duplicated
+            + self.out_of_order
+            + self.conflicts
+            + self.unresumed
+            + self.refused_delivered
+        )
 
 
 def check(logs: list[MemberLog], history_size: int) -> list[Tally]:
@@ -171,10 +181,13 @@ def check(logs: list[MemberLog], history_size: int) -> list[Tally]:
         for ident in log.echoed:
             epoch, seq = at[(log.room, ident)]
             echoed.setdefault(log.room, {}).setdefault(epoch, []).append((seq, ident))
-    return [
+    tallies = [
         _check_member(log, echoed.get(log.room, {}), history_size, conflicts[log.name])
         for log in logs
     ]
+    for log, tally in zip(logs, tallies, strict=True):
+        tally.refused_delivered = sum((log.room, ident) in at for ident in log.refused)
+    return tallies
 
 
 def _check_member(
@@ -671,6 +684,7 @@ COLUMNS = (
     ("sent", "sent"),
     ("echoed", "echoed"),
     ("refused", "refused (`unavailable`)"),
+    ("refused_delivered", "refused, yet delivered"),
     ("delivered", "delivered"),
     ("lost", "lost"),
     ("duplicated", "duplicated"),
