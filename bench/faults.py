@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -52,7 +53,18 @@ from .server import (
 )
 from .slowlink import SlowLink
 
-__all__ = ["Fault", "MemberLog", "Segment", "Tally", "check", "main", "run", "table"]
+__all__ = [
+    "FAULTS",
+    "Fault",
+    "MemberLog",
+    "Segment",
+    "Tally",
+    "check",
+    "faults",
+    "main",
+    "run",
+    "table",
+]
 
 INSTANCES = 2
 SETTINGS = {
@@ -510,26 +522,31 @@ async def _kill_instance(cluster: Cluster) -> None:
     await cluster.ready()
 
 
-async def _slow_link(cluster: Cluster) -> None:
+async def _slow_link(stall: float, cluster: Cluster) -> None:
     cluster.link.delay = LINK_DELAY
     await asyncio.sleep(LINK_SLOW)
     cluster.link.stall()
-    await asyncio.sleep(LINK_STALL)
+    await asyncio.sleep(stall)
     cluster.link.flow()
     await asyncio.sleep(LINK_SLOW)
     cluster.link.delay = 0.0
 
 
-FAULTS = (
-    Fault("shard 0 SIGKILL, restarted empty", lambda m: m.shard == 0, _kill_shard),
-    Fault(f"CLIENT PAUSE {PAUSE_MS} on shard 0", lambda m: m.shard == 0, _pause_shard),
-    Fault("instance 0 SIGKILL, restarted", lambda m: m.instance == 0, _kill_instance),
-    Fault(
-        f"link instance 0 to shard 0: +{LINK_DELAY * 1000:g} ms each way, {LINK_STALL:g} s stall",
-        lambda m: m.instance == 0 and m.shard == 0,
-        _slow_link,
-    ),
-)
+def faults(stall: float = LINK_STALL) -> tuple[Fault, ...]:
+    """The four faults, in order; ``stall``: seconds the slow link stalls."""
+    return (
+        Fault("shard 0 SIGKILL, restarted empty", lambda m: m.shard == 0, _kill_shard),
+        Fault(f"CLIENT PAUSE {PAUSE_MS} on shard 0", lambda m: m.shard == 0, _pause_shard),
+        Fault("instance 0 SIGKILL, restarted", lambda m: m.instance == 0, _kill_instance),
+        Fault(
+            f"link instance 0 to shard 0: +{LINK_DELAY * 1000:g} ms each way, {stall:g} s stall",
+            lambda m: m.instance == 0 and m.shard == 0,
+            functools.partial(_slow_link, stall),
+        ),
+    )
+
+
+FAULTS = faults()
 
 
 @dataclass(frozen=True, slots=True)
@@ -711,17 +728,24 @@ def table(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     default = Traffic()
-    parser = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__)
-    parser.add_argument("--shards", type=int, default=2, help="redis-servers (default 2)")
-    parser.add_argument("--rooms-per-shard", type=int, default=default.rooms_per_shard)
-    parser.add_argument("--members", type=int, default=default.members, help="per room")
-    parser.add_argument("--rate", type=float, default=default.rate, help="msg/s per member")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.faults", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--shards", type=int, default=2, help="redis-servers (2)")
+    parser.add_argument(
+        "--rooms-per-shard", type=int, default=default.rooms_per_shard, help="rooms on each (2)"
+    )
+    parser.add_argument("--members", type=int, default=default.members, help="per room (4)")
+    parser.add_argument("--rate", type=float, default=default.rate, help="msg/s per member (4)")
+    parser.add_argument(
+        "--stall", type=float, default=LINK_STALL, help="seconds the slow link stalls (2)"
+    )
     parser.add_argument("--redis-server", default="redis-server", help="the binary")
     args = parser.parse_args(argv)
     load = Traffic(args.rooms_per_shard, args.members, args.rate)
     workdir = Path(tempfile.mkdtemp(prefix="roomhub-faults-"))
     started = time.monotonic()
-    rows = run(workdir, args.redis_server, args.shards, FAULTS, load)
+    rows = run(workdir, args.redis_server, args.shards, faults(args.stall), load)
     print(table(rows))
     print(f"\n{time.monotonic() - started:.1f} s; logs in {workdir}", file=sys.stderr)
     return 1 if any(row.hit.broken or row.spared.broken for row in rows) else 0
