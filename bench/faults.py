@@ -16,8 +16,9 @@ a member whose connection ended is excused from the messages after the last one 
 when it then got ``reset`` (the room started a new epoch); otherwise resuming with
 ``since``/``epoch`` must fill the gap from history. :func:`check` counts, per member, what
 broke it: lost (an echoed message it should have had and never got), duplicated (one message
-twice), out of order (a lower ``seq`` after a higher one in one epoch), and conflicts (two
-members saw different messages under one ``(epoch, seq)``).
+twice), out of order (a lower ``seq`` after a higher one in one epoch), conflicts (two
+members saw different messages under one ``(epoch, seq)``), and a message refused as
+``unavailable`` that reached a member all the same (the docs say nobody gets one).
 
 ``python -m bench.faults`` prints the table (markdown); ``tests/test_faults.py`` asserts it.
 """
@@ -288,8 +289,7 @@ class Member:
         ``MAX_RETRY`` seconds) and tries the next instance."""
         attempt, delay = 0, 0.05
         while not done.is_set():
-            url = self.urls[(self.log.instance + attempt) % len(self.urls)]
-            ws = await self._connect(url, (self.log.instance + attempt) % len(self.urls))
+            ws = await self._connect((self.log.instance + attempt) % len(self.urls))
             if ws is None:
                 attempt += 1
                 with contextlib.suppress(TimeoutError):
@@ -302,7 +302,10 @@ class Member:
                 return
             await self._read(ws)
 
-    async def _connect(self, url: str, instance: int) -> aiohttp.ClientWebSocketResponse | None:
+    async def _connect(self, instance: int) -> aiohttp.ClientWebSocketResponse | None:
+        """Join through ``instance`` (resuming once there was a welcome) and handle the
+        welcome; None when the attempt failed."""
+        url = self.urls[instance]
         params = {"room": self.log.room, "user": self.log.name}
         if self.epoch is not None:
             params |= {"since": str(self.mark), "epoch": self.epoch}
