@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.faults import FAULTS, MemberLog, Row, Segment, Tally, check, run
+from bench.faults import FAULTS, MemberLog, Row, Segment, Tally, check, run, table
+from tests.support.docs import table as doc_table
 from tests.support.processes import require_binary
 
 HISTORY = 50
@@ -88,6 +89,13 @@ def test_the_checker_counts_a_member_left_without_a_connection_as_unresumed() ->
     gone = member("b", seg("E", 0, (1, "a.1"), closed=1006))
     gone.rejoined = False
     assert check([sender(), gone], HISTORY)[1].unresumed == 1
+
+
+def test_the_faults_table_in_the_docs_has_the_harness_columns_and_a_line_per_fault() -> None:
+    measured = doc_table("docs/scaling.md", "## Faults", index=1)
+    header = [cell.strip() for cell in table([]).splitlines()[0].strip("|").split("|")]
+    assert list(measured[0]) == header
+    assert len(measured) == 2 * len(FAULTS)
 
 
 @pytest.fixture(scope="module")
