@@ -584,7 +584,11 @@ async def _place_rooms(cluster: Cluster, tag: str, per_shard: int) -> list[tuple
     raise RuntimeError(f"{PROBE_ROOMS} room names did not cover every shard: {wanted}")
 
 
-async def _phase(cluster: Cluster, number: int, fault: Fault, load: Traffic) -> list[MemberLog]:
+async def _phase(
+    cluster: Cluster, number: int, fault: Fault, load: Traffic
+) -> tuple[list[MemberLog], float]:
+    """Run ``fault`` under fresh traffic: every member's log, and the seconds the fault and
+    its recovery took."""
     rooms = await _place_rooms(cluster, f"f{number}", load.rooms_per_shard)
     changed = asyncio.Event()
     members = [
@@ -607,8 +611,10 @@ async def _phase(cluster: Cluster, number: int, fault: Fault, load: Traffic) -> 
             for i, member in enumerate(members)
         ]
         await asyncio.sleep(LEAD)
+        struck = time.monotonic()
         async with asyncio.timeout(FAULT_TIMEOUT):
             await fault.strike(cluster)
+        seconds = time.monotonic() - struck
         await asyncio.sleep(TAIL)
         stop.set()
         await asyncio.gather(*senders)
@@ -621,7 +627,7 @@ async def _phase(cluster: Cluster, number: int, fault: Fault, load: Traffic) -> 
             member.log.rejoined = member.segment is None or member.segment.closed is None
             await member.leave()
         await asyncio.gather(*keepers, return_exceptions=True)
-    return [member.log for member in members]
+    return [member.log for member in members], seconds
 
 
 async def _until(condition: Callable[[], bool], changed: asyncio.Event) -> None:
@@ -644,11 +650,13 @@ def _settled(members: list[Member]) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """The tallies of one fault: members it struck and the others."""
+    """The tallies of one fault: members it struck and the others; ``seconds`` from the
+    strike until the cluster was whole again."""
 
     fault: Fault
     hit: Tally
     spared: Tally
+    seconds: float
 
 
 async def _run(
@@ -668,11 +676,11 @@ async def _run(
                 cluster.start(instance)
             await cluster.ready()
             for number, fault in enumerate(faults, 1):
-                logs = await _phase(cluster, number, fault, load)
+                logs, seconds = await _phase(cluster, number, fault, load)
                 tallies = check(logs, int(SETTINGS["history_size"]))
                 hit = [t for log, t in zip(logs, tallies, strict=True) if fault.hit(log)]
                 spared = [t for log, t in zip(logs, tallies, strict=True) if not fault.hit(log)]
-                rows.append(Row(fault, sum(hit, Tally()), sum(spared, Tally())))
+                rows.append(Row(fault, sum(hit, Tally()), sum(spared, Tally()), seconds))
         finally:
             await cluster.close()
             await link.close()
@@ -718,11 +726,12 @@ COLUMNS = (
 
 def table(rows: list[Row]) -> str:
     """The markdown table: two lines per fault (the members it struck, the others)."""
-    head = ["fault", *(label for _, label in COLUMNS), "slowest echo (s)"]
+    head = ["fault", "fault and recovery (s)", *(label for _, label in COLUMNS)]
+    head.append("slowest echo (s)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for number, row in enumerate(rows, 1):
         for which, tally in (("struck", row.hit), ("others", row.spared)):
-            cells = [f"{number}. {row.fault.label}: {which}"]
+            cells = [f"{number}. {row.fault.label}: {which}", f"{row.seconds:.1f}"]
             cells += [f"{getattr(tally, name):,}" for name, _ in COLUMNS]
             cells.append(f"{tally.slowest_echo:.2f}")
             lines.append("| " + " | ".join(cells) + " |")
