@@ -92,16 +92,13 @@ POLL = 0.05  # seconds between two looks at an instance's /readyz
 @dataclass(slots=True)
 class Segment:
     """One connection of a member, from its ``welcome`` on: the welcome's ``epoch``,
-    ``seq`` and ``reset``, whether it resumed (passed ``since``), every message received
-    (``(seq, client id)``, history first, in arrival order), and ``closed``: the close code
-    when the server or the network ended it (1006 without a close frame), None when the
-    member closed it at the end."""
+    ``seq`` and ``reset``, every message received (``(seq, client id)``, history first, in
+    arrival order), and ``closed``: the close code when the server or the network ended it
+    (1006 without a close frame), None when the member closed it at the end."""
 
-    instance: int
     epoch: str
     seq: int
     reset: bool
-    resumed: bool
     received: list[tuple[int, str]] = field(default_factory=list)
     closed: int | None = None
 
@@ -122,7 +119,6 @@ class MemberLog:
     echoed: dict[str, float] = field(default_factory=dict)
     refused: set[str] = field(default_factory=set)
     segments: list[Segment] = field(default_factory=list)
-    errors: Counter[str] = field(default_factory=Counter)
     rejoined: bool = True
 
 
@@ -289,7 +285,7 @@ class Member:
         ``MAX_RETRY`` seconds) and tries the next instance."""
         attempt, delay = 0, 0.05
         while not done.is_set():
-            ws = await self._connect((self.log.instance + attempt) % len(self.urls))
+            ws = await self._connect(self.urls[(self.log.instance + attempt) % len(self.urls)])
             if ws is None:
                 attempt += 1
                 with contextlib.suppress(TimeoutError):
@@ -302,10 +298,9 @@ class Member:
                 return
             await self._read(ws)
 
-    async def _connect(self, instance: int) -> aiohttp.ClientWebSocketResponse | None:
-        """Join through ``instance`` (resuming once there was a welcome) and handle the
-        welcome; None when the attempt failed."""
-        url = self.urls[instance]
+    async def _connect(self, url: str) -> aiohttp.ClientWebSocketResponse | None:
+        """Join through the instance at ``url`` (resuming once there was a welcome) and
+        handle the welcome; None when the attempt failed."""
         params = {"room": self.log.room, "user": self.log.name}
         if self.epoch is not None:
             params |= {"since": str(self.mark), "epoch": self.epoch}
@@ -326,13 +321,7 @@ class Member:
         if welcome.get("type") != "welcome":
             await ws.close()
             return None
-        seg = Segment(
-            instance,
-            welcome["epoch"],
-            welcome["seq"],
-            welcome["reset"],
-            self.epoch is not None,
-        )
+        seg = Segment(welcome["epoch"], welcome["seq"], welcome["reset"])
         if welcome["reset"] or welcome["epoch"] != self.epoch:
             self.epoch, self.mark = welcome["epoch"], 0
         self.log.segments.append(seg)
@@ -367,12 +356,10 @@ class Member:
                 sent = self.log.sent.get(ident)
                 if sent is not None and ident not in self.log.echoed:
                     self.log.echoed[ident] = now - sent
-            elif kind == "error":
-                code, reply_to = str(event.get("code")), event.get("reply_to")
-                if code == "unavailable" and isinstance(reply_to, str):
+            elif kind == "error" and event.get("code") == "unavailable":
+                reply_to = event.get("reply_to")
+                if isinstance(reply_to, str):
                     self.log.refused.add(reply_to)
-                else:
-                    self.log.errors[code] += 1
 
     async def send(self, stop: asyncio.Event, rate: float, offset: float) -> None:
         """Send ``{name}.{n}`` every ``1 / rate`` seconds from ``offset`` on until ``stop``;

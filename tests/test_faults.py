@@ -23,11 +23,15 @@ def member(name: str, *segments: Segment, echoed: tuple[str, ...] = ()) -> Membe
     return log
 
 
-def seg(epoch: str, welcome_seq: int, *received: tuple[int, str], **state: object) -> Segment:
-    segment = Segment(0, epoch, welcome_seq, bool(state.get("reset")), bool(state.get("resumed")))
-    segment.received = list(received)
-    segment.closed = state.get("closed")  # type: ignore[assignment]
-    return segment
+def seg(
+    epoch: str,
+    welcome_seq: int,
+    *received: tuple[int, str],
+    reset: bool = False,
+    closed: int | None = None,
+) -> Segment:
+    """A connection whose welcome gave ``epoch`` and ``welcome_seq``, that got ``received``."""
+    return Segment(epoch, welcome_seq, reset, list(received), closed)
 
 
 def sender() -> MemberLog:
@@ -67,13 +71,13 @@ def test_the_checker_counts_two_messages_under_one_seq_as_a_conflict() -> None:
 
 def test_the_checker_holds_a_member_that_resumed_in_the_same_epoch_to_the_gap() -> None:
     left = seg("E", 0, (1, "a.1"), closed=1006)
-    back = seg("E", 1, (3, "a.3"), resumed=True)
+    back = seg("E", 1, (3, "a.3"))
     assert check([sender(), member("b", left, back)], HISTORY)[1].lost == 1
 
 
 def test_the_checker_excuses_a_member_whose_connection_ended_before_a_reset() -> None:
     left = seg("E", 0, (1, "a.1"), closed=1012)
-    reset = seg("F", 0, reset=True, resumed=True)
+    reset = seg("F", 0, reset=True)
     tally = check([sender(), member("b", left, reset)], HISTORY)[1]
     assert (tally.lost, tally.excused, tally.closes, tally.resets) == (0, 2, 1, 1)
 
