@@ -129,7 +129,7 @@ RESULTS_DIR ?= results
 RUN_ID      := $(shell date +%Y%m%d-%H%M%S)-$(SCENARIO)
 RUN_DIR     := $(RESULTS_DIR)/$(RUN_ID)
 
-.PHONY: k6 k6-all bench soak k6-local k6-compose lab story
+.PHONY: k6 k6-all bench faults soak k6-local k6-compose lab story
 
 # With the compose stack up (make up), k6 runs in its container and remote-writes to the
 # stack's Prometheus (tagged testid=<date>-<time>-<scenario>); otherwise the local k6 runs.
@@ -169,6 +169,13 @@ k6-all: $(LAB_STAMP)
 # (see bench/run.py) change the profile, VU counts and modes.
 bench: $(LAB_STAMP)
 	$(BIN)/python -m bench.run
+
+# Faults with a checker (bench/faults.py, docs/scaling.md "Faults"): two instances on two
+# fresh redis-server shards under steady numbered traffic, through a shard SIGKILL and
+# restart, CLIENT PAUSE, an instance SIGKILL and a stalling link; prints the faults table
+# (markdown) and fails when the delivery guarantee broke. FAULTS_ARGS adds options (--help).
+faults: $(SERVE_STAMP)
+	$(BIN)/python -m bench.faults $(FAULTS_ARGS)
 
 # The accelerated soak (bench/soak.py): the soak scenario with 10 s sessions for 4 minutes
 # against a fresh server, its RSS and heap sampled; writes results/soak.md. SOAK_DURATION=30m

@@ -137,6 +137,26 @@ class Process:
         return self.proc.returncode
 
 
+def launch(
+    args: list[str],
+    port: int,
+    log: Path,
+    env: dict[str, str] | None = None,
+    program: str = sys.executable,
+) -> Process:
+    """Start ``program <args>`` (default: this Python) with ``env`` added to the environment,
+    its output to ``log``, without waiting for it to serve."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [program, *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            preexec_fn=dies_with_this_process(),
+        )
+    return Process(proc, port, log)
+
+
 @contextlib.contextmanager
 def spawn(
     args: list[str],
@@ -151,17 +171,9 @@ def spawn(
 
     On a failure inside the block the last 4000 characters of its output go to stderr.
     """
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [program, *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            preexec_fn=dies_with_this_process(),
-        )
-    running = Process(proc, port, log)
+    running = launch(args, port, log, env, program)
     try:
-        wait_http_ok(f"{running.url}{health}", proc=proc)
+        wait_http_ok(f"{running.url}{health}", proc=running.proc)
         yield running
     except BaseException:
         running.stop()
@@ -192,14 +204,22 @@ def serve(
     ``PYTHONMALLOC``.
     """
     port = port or free_port()
+    with spawn(
+        ["-m", module, "serve"], port, "/readyz", log, server_env(port, env, **settings)
+    ) as process:
+        yield process
+
+
+def server_env(port: int, env: dict[str, str] | None = None, **settings: object) -> dict[str, str]:
+    """The environment :func:`serve` adds for a server on ``port``: ``env``, ``settings`` as
+    ``ROOMHUB_*`` vars, the :data:`LAB_UNLIMITED` limits off unless set, ``PYTHONMALLOC``."""
     env = {**(env or {}), **{f"ROOMHUB_{k.upper()}": str(v) for k, v in settings.items()}}
     env["PYTHONMALLOC"] = os.environ.get("PYTHONMALLOC") or PYTHONMALLOC
     env.setdefault("ROOMHUB_HOST", "127.0.0.1")
     for name in LAB_UNLIMITED:
         env.setdefault(name, "0")
     env["ROOMHUB_PORT"] = str(port)
-    with spawn(["-m", module, "serve"], port, "/readyz", log, env) as process:
-        yield process
+    return env
 
 
 @contextlib.contextmanager
@@ -261,6 +281,13 @@ class RedisServer:
                     return
             time.sleep(0.02)
         raise TimeoutError(f"redis-server did not answer on port {self.port}")
+
+    def kill(self) -> None:
+        """SIGKILL: gone at once, without a word to its clients, its data with it."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
 
     def stop(self) -> None:
         """SIGTERM, SIGKILL after ``STOP_TIMEOUT`` seconds."""
