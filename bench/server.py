@@ -1,6 +1,6 @@
 """Run roomhub processes (``python -m server serve``, ``python -m server.stockapi``) and a
-throwaway ``redis-server`` on free loopback ports, for benchmarks and for tests that drive them
-from outside.
+throwaway ``redis-server`` (or a Redis Cluster of them) on free loopback ports, for benchmarks and
+for tests that drive them from outside.
 
 Each process writes its output to a log file; :func:`spawn` waits (with a deadline) until
 its health endpoint answers 200 and stops it with SIGTERM (SIGKILL after a grace period).
@@ -240,12 +240,16 @@ class RedisServer:
     (``--save '' --appendonly no``); its log goes to ``directory/redis.log``.
 
     :meth:`stop` and :meth:`start` take it away and bring it back, empty, on the same port.
+    ``cluster``: a Redis Cluster node (``--cluster-enabled yes``) whose cluster bus listens on
+    ``bus_port`` (a free port, not ``port + 10000``) and whose node table is kept in
+    ``directory/nodes.conf``, so a restarted node rejoins with its slots (and no data).
     """
 
-    def __init__(self, binary: str, directory: Path, port: int = 0) -> None:
+    def __init__(self, binary: str, directory: Path, port: int = 0, cluster: bool = False) -> None:
         self.binary = binary
         self.directory = directory
         self.port = port or free_port()
+        self.bus_port = free_port() if cluster else 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -262,6 +266,10 @@ class RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         args += ["--appendonly", "no", "--dir", str(self.directory)]
         args += ["--logfile", str(self.directory / "redis.log")]
+        if self.bus_port:
+            args += ["--cluster-enabled", "yes", "--cluster-port", str(self.bus_port)]
+            args += ["--cluster-config-file", str(self.directory / "nodes.conf")]
+            args += ["--cluster-require-full-coverage", "no"]
         self.proc = subprocess.Popen(
             args,
             stdout=subprocess.DEVNULL,
@@ -310,3 +318,67 @@ def serve_redis(binary: str, directory: Path, port: int = 0) -> Iterator[RedisSe
         yield server
     finally:
         server.stop()
+
+
+CLUSTER_START_TIMEOUT = 20.0  # seconds a new cluster may take until every node says ok
+
+
+@dataclass
+class RedisCluster:
+    """A Redis Cluster of ``nodes`` (one master each, no replicas) on loopback ports."""
+
+    nodes: list[RedisServer]
+
+    @property
+    def url(self) -> str:
+        """The ``ROOMHUB_BROKER`` value naming every node as a seed."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+
+    def wait_ok(self, timeout: float = CLUSTER_START_TIMEOUT) -> None:
+        """Wait until ``CLUSTER INFO`` says ``cluster_state:ok`` on every running node."""
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            while node.proc is not None and _cluster_state(node.port) != "ok":
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"redis cluster node {node.port} is not ok")
+                time.sleep(0.05)
+
+
+def _cluster_state(port: int) -> str:
+    """The ``cluster_state`` field of ``CLUSTER INFO`` on ``port`` ('' when unreadable)."""
+    with (
+        contextlib.suppress(OSError),
+        socket.create_connection(("127.0.0.1", port), timeout=1) as sock,
+    ):
+        sock.sendall(b"CLUSTER INFO\r\n")
+        reply = sock.recv(4096).decode(errors="replace")
+        for line in reply.splitlines():
+            if line.startswith("cluster_state:"):
+                return line.partition(":")[2]
+    return ""
+
+
+@contextlib.contextmanager
+def serve_redis_cluster(
+    binary: str, cli: str, directory: Path, masters: int = 3
+) -> Iterator[RedisCluster]:
+    """A started :class:`RedisCluster` of ``masters`` masters, stopped on exit: each node a
+    :class:`RedisServer` with ``cluster=True`` (``--cluster-require-full-coverage no``: a
+    node that is down fails only its own slots), joined by ``redis-cli --cluster create
+    --cluster-replicas 0 --cluster-yes`` (``cli``: Debian's ``redis-cli``, which takes about
+    3 s to see the nodes join), then waited on until every node says ``cluster_state:ok``."""
+    with contextlib.ExitStack() as stack:
+        nodes = []
+        for index in range(masters):
+            home = directory / f"node{index}"
+            home.mkdir(parents=True, exist_ok=True)
+            node = RedisServer(binary, home, cluster=True)
+            node.start()
+            stack.callback(node.stop)
+            nodes.append(node)
+        create = [cli, "--cluster", "create", *(f"127.0.0.1:{node.port}" for node in nodes)]
+        create += ["--cluster-replicas", "0", "--cluster-yes"]
+        subprocess.run(create, check=True, stdout=subprocess.DEVNULL, timeout=CLUSTER_START_TIMEOUT)
+        cluster = RedisCluster(nodes)
+        cluster.wait_ok()
+        yield cluster

@@ -18,17 +18,20 @@ import pytest
 
 from bench.server import (
     Process,
+    RedisCluster,
     RedisServer,
     free_port,
     scrape,
     serve,
     serve_redis,
+    serve_redis_cluster,
     serve_stockapi,
     wait_http_ok,
 )
 
 __all__ = [
     "Process",
+    "RedisCluster",
     "RedisServer",
     "free_port",
     "require_binary",
@@ -112,3 +115,13 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     directory.mkdir()
     with serve_redis(require_binary("redis-server"), directory) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A real 3-master Redis Cluster (three ``redis-server --cluster-enabled yes`` joined by
+    ``redis-cli --cluster create``), started once for the session: tests keep to room names
+    of their own. Fails under ``CI=true`` when ``redis-server`` or ``redis-cli`` is missing."""
+    server, cli = require_binary("redis-server"), require_binary("redis-cli")
+    with serve_redis_cluster(server, cli, tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster

@@ -1,0 +1,205 @@
+"""Redis Cluster mode (``ROOMHUB_BROKER=redis+cluster://...``) against a real 3-master
+cluster started once by the tests (tests/support/processes.py ``redis_cluster``): each room
+on the master that serves its ``{room}`` slot, its events carried by sharded pub/sub, and two
+real server processes sharing rooms on every master."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+import redis
+
+from server.rooms.broker.cluster import SlotMap, discover, room_slot
+from tests.chat import Client
+from tests.support.processes import Process, RedisCluster, run_server
+
+KEY = "cluster-key-0123456789abcdef"
+_fresh = itertools.count()
+
+
+def rooms_on_each_master(slots: SlotMap, stem: str) -> list[str]:
+    """One new room name per master, in the masters' order."""
+    found: dict[int, str] = {}
+    for number in itertools.count():
+        room = f"{stem}-{next(_fresh)}-{number}"
+        found.setdefault(slots.shard_of(room), room)
+        if len(found) == len(slots.masters):
+            return [found[index] for index in range(len(slots.masters))]
+    raise AssertionError("unreachable")
+
+
+def port_of(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
+@pytest.fixture(scope="module")
+def slots(redis_cluster: RedisCluster) -> SlotMap:
+    return SlotMap.of(asyncio.run(discover([node.url for node in redis_cluster.nodes])))
+
+
+@pytest.fixture(scope="module")
+def two(
+    tmp_path_factory: pytest.TempPathFactory, redis_cluster: RedisCluster
+) -> Iterator[tuple[Process, Process]]:
+    """Two server processes on the cluster (the broker URL names every node as a seed)."""
+    tmp = tmp_path_factory.mktemp("cluster-servers")
+    common = {"broker": redis_cluster.url, "api_key": KEY, "quote_provider": "sim"}
+    with run_server(tmp, **common) as a, run_server(tmp, **common) as b:
+        yield a, b
+
+
+async def member(session: aiohttp.ClientSession, server: Process, room: str, user: str) -> Client:
+    """A member of ``room`` on ``server``, past its welcome."""
+    client = Client(await session.ws_connect(server.ws_url, params={"room": room, "user": user}))
+    await client.next_of("welcome")
+    return client
+
+
+async def test_slot_map_routes_each_room_to_the_master_serving_its_slot(
+    redis_cluster: RedisCluster,
+) -> None:
+    ranges = await discover(["redis://127.0.0.1:1/0", redis_cluster.nodes[1].url])
+    slots = SlotMap.of(ranges)
+    assert len(slots.masters) == 3
+    rooms = [f"placed-{n}" for n in range(12)]
+    for room in rooms:
+        with redis.Redis(port=port_of(slots.masters[slots.shard_of(room)])) as master:
+            assert master.cluster("KEYSLOT", f"roomhub:{{{room}}}:seq") == room_slot(room)
+            master.set(f"roomhub:{{{room}}}:probe", b"1")  # MOVED would raise here
+    assert {slots.shard_of(room) for room in rooms} == {0, 1, 2}
+
+
+async def test_rooms_on_every_master_carry_messages_between_two_instances(
+    two: tuple[Process, Process], slots: SlotMap
+) -> None:
+    a, b = two
+    async with aiohttp.ClientSession() as session:
+        for room in rooms_on_each_master(slots, "talk"):
+            alice = await member(session, a, room, "alice")
+            bob = await member(session, b, room, "bob")
+            await alice.say(f"hello {room}", id="m1")
+            for client in (alice, bob):
+                event = await client.next_of("message")
+                assert (event["room"], event["user"], event["text"], event["seq"]) == (
+                    room,
+                    "alice",
+                    f"hello {room}",
+                    1,
+                )
+            await alice.close()
+            await bob.close()
+
+
+async def test_a_joiner_gets_the_history_and_the_members_of_both_instances(
+    two: tuple[Process, Process], slots: SlotMap
+) -> None:
+    a, b = two
+    async with aiohttp.ClientSession() as session:
+        for room in rooms_on_each_master(slots, "welcome"):
+            alice = await member(session, a, room, "alice")
+            await alice.say("before you came")
+            await alice.next_of("message")
+            carol = Client(
+                await session.ws_connect(b.ws_url, params={"room": room, "user": "carol"})
+            )
+            welcome = await carol.next_of("welcome")
+            assert [m["text"] for m in welcome["history"]] == ["before you came"]
+            assert (welcome["seq"], welcome["members"]) == (1, 2)
+            assert sorted(welcome["online"]) == ["alice", "carol"]
+            joined = await alice.next(lambda e: e["type"] == "join" and e["user"] == "carol")
+            assert joined["members"] == 2
+            await alice.close()
+            await carol.close()
+
+
+async def test_room_listing_counts_members_on_every_master_over_both_instances(
+    two: tuple[Process, Process], slots: SlotMap
+) -> None:
+    a = two[0]
+    rooms = rooms_on_each_master(slots, "listed")
+    async with aiohttp.ClientSession() as session:
+        members = [await member(session, server, room, "m") for room in rooms for server in two]
+        async with session.get(f"{a.url}/api/rooms") as response:
+            listed = {room["name"]: room["members"] for room in await response.json()}
+        assert {room: listed.get(room) for room in rooms} == dict.fromkeys(rooms, 2)
+        for client in members:
+            await client.close()
+
+
+async def test_room_events_travel_by_sharded_pubsub_on_the_rooms_master(
+    two: tuple[Process, Process], slots: SlotMap
+) -> None:
+    rooms = rooms_on_each_master(slots, "sharded")
+    async with aiohttp.ClientSession() as session:
+        members = [await member(session, server, room, "m") for room in rooms for server in two]
+        for index, room in enumerate(rooms):
+            name = f"roomhub:{{{room}}}"
+            for other, address in enumerate(slots.masters):
+                with redis.Redis(port=port_of(address)) as node:
+                    shard = dict(node.pubsub_shardnumsub(name))[name.encode()]
+                    classic = dict(node.pubsub_numsub(name))[name.encode()]
+                assert (shard, classic) == ((2 if other == index else 0), 0)
+        for client in members:
+            await client.close()
+
+
+async def test_a_kick_from_one_instance_closes_the_member_on_the_other(
+    two: tuple[Process, Process], slots: SlotMap
+) -> None:
+    a, b = two
+    room = rooms_on_each_master(slots, "kick")[2]
+    async with aiohttp.ClientSession() as session:
+        eve = await member(session, b, room, "eve")
+        async with session.post(
+            f"{a.url}/api/v1/kick", json={"room": room, "user": "eve"}, headers={"X-API-Key": KEY}
+        ) as response:
+            assert response.status == 200, await response.text()
+        assert await eve.closed() == 4501
+
+
+async def readiness(session: aiohttp.ClientSession, server: Process) -> dict[str, object]:
+    async with session.get(f"{server.url}/readyz") as response:
+        answer: dict[str, object] = await response.json()
+        return answer
+
+
+async def wait_readiness(
+    session: aiohttp.ClientSession, server: Process, status: str
+) -> dict[str, object]:
+    """``/readyz`` once it says ``status`` (polled for up to 10 s)."""
+    async with asyncio.timeout(10):
+        while (answer := await readiness(session, server))["status"] != status:
+            await asyncio.sleep(0.05)
+    return answer
+
+
+async def test_a_master_down_fails_only_its_rooms_until_it_is_back(
+    two: tuple[Process, Process], slots: SlotMap, redis_cluster: RedisCluster
+) -> None:
+    a = two[0]
+    lost, kept = rooms_on_each_master(slots, "down")[:2]
+    node = next(n for n in redis_cluster.nodes if f"127.0.0.1:{n.port}" == slots.masters[0])
+    async with aiohttp.ClientSession() as session:
+        await wait_readiness(session, a, "ready")
+        here, there = await member(session, a, lost, "x"), await member(session, a, kept, "y")
+        node.stop()
+        try:
+            answer = await wait_readiness(session, a, "degraded")
+            assert [down["shard"] for down in answer["down"]] == [0]  # type: ignore[attr-defined]
+            await here.say("into the void", id="lost-1")
+            error = await here.next_of("error")
+            assert (error["code"], error["reply_to"]) == ("unavailable", "lost-1")
+            await there.say("still here")
+            assert (await there.next_of("message"))["text"] == "still here"
+        finally:
+            node.start()
+            redis_cluster.wait_ok()
+        await wait_readiness(session, a, "ready")
+        await here.say("back")
+        assert (await here.next_of("message"))["text"] == "back"
+        await here.close()
+        await there.close()
