@@ -124,7 +124,7 @@ async def test_room_listing_counts_members_on_every_master_over_both_instances(
     async with aiohttp.ClientSession() as session:
         members = [await member(session, server, room, "m") for room in rooms for server in two]
         async with session.get(f"{a.url}/api/rooms") as response:
-            listed = {room["name"]: room["members"] for room in await response.json()}
+            listed = {room["name"]: room["members"] for room in (await response.json())["rooms"]}
         assert {room: listed.get(room) for room in rooms} == dict.fromkeys(rooms, 2)
         for client in members:
             await client.close()

@@ -191,11 +191,6 @@ def test_a_bad_redis_cluster_setting_is_refused_saying_why(raw: str, says: str) 
     assert says in str(raised.value)
 
 
-def test_redis_cluster_stops_start_up_saying_it_is_not_built_yet() -> None:
-    with pytest.raises(ConfigError, match="Redis Cluster support is not built yet"):
-        load_settings({"ROOMHUB_BROKER": "redis+cluster://127.0.0.1:7000,127.0.0.1:7001"})
-
-
 def test_bad_env_var_stops_start_up_with_exit_code_2() -> None:
     result = start_up({"ROOMHUB_OUTBOX_LIMIT": "lots"})
     assert result.returncode == 2

@@ -487,11 +487,6 @@ def redacted(url: str) -> str:
 
 def _check_together(settings: Settings) -> None:
     """Settings that are valid alone but not together; raises :class:`ConfigError`."""
-    if settings.broker_cluster:
-        raise ConfigError(
-            f"ROOMHUB_BROKER={redacted(settings.broker)!r}: Redis Cluster support is not built "
-            "yet; list the Redis servers as redis:// URLs separated by commas (sharded)"
-        )
     if settings.redis and settings.hub_mode == "global":
         raise ConfigError(
             f"ROOMHUB_HUB_MODE=global with ROOMHUB_BROKER={redacted(settings.broker)!r}: global "

@@ -21,6 +21,7 @@ from ..ops.config import Settings
 from ..ops.version import VERSION
 from ..rooms.baseline import GlobalHub
 from ..rooms.broker import Broker
+from ..rooms.broker.cluster import ClusterBroker
 from ..rooms.broker.memory import MemoryBroker
 from ..rooms.broker.redis import RedisBroker
 from ..rooms.broker.sharded import ShardedBroker, redis_shards, room_shard
@@ -113,10 +114,23 @@ def make_broker(settings: Settings) -> Broker:
     return shards[0] if len(shards) == 1 else ShardedBroker(shards, room_shard(len(shards)))
 
 
+async def cluster_broker(settings: Settings) -> ClusterBroker:
+    """Rooms over the Redis Cluster whose seed nodes ``settings.broker`` names."""
+    return await ClusterBroker.connect(
+        list(settings.broker_urls),
+        settings.history_size,
+        settings.presence_ttl,
+        settings.room_grace,
+        settings.redis_batch_window / 1e6,
+    )
+
+
 async def broker_context(app: web.Application) -> AsyncIterator[None]:
-    """The instance's broker (:func:`make_broker`), connecting to Redis in the background."""
+    """The instance's broker (:func:`make_broker`), connecting to Redis in the background;
+    on a Redis Cluster (``redis+cluster://``), one per master once a seed node has told the
+    slot map (no seed answering stops start-up, naming each seed's failure)."""
     settings = app[settings_key]
-    broker = make_broker(settings)
+    broker = await cluster_broker(settings) if settings.broker_cluster else make_broker(settings)
     await broker.start()
     app[broker_key] = broker
     app[moderation_key] = Moderation(broker, settings.history_size)

@@ -24,6 +24,9 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 from yarl import URL
 
+from .redis import RedisBroker
+from .sharded import ShardedBroker
+
 log = logging.getLogger("roomhub.broker")
 
 SLOTS = 16384
@@ -184,3 +187,45 @@ class Cluster:
         if self._refreshing is not None:
             self._refreshing.cancel()
             await asyncio.gather(self._refreshing, return_exceptions=True)
+
+
+class ClusterBroker(ShardedBroker):
+    """Rooms over a Redis Cluster: a :class:`~.sharded.ShardedBroker` with one
+    :class:`~.redis.RedisBroker` per master (sharded pub/sub), each room on the master that
+    serves its slot (:attr:`Cluster.slots`)."""
+
+    def __init__(self, cluster: Cluster, shards: list[RedisBroker]) -> None:
+        super().__init__(shards, cluster.slots.shard_of)
+        self.cluster = cluster
+
+    @classmethod
+    async def connect(
+        cls,
+        seeds: list[str],
+        history_size: int,
+        presence_ttl: float,
+        retention: float,
+        batch_window: float = 0.0,
+    ) -> ClusterBroker:
+        """Read the slot map from the first of ``seeds`` that answers and make one broker
+        per master (the other arguments as :class:`~.redis.RedisBroker`'s); raises
+        ConnectionError when no seed answers."""
+        cluster = await Cluster.connect(seeds)
+        shards = [
+            RedisBroker(
+                url,
+                history_size,
+                presence_ttl,
+                retention,
+                batch_window,
+                sharded_pubsub=True,
+                control_channel=cluster.control_channel(index),
+                refresh_slots=cluster.refresh,
+            )
+            for index, url in enumerate(cluster.master_urls())
+        ]
+        return cls(cluster, shards)
+
+    async def close(self) -> None:
+        await self.cluster.close()
+        await super().close()

@@ -67,7 +67,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, ResponseError
 
 from ...ops import metrics
 from ...ops.config import redacted
@@ -143,7 +143,10 @@ def _presence_tail(kind: str) -> bytes:
 
 
 CHANNEL_HEAD = len("roomhub:{")
-CONTROL_BYTES = CONTROL_CHANNEL.encode()
+INSTANCES_TAIL = b"}:instances"
+INSTANCES_MATCH = "roomhub:{*}:instances"
+SCAN_COUNT = 1000
+"""Keys one ``SCAN`` call looks at when a Redis Cluster node lists its rooms."""
 
 
 def _encode(value: object) -> bytes:
@@ -200,6 +203,14 @@ class RedisBroker:
     at least ``presence_ttl`` so the refresh keeps a room in use alive; ``batch_window``:
     seconds the publisher waits after an operation is queued so that those queued meanwhile
     leave in the same pipeline (0: none beyond what waits when it runs).
+
+    A master of a Redis Cluster (:mod:`~server.rooms.broker.cluster`) is one with
+    ``sharded_pubsub``: room events by SSUBSCRIBE/SPUBLISH on the master that holds the room,
+    each welcome on the room's ``roomhub:{R}:welcome:<instance>`` channel (subscribed with
+    the room, so in order with its events), control orders on ``control_channel`` (one in a
+    slot of the master's), no room list key (rooms are listed by SCAN), and messages share a
+    SAY call only with messages of their room; ``refresh_slots`` is called on each reconnect
+    and on a MOVED or ASK answer.
     """
 
     def __init__(
@@ -209,8 +220,16 @@ class RedisBroker:
         presence_ttl: float,
         retention: float,
         batch_window: float = 0.0,
+        sharded_pubsub: bool = False,
+        control_channel: str = CONTROL_CHANNEL,
+        refresh_slots: Callable[[], None] | None = None,
     ) -> None:
         self.url = url
+        self.sharded_pubsub = sharded_pubsub
+        self.control_channel = control_channel
+        self._control_bytes = control_channel.encode()
+        self._refresh_slots = refresh_slots
+        self._publish_command = "SPUBLISH" if sharded_pubsub else "PUBLISH"
         self._shown = redacted(url)  # for logs
         self.batch_window = batch_window
         self.history_size = history_size
@@ -218,6 +237,8 @@ class RedisBroker:
         self.retention = max(self.presence_ttl, math.ceil(retention))
         self.instance = secrets.token_hex(6)
         self._instance_channel = f"roomhub:instance:{self.instance}"
+        self._instance_bytes = self._instance_channel.encode()
+        self._welcome_suffix = f":welcome:{self.instance}".encode()
         # A bounded pool that makes a caller wait for a free connection (up to
         # COMMAND_TIMEOUT) instead of failing: a burst of joins each asking whether its name
         # is banned must not take every connection and make the publisher's batch fail with
@@ -232,13 +253,16 @@ class RedisBroker:
         )
         self._client = aioredis.Redis(connection_pool=self._pool)
         self._scripts = {
-            name: self._client.register_script(scripts.source(name)) for name in scripts.SCRIPTS
+            name: self._client.register_script(scripts.source(name, sharded_pubsub))
+            for name in scripts.SCRIPTS
         }
         self._control: ControlSink | None = None
         self._sinks: dict[str, Sink] = {}
         # room -> the RESP bytes of its part in every SAY call.
         self._say_parts: dict[str, SayRoom] = {}
         self._say_tail = scripts.say_settings(history_size, self.retention)
+        # On a cluster node no key spans the rooms' slots: the scripts rank no rooms there.
+        self._ranked = not sharded_pubsub
         # room -> join token -> (name key, JSON name) of the members here; joins in flight.
         self._local: dict[str, dict[int, tuple[str, bytes]]] = {}
         self._joining: dict[int, str] = {}
@@ -286,7 +310,7 @@ class RedisBroker:
     async def subscribe(self, room: str, sink: Sink) -> None:
         self._sinks[room] = sink
         try:
-            await self._subscribe([channel(room)])
+            await self._subscribe(self._room_channels(room))
         except BrokerUnavailable:
             if self._sinks.get(room) == sink:
                 del self._sinks[room]
@@ -307,10 +331,30 @@ class RedisBroker:
         if room in self._sinks:
             return  # a new hub took the room over (and subscribed) meanwhile
         with contextlib.suppress(RedisError, OSError):
-            await pubsub.unsubscribe(channel(room))
+            if self.sharded_pubsub:
+                for name in self._room_channels(room):
+                    await pubsub.sunsubscribe(name)
+            else:
+                await pubsub.unsubscribe(channel(room))
+
+    def _room_channels(self, room: str) -> list[str]:
+        """The channels this instance subscribes to for ``room``: its events and, with
+        sharded pub/sub, the welcomes meant for this instance (on the room's node, in order
+        with its events)."""
+        if self.sharded_pubsub:
+            return [channel(room), self._welcome_channel(room)]
+        return [channel(room)]
+
+    def _welcome_channel(self, room: str) -> str:
+        """Where the scripts publish this instance's welcomes of ``room``: the instance
+        channel, or with sharded pub/sub a channel in the room's slot."""
+        if self.sharded_pubsub:
+            return f"{prefix(room)}welcome:{self.instance}"
+        return self._instance_channel
 
     async def _subscribe(self, names: list[str]) -> None:
-        """SUBSCRIBE and wait until Redis confirms each channel."""
+        """SUBSCRIBE (SSUBSCRIBE, one channel a command: each may be in a slot of its own)
+        and wait until Redis confirms each channel."""
         pubsub = self._pubsub
         if pubsub is None:
             raise BrokerUnavailable("redis is unavailable")
@@ -322,7 +366,11 @@ class RedisBroker:
             waits.append(future)
         try:
             async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
-                await pubsub.subscribe(*names)
+                if self.sharded_pubsub:
+                    for name in names:
+                        await pubsub.ssubscribe(name)
+                else:
+                    await pubsub.subscribe(*names)
                 results = await asyncio.gather(*waits, return_exceptions=True)
         except (RedisError, OSError, TimeoutError) as exc:
             for name, future in zip(names, waits, strict=True):
@@ -346,9 +394,11 @@ class RedisBroker:
                 await pubsub.connect()  # type: ignore[no-untyped-call]  # redis-py: not annotated
                 self._pubsub = pubsub
                 reader = asyncio.create_task(self._read(pubsub), name="broker-reader")
-                await self._subscribe(
-                    [self._instance_channel, CONTROL_CHANNEL, *map(channel, self._sinks)]
-                )
+                own = [self.control_channel]
+                if not self.sharded_pubsub:
+                    own.insert(0, self._instance_channel)
+                rooms = [name for room in self._sinks for name in self._room_channels(room)]
+                await self._subscribe([*own, *rooms])
                 await self._client.ping()
                 self._set_up(True)
                 if connected_once:
@@ -358,6 +408,8 @@ class RedisBroker:
                         extra={"fields": {"rooms": len(self._sinks), "redis": self._shown}},
                     )
                     self._resync()
+                    if self._refresh_slots is not None:
+                        self._refresh_slots()
                 else:
                     log.info(
                         "broker_connected",
@@ -386,15 +438,19 @@ class RedisBroker:
                 if reader is not None:
                     reader.cancel()
                     await asyncio.gather(reader, return_exceptions=True)
-                for futures in self._confirms.values():
-                    for future in futures:
-                        if not future.done():
-                            future.set_exception(BrokerUnavailable("redis connection lost"))
-                self._confirms.clear()
+                self._refuse_confirms(BrokerUnavailable("redis connection lost"))
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF)
+
+    def _refuse_confirms(self, error: BrokerUnavailable) -> None:
+        """Fail every subscription waiting for Redis to confirm it."""
+        for futures in self._confirms.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(error)
+        self._confirms.clear()
 
     async def _read(self, pubsub: aioredis.client.PubSub) -> None:
         """Hand every pub/sub message to its room; raises when the connection is lost.
@@ -407,24 +463,30 @@ class RedisBroker:
         if conn is None:
             raise BrokerUnavailable("no pub/sub connection")
         while True:
-            message = await conn.read_response(
-                timeout=math.inf, disconnect_on_error=False, push_request=True
-            )
+            try:
+                message = await conn.read_response(
+                    timeout=math.inf, disconnect_on_error=False, push_request=True
+                )
+            except ResponseError as exc:
+                # An SSUBSCRIBE answered MOVED (the slot went to another node): the
+                # subscriptions waiting fail, the connection keeps the others.
+                self._refuse_confirms(BrokerUnavailable(f"subscribe refused: {exc}"))
+                continue
             if message is None:
                 continue
             kind, name = message[0], message[1]
-            if kind == b"message":
+            if kind == b"message" or kind == b"smessage":
                 self._on_message(name, message[2])
-            elif kind == b"subscribe":
+            elif kind == b"subscribe" or kind == b"ssubscribe":
                 for future in self._confirms.pop(name, []):
                     if not future.done():
                         future.set_result(None)
 
     def _on_message(self, name: bytes, data: bytes) -> None:
-        if name == self._instance_channel.encode():
+        if name == self._instance_bytes or name.endswith(self._welcome_suffix):
             self._on_welcome(data)
             return
-        if name == CONTROL_BYTES:
+        if name == self._control_bytes:
             self._on_control(data)
             return
         sink = self._sinks.get(name[CHANNEL_HEAD:-1].decode())
@@ -462,7 +524,14 @@ class RedisBroker:
         for room in self._local:
             self._refresh(room, whole=True)
         for room in self._sinks:
-            sync = Sync(room, self._instance_channel, new_epoch(), _online_limit(), self.retention)
+            sync = Sync(
+                room,
+                self._welcome_channel(room),
+                new_epoch(),
+                _online_limit(),
+                self.retention,
+                self._ranked,
+            )
             self._enqueue(self._script_op("sync", sync))
 
     # -- operations -------------------------------------------------------------------------
@@ -486,10 +555,11 @@ class RedisBroker:
             since,
             epoch,
             new_epoch(),
-            self._instance_channel,
+            self._welcome_channel(room),
             _online_limit(),
             self.retention,
             tuple(candidate_names(user)),
+            self._ranked,
         )
         self._enqueue(self._script_op("presence", join, failed))
 
@@ -507,6 +577,7 @@ class RedisBroker:
             _presence_tail("leave"),
             repr(time.time()),
             self.retention,
+            self._ranked,
         )
         self._enqueue(self._script_op("presence", leave))
 
@@ -526,7 +597,9 @@ class RedisBroker:
 
     def publish(self, room: str, event: bytes) -> None:
         data = payload.encode_event(payload.BOT, 0, time.time(), event)
-        self._enqueue(_Op("bot", None, [], [], command=("PUBLISH", channel(room), data)))
+        self._enqueue(
+            _Op("bot", None, [], [], command=(self._publish_command, channel(room), data))
+        )
 
     def _script_op(
         self, kind: str, call: scripts.Call, failed: Callable[[], None] | None = None
@@ -539,7 +612,9 @@ class RedisBroker:
         holds for this instance (after a reconnect), else entries are only added."""
         here = self._local.get(room, {})
         members = tuple((token, key, name) for token, (key, name) in here.items())
-        refresh = Refresh(room, self.instance, self.presence_ttl, whole, self.retention, members)
+        refresh = Refresh(
+            room, self.instance, self.presence_ttl, whole, self.retention, members, self._ranked
+        )
         self._enqueue(self._script_op("presence", refresh))
 
     async def _refresher(self) -> None:
@@ -581,6 +656,8 @@ class RedisBroker:
         return ops
 
     async def _send(self, ops: list[_Op]) -> None:
+        if self.sharded_pubsub:
+            ops = _by_room(ops)
         started = time.perf_counter()
         try:
             results = await self._execute(ops)
@@ -598,6 +675,8 @@ class RedisBroker:
         for op, result in zip(ops, results, strict=True):
             if isinstance(result, Exception):
                 self._fail(op)
+                if isinstance(result, MovedError | AskError) and self._refresh_slots:
+                    self._refresh_slots()
             else:
                 metrics.BROKER_PUBLISH.observe(elapsed)
 
@@ -638,7 +717,15 @@ class RedisBroker:
                 start += 1
                 continue
             stop = start + 1
-            while stop < end and stop - start < SAY_BATCH and ops[stop].say is not None:
+            # On a cluster node a script's keys must all be in one slot: one room per call.
+            first = ops[start].say
+            room = first[0] if self.sharded_pubsub and first is not None else None
+            while (
+                stop < end
+                and stop - start < SAY_BATCH
+                and (say := ops[stop].say) is not None
+                and (room is None or say[0] == room)
+            ):
                 stop += 1
             run = [op.say for op in ops[start:stop] if op.say is not None]
             count = len(run)
@@ -656,12 +743,32 @@ class RedisBroker:
 
     async def rooms(self, limit: int) -> list[tuple[str, int]]:
         try:
-            flat = await self._run(Rooms(limit))
+            if self.sharded_pubsub:
+                rooms = await self._counted_rooms()
+            else:
+                flat = await self._run(Rooms(limit))
+                rooms = [(flat[i].decode(), int(flat[i + 1])) for i in range(0, len(flat), 2)]
         except (RedisError, OSError):
             metrics.BROKER_ERRORS.labels("query").inc()
             raise BrokerUnavailable("redis is unavailable") from None
-        rooms = [(flat[i].decode(), int(flat[i + 1])) for i in range(0, len(flat), 2)]
         return sorted(rooms, key=lambda room: (-room[1], room[0]))[:limit]
+
+    async def _counted_rooms(self) -> list[tuple[str, int]]:
+        """``(room, members)`` of every room with members whose keys this node holds.
+
+        On a Redis Cluster node a script may touch the keys of one slot only, so no room
+        list spans the rooms: the node's ``instances`` keys are found by ``SCAN`` and each
+        room counted by the PRESENCE script, which costs Redis time in proportion to the
+        keys and rooms the node holds."""
+        found = [
+            key[CHANNEL_HEAD : -len(INSTANCES_TAIL)].decode()
+            async for key in self._client.scan_iter(match=INSTANCES_MATCH, count=SCAN_COUNT)
+        ]
+        pipe = self._client.pipeline(transaction=False)
+        for room in found:
+            await self._run(Presence(room), client=pipe)
+        counts = await pipe.execute()
+        return [(room, len(names)) for room, names in zip(found, counts, strict=True) if names]
 
     # -- the server API ----------------------------------------------------------------------
 
@@ -734,7 +841,8 @@ class RedisBroker:
 
     async def control(self, order: Control) -> None:
         data = payload.encode_control(order)
-        await self._call("control", self._client.publish(CONTROL_CHANNEL, data))
+        publish = self._client.execute_command(self._publish_command, self.control_channel, data)  # type: ignore[no-untyped-call]  # redis-py: not annotated
+        await self._call("control", publish)
 
     async def ban(self, room: str, user: str, seconds: float | None) -> None:
         expiry = None if seconds is None else max(1, math.ceil(seconds * 1000))
@@ -770,6 +878,24 @@ def candidate_names(user: str) -> list[Arg]:
         first = last + 1
     fallback = suffixed(user, SUFFIX_LIMIT + 1)
     return [*out, name_key(fallback), orjson.dumps(fallback), 0, 0]
+
+
+def _by_room(ops: list[_Op]) -> list[_Op]:
+    """``ops`` with each run of messages regrouped room by room (each room's messages, and
+    every other operation, keep their order), so that a room's messages share SAY calls."""
+    out: list[_Op] = []
+    run: dict[bytes, list[_Op]] = {}
+    for op in ops:
+        if op.say is None:
+            for group in run.values():
+                out += group
+            run.clear()
+            out.append(op)
+        else:
+            run.setdefault(op.say[0], []).append(op)
+    for group in run.values():
+        out += group
+    return out
 
 
 def _quiet(task: asyncio.Task[None]) -> None:

@@ -8,7 +8,11 @@ message path, has its arguments pre-encoded in RESP instead (:class:`SayRoom`,
 :func:`say_head`, :func:`say_settings`): a call carries up to ``SAY_BATCH`` messages.
 
 A room's keys share the prefix ``roomhub:{<room>}:`` (:func:`prefix`); the ``{room}`` hash tag
-keeps them in one Redis Cluster slot.
+keeps them in one Redis Cluster slot. A script publishes with the command named ``PUBLISH``,
+which :func:`source` defines: ``PUBLISH``, or ``SPUBLISH`` (sharded pub/sub) for a Redis
+Cluster node. On a cluster node a script may touch the keys of one slot only, so the builders
+leave the room list (``ROOMS_KEY``, always the last key) out when not ``ranked``, and the
+scripts skip the ranking.
 """
 
 from __future__ import annotations
@@ -38,15 +42,16 @@ prepended to it."""
 
 
 @cache
-def source(name: str) -> str:
+def source(name: str, sharded: bool = False) -> str:
     """The Lua source of script ``name`` (a key of :data:`SCRIPTS`), with ``_common.lua``
-    prepended where it uses it; raises KeyError for an unknown name and FileNotFoundError
-    when the package was installed without its ``lua/`` data."""
+    prepended where it uses it, after the line that names its publish command (``SPUBLISH``
+    when ``sharded``); raises KeyError for an unknown name and FileNotFoundError when the
+    package was installed without its ``lua/`` data."""
     folder = resources.files(__package__).joinpath("lua")
     text = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
     if SCRIPTS[name]:
         text = folder.joinpath(f"{COMMON}.lua").read_text(encoding="utf-8") + text
-    return text
+    return f"local PUBLISH = '{'SPUBLISH' if sharded else 'PUBLISH'}'\n" + text
 
 
 def prefix(room: str) -> str:
@@ -140,11 +145,12 @@ def say_settings(history_size: int, retention: int) -> bytes:
 @dataclass(frozen=True, slots=True)
 class Join:
     """JOIN: give joiner ``token`` the first free of ``candidates`` (:func:`candidate_names`),
-    count it present, publish its welcome on ``instance_channel`` and the join event on the
-    room's channel; the script returns the members counted.
+    count it present, publish its welcome on ``instance_channel`` (on a Redis Cluster node: a
+    channel in the room's slot) and the join event on the room's channel; the script returns
+    the members counted.
 
-    KEYS: seq, history, instances, this instance's users and tokens, the room list, epoch,
-    this instance's joined.
+    KEYS: seq, history, instances, this instance's users and tokens, epoch, this instance's
+    joined, the room list (when ``ranked``).
     ARGV: prefix, room, instance, token, ttl (seconds), the join event's tail (after
     ``members``), published, channel, since (-1: none), the epoch the joiner saw (``''``:
     none), a fresh epoch, the instance channel, the online limit, the retention (seconds),
@@ -165,6 +171,7 @@ class Join:
     online_limit: int
     retention: int
     candidates: tuple[Arg, ...]
+    ranked: bool = True
 
     def keys(self) -> list[str]:
         here = prefix(self.room)
@@ -172,9 +179,9 @@ class Join:
             *room_keys(self.room, "seq", "history", "instances"),
             f"{here}users:{self.instance}",
             f"{here}tokens:{self.instance}",
-            ROOMS_KEY,
             here + "epoch",
             f"{here}joined:{self.instance}",
+            *ranking(self.ranked),
         ]
 
     def args(self) -> list[Arg]:
@@ -197,16 +204,21 @@ class Join:
         ]
 
 
-def presence_keys(room: str, instance: str) -> list[str]:
-    """KEYS of LEAVE and REFRESH: instances, ``instance``'s users and tokens, the room list,
-    ``instance``'s joined."""
+def ranking(ranked: bool) -> list[str]:
+    """The room list key, last of a presence script's KEYS, when ``ranked``."""
+    return [ROOMS_KEY] if ranked else []
+
+
+def presence_keys(room: str, instance: str, ranked: bool) -> list[str]:
+    """KEYS of LEAVE and REFRESH: instances, ``instance``'s users, tokens and joined, the
+    room list (when ``ranked``)."""
     here = prefix(room)
     return [
         f"{here}instances",
         f"{here}users:{instance}",
         f"{here}tokens:{instance}",
-        ROOMS_KEY,
         f"{here}joined:{instance}",
+        *ranking(ranked),
     ]
 
 
@@ -227,9 +239,10 @@ class Leave:
     tail: bytes
     published: str
     retention: int
+    ranked: bool = True
 
     def keys(self) -> list[str]:
-        return presence_keys(self.room, self.instance)
+        return presence_keys(self.room, self.instance, self.ranked)
 
     def args(self) -> list[Arg]:
         return [
@@ -260,9 +273,10 @@ class Refresh:
     whole: bool
     retention: int
     members: tuple[tuple[int, str, bytes], ...]
+    ranked: bool = True
 
     def keys(self) -> list[str]:
-        return presence_keys(self.room, self.instance)
+        return presence_keys(self.room, self.instance, self.ranked)
 
     def args(self) -> list[Arg]:
         head: list[Arg] = [
@@ -281,8 +295,8 @@ class Sync:
     """SYNC: publish a catch-up welcome (token 0) with the whole history on
     ``instance_channel``; the script returns the members counted.
 
-    KEYS: seq, history, instances, the room list, epoch. ARGV: prefix, room, the instance
-    channel, a fresh epoch, the online limit, the retention (seconds).
+    KEYS: seq, history, instances, epoch, the room list (when ``ranked``). ARGV: prefix,
+    room, the instance channel, a fresh epoch, the online limit, the retention (seconds).
     """
 
     NAME: ClassVar[str] = "sync"
@@ -291,12 +305,12 @@ class Sync:
     fresh_epoch: str
     online_limit: int
     retention: int
+    ranked: bool = True
 
     def keys(self) -> list[str]:
         return [
-            *room_keys(self.room, "seq", "history", "instances"),
-            ROOMS_KEY,
-            prefix(self.room) + "epoch",
+            *room_keys(self.room, "seq", "history", "instances", "epoch"),
+            *ranking(self.ranked),
         ]
 
     def args(self) -> list[Arg]:

@@ -11,7 +11,10 @@ local function total(prefix, instances)
   end
   return n
 end
+-- Ranks ``room`` by its members ``n`` in the room list ``rooms``: nil on a Redis Cluster
+-- node, where no key spans the rooms' slots.
 local function rank(rooms, room, n)
+  if not rooms then return end
   if n > 0 then redis.call('ZADD', rooms, n, room) else redis.call('ZREM', rooms, room) end
 end
 -- Sets the room's keys to expire ``ttl`` seconds from now.
@@ -56,5 +59,5 @@ local function welcome(keys, token, room, members, since, seen, fresh, name, cha
       table.insert(out, ev)
     end
   end
-  redis.call('PUBLISH', channel, table.concat(out, '\n'))
+  redis.call(PUBLISH, channel, table.concat(out, '\n'))
 end

@@ -5,7 +5,7 @@
 for _, ev in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   if string.sub(ev, 1, #ARGV[1]) == ARGV[1] then
     redis.call('LREM', KEYS[1], 1, ev)
-    redis.call('PUBLISH', ARGV[2], 'b 0 ' .. ARGV[3] .. ' ' .. ARGV[4])
+    redis.call(PUBLISH, ARGV[2], 'b 0 ' .. ARGV[3] .. ' ' .. ARGV[4])
     return 1
   end
 end

@@ -1,6 +1,7 @@
 -- JOIN: give the joiner a free name, count it present, publish its welcome on the instance
 -- channel, then the join event on the room channel. Prepended with _common.lua.
--- KEYS: seq, history, instances, users, tokens, rooms, epoch, joined.
+-- KEYS: seq, history, instances, users, tokens, epoch, joined, rooms (not on a Redis Cluster
+--       node).
 -- ARGV: prefix, room, instance, token, ttl, event tail (after members), published, channel,
 --       since, epoch the joiner saw, a fresh epoch, instance channel, online limit,
 --       retention, then the candidate names in order of preference as quadruples: name key,
@@ -33,18 +34,18 @@ for i = 15, #ARGV, 4 do
 end
 redis.call('HSET', KEYS[4], chosen, name)
 redis.call('HSET', KEYS[5], ARGV[4], chosen)
-redis.call('ZADD', KEYS[8], ARGV[4], name)
+redis.call('ZADD', KEYS[7], ARGV[4], name)
 redis.call('EXPIRE', KEYS[4], ARGV[5])
 redis.call('EXPIRE', KEYS[5], ARGV[5])
-redis.call('EXPIRE', KEYS[8], ARGV[5])
+redis.call('EXPIRE', KEYS[7], ARGV[5])
 redis.call('SADD', KEYS[3], ARGV[3])
 local n = total(ARGV[1], KEYS[3])
-rank(KEYS[6], ARGV[2], n)
-local keys = {prefix = ARGV[1], seq = KEYS[1], history = KEYS[2], epoch = KEYS[7],
+rank(KEYS[8], ARGV[2], n)
+local keys = {prefix = ARGV[1], seq = KEYS[1], history = KEYS[2], epoch = KEYS[6],
               instances = KEYS[3]}
 welcome(keys, ARGV[4], ARGV[2], n, tonumber(ARGV[9]), ARGV[10], ARGV[11], name, ARGV[12],
         tonumber(ARGV[13]))
 keep(ARGV[1], ARGV[14])
-redis.call('PUBLISH', ARGV[8],
+redis.call(PUBLISH, ARGV[8],
   'p 0 ' .. ARGV[7] .. ' {"type":"join","user":' .. name .. ',"members":' .. n .. ARGV[6])
 return n

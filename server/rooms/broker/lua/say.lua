@@ -18,7 +18,7 @@ for m = 1, #KEYS / 2 do
   elseif n > size then
     redis.call('LTRIM', KEYS[2 * m], -size, -1)
   end
-  redis.call('PUBLISH', ARGV[3 * m - 2], 'm ' .. seq .. ' ' .. ARGV[3 * m] .. ' ' .. ev)
+  redis.call(PUBLISH, ARGV[3 * m - 2], 'm ' .. seq .. ' ' .. ARGV[3 * m] .. ' ' .. ev)
   out[m] = seq
 end
 return out
