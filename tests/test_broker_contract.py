@@ -1,8 +1,8 @@
 """The room rules, once, for every broker: the same operations on the Broker protocol hand the
 room's sink the same deliveries from the MemoryBroker (the reference), from a RedisBroker on a
-real redis-server and from a ShardedBroker over two (the rooms of the listing test fall on
-both): names given, welcome fields, seq order, history, presence, the room listing and the
-server API's operations."""
+real redis-server, from a ShardedBroker over two (the rooms of the listing test fall on both)
+and from a ClusterBroker on a real 3-master Redis Cluster: names given, welcome fields, seq
+order, history, presence, the room listing and the server API's operations."""
 
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ import redis
 
 from server.rooms import names
 from server.rooms.broker import Broker, Control, Delivery, Event, Welcome
+from server.rooms.broker.cluster import ClusterBroker
 from server.rooms.broker.memory import MemoryBroker
 from server.rooms.broker.redis import RedisBroker
 from server.rooms.broker.sharded import ShardedBroker, redis_shards, room_shard
 from server.wire.protocol import MAX_USER, ChatMessage
 from tests.chat import wait_until
-from tests.support.processes import RedisServer, require_binary, serve_redis
+from tests.support.processes import RedisCluster, RedisServer, require_binary, serve_redis
 
 HISTORY = 3
 """Messages each broker keeps per room in these tests."""
@@ -47,12 +48,20 @@ def _folder(factory: pytest.TempPathFactory) -> Path:
     return factory.mktemp("redis")
 
 
-@pytest.fixture(params=["memory", "redis", "sharded"])
+@pytest.fixture(params=["memory", "redis", "sharded", "cluster"])
 async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
-    """The MemoryBroker; a RedisBroker on an empty redis-server; a ShardedBroker over two."""
+    """The MemoryBroker; a RedisBroker on an empty redis-server; a ShardedBroker over two; a
+    ClusterBroker on the emptied 3-master cluster."""
     made: Broker
     if request.param == "memory":
         made = MemoryBroker(HISTORY)
+    elif request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        for node in cluster.nodes:
+            with redis.Redis(port=node.port) as admin:
+                admin.flushall()
+        seeds = [node.url for node in cluster.nodes]
+        made = await ClusterBroker.connect(seeds, HISTORY, presence_ttl=30, retention=30)
     else:
         servers: list[RedisServer] = request.getfixturevalue("redis_servers")
         for server in servers:
