@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import aiohttp
@@ -15,7 +17,7 @@ import redis
 
 from server.rooms.broker.cluster import SlotMap, discover, room_slot
 from tests.chat import Client
-from tests.support.processes import Process, RedisCluster, run_server
+from tests.support.processes import Process, RedisCluster, free_port, run_server
 
 KEY = "cluster-key-0123456789abcdef"
 _fresh = itertools.count()
@@ -71,6 +73,20 @@ async def test_slot_map_routes_each_room_to_the_master_serving_its_slot(
             assert master.cluster("KEYSLOT", f"roomhub:{{{room}}}:seq") == room_slot(room)
             master.set(f"roomhub:{{{room}}}:probe", b"1")  # MOVED would raise here
     assert {slots.shard_of(room) for room in rooms} == {0, 1, 2}
+
+
+def test_a_cluster_with_no_seed_answering_stops_start_up_naming_the_setting() -> None:
+    seeds = f"redis+cluster://user:secret@127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "serve"],
+        env={"ROOMHUB_BROKER": seeds, "ROOMHUB_HOST": "127.0.0.1", "ROOMHUB_PORT": "0"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "ROOMHUB_BROKER" in result.stderr and "no redis cluster seed answered" in result.stderr
+    assert "secret" not in result.stderr
 
 
 async def test_rooms_on_every_master_carry_messages_between_two_instances(

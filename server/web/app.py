@@ -17,7 +17,7 @@ from aiohttp_remotes import XForwardedStrict
 from ..bot.providers import check_quote_host, make_provider
 from ..bot.stockbot import StockBot
 from ..ops import heap, metrics
-from ..ops.config import Settings
+from ..ops.config import ConfigError, Settings, redacted
 from ..ops.version import VERSION
 from ..rooms.baseline import GlobalHub
 from ..rooms.broker import Broker
@@ -115,14 +115,18 @@ def make_broker(settings: Settings) -> Broker:
 
 
 async def cluster_broker(settings: Settings) -> ClusterBroker:
-    """Rooms over the Redis Cluster whose seed nodes ``settings.broker`` names."""
-    return await ClusterBroker.connect(
-        list(settings.broker_urls),
-        settings.history_size,
-        settings.presence_ttl,
-        settings.room_grace,
-        settings.redis_batch_window / 1e6,
-    )
+    """Rooms over the Redis Cluster whose seed nodes ``settings.broker`` names; raises
+    :class:`ConfigError` naming ``ROOMHUB_BROKER`` when no seed node answers."""
+    try:
+        return await ClusterBroker.connect(
+            list(settings.broker_urls),
+            settings.history_size,
+            settings.presence_ttl,
+            settings.room_grace,
+            settings.redis_batch_window / 1e6,
+        )
+    except ConnectionError as exc:
+        raise ConfigError(f"ROOMHUB_BROKER={redacted(settings.broker)!r}: {exc}") from None
 
 
 async def broker_context(app: web.Application) -> AsyncIterator[None]:

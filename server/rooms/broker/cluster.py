@@ -24,6 +24,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 from yarl import URL
 
+from ...ops.config import redacted
 from .redis import RedisBroker
 from .sharded import ShardedBroker
 
@@ -89,14 +90,15 @@ async def read_slots(url: str) -> list[SlotRange]:
 
 async def discover(seeds: list[str]) -> list[SlotRange]:
     """The slot map read from the first of ``seeds`` (``redis://`` or ``rediss://`` URLs)
-    that answers; raises ConnectionError naming each seed's failure when none does."""
+    that answers; raises ConnectionError naming each seed (password hidden) and its failure
+    when none does."""
     failures = []
     for seed in seeds:
         try:
             async with asyncio.timeout(DISCOVER_TIMEOUT):
                 return await read_slots(seed)
         except (RedisError, OSError, TimeoutError) as exc:
-            failures.append(f"{seed}: {type(exc).__name__}: {exc}")
+            failures.append(f"{redacted(seed)}: {type(exc).__name__}: {exc}")
     raise ConnectionError("no redis cluster seed answered: " + "; ".join(failures))
 
 
