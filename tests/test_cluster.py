@@ -219,3 +219,48 @@ async def test_a_master_down_fails_only_its_rooms_until_it_is_back(
         assert (await here.next_of("message"))["text"] == "back"
         await here.close()
         await there.close()
+
+
+def move_slot(cluster: RedisCluster, slot: int, source: int, target: int) -> None:
+    """Hand empty ``slot`` from the master on port ``source`` to the one on ``target``
+    (``CLUSTER SETSLOT`` IMPORTING, MIGRATING, then NODE on every node, target first)."""
+    with redis.Redis(port=source) as old, redis.Redis(port=target) as new:
+        old_id = old.execute_command("CLUSTER", "MYID").decode()
+        new_id = new.execute_command("CLUSTER", "MYID").decode()
+        new.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", old_id)
+        old.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", new_id)
+        ports = [target, source] + [n.port for n in cluster.nodes if n.port not in (source, target)]
+        for port in ports:
+            with redis.Redis(port=port) as node:
+                node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", new_id)
+
+
+async def test_a_room_whose_slot_moved_is_served_by_its_new_master_after_a_moved_answer(
+    two: tuple[Process, Process], slots: SlotMap, redis_cluster: RedisCluster
+) -> None:
+    a = two[0]
+    source, target = (port_of(address) for address in slots.masters[:2])
+    with redis.Redis(port=source) as old:
+        room = next(
+            name
+            for name in (rooms_on_each_master(slots, "moved")[0] for _ in range(50))
+            if old.execute_command("CLUSTER", "COUNTKEYSINSLOT", room_slot(name)) == 0
+        )
+    move_slot(redis_cluster, room_slot(room), source, target)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with asyncio.timeout(10):
+                while True:  # the first tries answer MOVED, then the map is read again
+                    try:
+                        alice = await member(session, a, room, "alice")
+                        break
+                    except (aiohttp.WSServerHandshakeError, TimeoutError, KeyError):
+                        await asyncio.sleep(0.1)
+            await alice.say("moved along")
+            assert (await alice.next_of("message"))["text"] == "moved along"
+            name = f"roomhub:{{{room}}}"
+            with redis.Redis(port=target) as new:
+                assert dict(new.pubsub_shardnumsub(name))[name.encode()] == 1
+            await alice.close()
+    finally:
+        move_slot(redis_cluster, room_slot(room), target, source)

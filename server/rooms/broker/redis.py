@@ -471,6 +471,7 @@ class RedisBroker:
                 # An SSUBSCRIBE answered MOVED (the slot went to another node): the
                 # subscriptions waiting fail, the connection keeps the others.
                 self._refuse_confirms(BrokerUnavailable(f"subscribe refused: {exc}"))
+                self._moved(exc)
                 continue
             if message is None:
                 continue
@@ -515,6 +516,12 @@ class RedisBroker:
                     got.history,
                 )
             )
+
+    def _moved(self, error: Exception) -> None:
+        """On a MOVED or ASK answer (a Redis Cluster slot served elsewhere now), have the
+        slot map read again."""
+        if isinstance(error, MovedError | AskError) and self._refresh_slots is not None:
+            self._refresh_slots()
 
     def _set_up(self, up: bool) -> None:
         self._up = up
@@ -675,8 +682,7 @@ class RedisBroker:
         for op, result in zip(ops, results, strict=True):
             if isinstance(result, Exception):
                 self._fail(op)
-                if isinstance(result, MovedError | AskError) and self._refresh_slots:
-                    self._refresh_slots()
+                self._moved(result)
             else:
                 metrics.BROKER_PUBLISH.observe(elapsed)
 
@@ -790,8 +796,9 @@ class RedisBroker:
         :class:`BrokerUnavailable` naming ``what``."""
         try:
             return await command
-        except (RedisError, OSError):
+        except (RedisError, OSError) as exc:
             metrics.BROKER_ERRORS.labels("query").inc()
+            self._moved(exc)
             raise BrokerUnavailable(f"redis is unavailable ({what})") from None
 
     def _run(self, call: scripts.Call, client: aioredis.Redis | None = None) -> Awaitable[Any]:
