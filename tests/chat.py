@@ -92,6 +92,13 @@ class Client:
         await asyncio.gather(self._reader, return_exceptions=True)
 
 
+async def member(session: aiohttp.ClientSession, ws_url: str, room: str, user: str) -> Client:
+    """A member of ``room`` on the server at ``ws_url``, past its welcome."""
+    client = Client(await session.ws_connect(ws_url, params={"room": room, "user": user}))
+    await client.next_of("welcome")
+    return client
+
+
 async def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
     """Poll ``condition`` on the event loop until true; ``TimeoutError`` after ``timeout`` s."""
     async with asyncio.timeout(timeout):

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.chat import Client
+from tests.chat import member
 from tests.support.processes import Process, RedisServer, free_port, run_server
 
 KEY = "cli-key-0123456789abcdef"
@@ -42,18 +42,12 @@ def two(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[Process, Pr
         yield a, b
 
 
-async def member(session: aiohttp.ClientSession, server: Process, room: str, user: str) -> Client:
-    client = Client(await session.ws_connect(server.ws_url, params={"room": room, "user": user}))
-    await client.next_of("welcome")
-    return client
-
-
 async def test_publish_from_the_command_line_reaches_a_member_on_the_other_instance(
     two: tuple[Process, Process],
 ) -> None:
     a, b = two
     async with aiohttp.ClientSession() as session:
-        bob = await member(session, b, "ops", "bob")
+        bob = await member(session, b.ws_url, "ops", "bob")
         result = await asyncio.to_thread(
             roomhub_api, a.url, "publish", "--room", "ops", "--text", "deploy at 18:00",
             "--data", '{"build": 7}',
@@ -73,7 +67,7 @@ async def test_a_ban_from_the_command_line_holds_on_both_instances(
 ) -> None:
     a, b = two
     async with aiohttp.ClientSession() as session:
-        eve = await member(session, b, "ops", "eve")
+        eve = await member(session, b.ws_url, "ops", "eve")
         result = await asyncio.to_thread(
             roomhub_api, a.url, "ban", "--room", "ops", "--user", "eve", "--duration", "60"
         )

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from server.rooms.broker.cluster import SlotMap, discover, room_slot
-from tests.chat import Client
+from tests.chat import Client, member
 from tests.support.processes import Process, RedisCluster, free_port, run_server
 
 KEY = "cluster-key-0123456789abcdef"
@@ -54,13 +54,6 @@ def two(
         yield a, b
 
 
-async def member(session: aiohttp.ClientSession, server: Process, room: str, user: str) -> Client:
-    """A member of ``room`` on ``server``, past its welcome."""
-    client = Client(await session.ws_connect(server.ws_url, params={"room": room, "user": user}))
-    await client.next_of("welcome")
-    return client
-
-
 async def test_slot_map_routes_each_room_to_the_master_serving_its_slot(
     redis_cluster: RedisCluster,
 ) -> None:
@@ -95,8 +88,8 @@ async def test_rooms_on_every_master_carry_messages_between_two_instances(
     a, b = two
     async with aiohttp.ClientSession() as session:
         for room in rooms_on_each_master(slots, "talk"):
-            alice = await member(session, a, room, "alice")
-            bob = await member(session, b, room, "bob")
+            alice = await member(session, a.ws_url, room, "alice")
+            bob = await member(session, b.ws_url, room, "bob")
             await alice.say(f"hello {room}", id="m1")
             for client in (alice, bob):
                 event = await client.next_of("message")
@@ -116,7 +109,7 @@ async def test_a_joiner_gets_the_history_and_the_members_of_both_instances(
     a, b = two
     async with aiohttp.ClientSession() as session:
         for room in rooms_on_each_master(slots, "welcome"):
-            alice = await member(session, a, room, "alice")
+            alice = await member(session, a.ws_url, room, "alice")
             await alice.say("before you came")
             await alice.next_of("message")
             carol = Client(
@@ -138,7 +131,9 @@ async def test_room_listing_counts_members_on_every_master_over_both_instances(
     a = two[0]
     rooms = rooms_on_each_master(slots, "listed")
     async with aiohttp.ClientSession() as session:
-        members = [await member(session, server, room, "m") for room in rooms for server in two]
+        members = [
+            await member(session, server.ws_url, room, "m") for room in rooms for server in two
+        ]
         async with session.get(f"{a.url}/api/rooms") as response:
             listed = {room["name"]: room["members"] for room in (await response.json())["rooms"]}
         assert {room: listed.get(room) for room in rooms} == dict.fromkeys(rooms, 2)
@@ -151,7 +146,9 @@ async def test_room_events_travel_by_sharded_pubsub_on_the_rooms_master(
 ) -> None:
     rooms = rooms_on_each_master(slots, "sharded")
     async with aiohttp.ClientSession() as session:
-        members = [await member(session, server, room, "m") for room in rooms for server in two]
+        members = [
+            await member(session, server.ws_url, room, "m") for room in rooms for server in two
+        ]
         for index, room in enumerate(rooms):
             name = f"roomhub:{{{room}}}"
             for other, address in enumerate(slots.masters):
@@ -169,7 +166,7 @@ async def test_a_kick_from_one_instance_closes_the_member_on_the_other(
     a, b = two
     room = rooms_on_each_master(slots, "kick")[2]
     async with aiohttp.ClientSession() as session:
-        eve = await member(session, b, room, "eve")
+        eve = await member(session, b.ws_url, room, "eve")
         async with session.post(
             f"{a.url}/api/v1/kick", json={"room": room, "user": "eve"}, headers={"X-API-Key": KEY}
         ) as response:
@@ -201,7 +198,10 @@ async def test_a_master_down_fails_only_its_rooms_until_it_is_back(
     node = next(n for n in redis_cluster.nodes if f"127.0.0.1:{n.port}" == slots.masters[0])
     async with aiohttp.ClientSession() as session:
         await wait_readiness(session, a, "ready")
-        here, there = await member(session, a, lost, "x"), await member(session, a, kept, "y")
+        here, there = (
+            await member(session, a.ws_url, lost, "x"),
+            await member(session, a.ws_url, kept, "y"),
+        )
         node.stop()
         try:
             answer = await wait_readiness(session, a, "degraded")
@@ -252,7 +252,7 @@ async def test_a_room_whose_slot_moved_is_served_by_its_new_master_after_a_moved
             async with asyncio.timeout(10):
                 while True:  # the first tries answer MOVED, then the map is read again
                     try:
-                        alice = await member(session, a, room, "alice")
+                        alice = await member(session, a.ws_url, room, "alice")
                         break
                     except (aiohttp.WSServerHandshakeError, TimeoutError, KeyError):
                         await asyncio.sleep(0.1)
