@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 
 import aiohttp
@@ -51,7 +54,17 @@ def two(
     tmp = tmp_path_factory.mktemp("cluster-servers")
     common = {"broker": redis_cluster.url, "api_key": KEY, "quote_provider": "sim"}
     with run_server(tmp, **common) as a, run_server(tmp, **common) as b:
+        for server in (a, b):
+            every_master_up(server)
         yield a, b
+
+
+def every_master_up(server: Process, timeout: float = 10.0) -> None:
+    """Wait until ``/readyz`` says ``ready`` (200 ``degraded`` while a master is not up)."""
+    deadline = time.monotonic() + timeout
+    while json.loads(urllib.request.urlopen(f"{server.url}/readyz").read())["status"] != "ready":
+        assert time.monotonic() < deadline, "a master stayed down"
+        time.sleep(0.05)
 
 
 async def test_slot_map_routes_each_room_to_the_master_serving_its_slot(
