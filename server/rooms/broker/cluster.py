@@ -1,11 +1,12 @@
-"""Redis Cluster (``ROOMHUB_BROKER=redis+cluster://host:port[,host:port...]``): which master
-serves each room.
+"""Rooms over a Redis Cluster (``ROOMHUB_BROKER=redis+cluster://host:port[,host:port...]``):
+:class:`ClusterBroker`, one :class:`~server.rooms.broker.redis.RedisBroker` per master in
+sharded pub/sub mode, each room on the master that serves its slot.
 
 A room's keys and channels all carry its ``{room}`` hash tag, so they live in one key slot
 (CRC16 of the room name modulo 16384, Redis Cluster specification, "Keys distribution
 model") and on the one master that serves that slot. :func:`discover` reads the slot map
 (``CLUSTER SLOTS``) from the first seed node that answers; :class:`SlotMap` routes a room to
-the index of its master, one :class:`~server.rooms.broker.redis.RedisBroker` each.
+the index of its master.
 
 Only masters known at start are routed to: a slot that moves to another known master is
 followed when the map is read again (:meth:`SlotMap.update`); a master added later, or a
@@ -118,10 +119,6 @@ class SlotMap:
         masters = list(dict.fromkeys(span.address for span in ranges))
         return cls(masters, ranges)
 
-    def ranges_of(self, index: int, ranges: list[SlotRange]) -> list[SlotRange]:
-        """The ranges master ``index`` serves in ``ranges``."""
-        return [span for span in ranges if span.address == self.masters[index]]
-
     def update(self, ranges: list[SlotRange]) -> None:
         """Route each slot of ``ranges`` served by a known master to that master."""
         index = {address: number for number, address in enumerate(self.masters)}
@@ -146,13 +143,17 @@ def node_url(seed: str, address: str) -> str:
 
 class Cluster:
     """A Redis Cluster as roomhub uses it: its slot map (:attr:`slots`), one URL per master
-    (:meth:`master_urls`, in the map's order), each master's control channel, and a re-read
-    of the map (:meth:`refresh`) when a master reconnects or answers MOVED."""
+    (:meth:`master_urls`, in the map's order), each master's channel for control orders
+    (:attr:`control_channels`: a slot it serves), and a re-read of the map (:meth:`refresh`)
+    when a master reconnects or answers MOVED."""
 
     def __init__(self, seeds: list[str], ranges: list[SlotRange]) -> None:
         self.seeds = seeds
         self.slots = SlotMap.of(ranges)
-        self._ranges = ranges
+        self.control_channels = [
+            tagged("control", [span for span in ranges if span.address == master])
+            for master in self.slots.masters
+        ]
         self._refreshing: asyncio.Task[None] | None = None
 
     @classmethod
@@ -163,10 +164,6 @@ class Cluster:
     def master_urls(self) -> list[str]:
         """One URL per master, in the order of :attr:`slots` (their shard indexes)."""
         return [node_url(self.seeds[0], address) for address in self.slots.masters]
-
-    def control_channel(self, index: int) -> str:
-        """Master ``index``'s own channel for control orders (a slot it serves)."""
-        return tagged("control", self.slots.ranges_of(index, self._ranges))
 
     def refresh(self) -> None:
         """Re-read the slot map in the background (once at a time) from the masters, then
@@ -180,7 +177,6 @@ class Cluster:
         except ConnectionError as exc:
             log.warning("cluster_slots_unread", extra={"fields": {"error": str(exc)}})
             return
-        self._ranges = ranges
         self.slots.update(ranges)
         log.info("cluster_slots_read", extra={"fields": {"ranges": len(ranges)}})
 
@@ -221,7 +217,7 @@ class ClusterBroker(ShardedBroker):
                 retention,
                 batch_window,
                 sharded_pubsub=True,
-                control_channel=cluster.control_channel(index),
+                control_channel=cluster.control_channels[index],
                 refresh_slots=cluster.refresh,
             )
             for index, url in enumerate(cluster.master_urls())
