@@ -15,11 +15,14 @@ import urllib.request
 from collections.abc import Iterator
 
 import aiohttp
+import orjson
 import pytest
 import redis
 
-from server.rooms.broker.cluster import SlotMap, discover, room_slot
-from tests.chat import Client, member
+from server.rooms.broker import Delivery, Event
+from server.rooms.broker.cluster import ClusterBroker, SlotMap, discover, room_slot
+from server.wire.protocol import ChatMessage
+from tests.chat import Client, member, wait_until
 from tests.support.processes import Process, RedisCluster, free_port, run_server
 
 KEY = "cluster-key-0123456789abcdef"
@@ -277,3 +280,30 @@ async def test_a_room_whose_slot_moved_is_served_by_its_new_master_after_a_moved
             await alice.close()
     finally:
         move_slot(redis_cluster, room_slot(room), target, source)
+
+
+async def test_messages_of_two_rooms_on_one_master_sent_together_keep_each_rooms_order(
+    redis_cluster: RedisCluster, slots: SlotMap
+) -> None:
+    """A cluster node runs a script only on keys of one slot: the messages that wait
+    together are sent room by room, each room's in order, none refused."""
+    rooms = [rooms_on_each_master(slots, "together")[0] for _ in range(2)]
+    broker = await ClusterBroker.connect([redis_cluster.nodes[0].url], 10, 30, 30)
+    await broker.start()
+    got: dict[str, list[Delivery]] = {room: [] for room in rooms}
+    try:
+        await wait_until(lambda: all(shard.ready for shard in broker.shards))
+        for room in rooms:
+            await broker.subscribe(room, got[room].append)
+        for n in range(20):
+            for room in rooms:
+                broker.say(room, "ann", ChatMessage(f"{room} {n}"), sender=1)
+        await wait_until(lambda: all(len(got[room]) == 20 for room in rooms))
+        for room in rooms:
+            events = [d for d in got[room] if isinstance(d, Event)]
+            assert [orjson.loads(e.data)["text"] for e in events] == [
+                f"{room} {n}" for n in range(20)
+            ]
+            assert [e.seq for e in events] == list(range(1, 21))
+    finally:
+        await broker.close()
