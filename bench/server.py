@@ -143,15 +143,17 @@ def launch(
     log: Path,
     env: dict[str, str] | None = None,
     program: str = sys.executable,
+    cwd: Path | None = None,
 ) -> Process:
-    """Start ``program <args>`` (default: this Python) with ``env`` added to the environment,
-    its output to ``log``, without waiting for it to serve."""
+    """Start ``program <args>`` (default: this Python) in ``cwd`` (default: this one) with
+    ``env`` added to the environment, its output to ``log``, without waiting for it to serve."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [program, *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            cwd=cwd,
             preexec_fn=dies_with_this_process(),
         )
     return Process(proc, port, log)
@@ -165,13 +167,14 @@ def spawn(
     log: Path,
     env: dict[str, str] | None = None,
     program: str = sys.executable,
+    cwd: Path | None = None,
 ) -> Iterator[Process]:
-    """Run ``program <args>`` (default: this Python), wait until ``health`` answers 200, stop
-    it on exit.
+    """Run ``program <args>`` (default: this Python) in ``cwd`` (default: this one), wait
+    until ``health`` answers 200, stop it on exit.
 
     On a failure inside the block the last 4000 characters of its output go to stderr.
     """
-    running = launch(args, port, log, env, program)
+    running = launch(args, port, log, env, program, cwd)
     try:
         wait_http_ok(f"{running.url}{health}", proc=running.proc)
         yield running
