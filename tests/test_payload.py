@@ -105,6 +105,7 @@ def test_the_lua_scripts_write_the_payloads_the_reader_decodes(
         "roomhub:instance:i1",
         50,
         30,
+        50,
         tuple(candidate_names("ann")),
     )
     assert client.register_script(scripts.source("join"))(keys=join.keys(), args=join.args()) == 1

@@ -5,7 +5,8 @@ Keys of room ``R`` (the ``{R}`` hash tag keeps a room's keys together):
 
 * ``roomhub:{R}:epoch`` (made by the first join, so a Redis that lost its data gives the room
   a new epoch), ``roomhub:{R}:seq`` (the last seq), ``roomhub:{R}:history`` (list of encoded
-  ``message`` events, at most ``history_size``);
+  ``message`` events: its newest ``history_size`` are the room's history; SAY trims the rest
+  only every few dozen messages);
 * ``roomhub:{R}:users:<instance>`` (hash: name key -> JSON-encoded name of each member on
   that instance), ``roomhub:{R}:tokens:<instance>`` (hash: join token -> name key) and
   ``roomhub:{R}:joined:<instance>`` (sorted set: the JSON names ranked by join token, which
@@ -537,6 +538,7 @@ class RedisBroker:
                 new_epoch(),
                 _online_limit(),
                 self.retention,
+                self.history_size,
                 self._ranked,
             )
             self._enqueue(self._script_op("sync", sync))
@@ -565,6 +567,7 @@ class RedisBroker:
             self._welcome_channel(room),
             _online_limit(),
             self.retention,
+            self.history_size,
             tuple(candidate_names(user)),
             self._ranked,
         )
@@ -830,6 +833,7 @@ class RedisBroker:
             seq,
             repr(time.time()),
             deleted_event(room, seq),
+            self.history_size,
         )
         found = await self._call("delete", self._run(delete))
         return bool(found)
@@ -837,7 +841,7 @@ class RedisBroker:
     async def history(self, room: str, since: int, limit: int) -> list[bytes]:
         kept: list[bytes] = await self._call(
             "history",
-            self._client.lrange(prefix(room) + "history", 0, -1),  # type: ignore[arg-type]  # redis-py: Awaitable | list
+            self._client.lrange(prefix(room) + "history", -self.history_size, -1),  # type: ignore[arg-type]  # redis-py: Awaitable | list
         )
         newer = [event for event in kept if encoded_history_seq(event) > since]
         return newer[-limit:]

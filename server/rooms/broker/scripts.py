@@ -154,7 +154,7 @@ class Join:
     ARGV: prefix, room, instance, token, ttl (seconds), the join event's tail (after
     ``members``), published, channel, since (-1: none), the epoch the joiner saw (``''``:
     none), a fresh epoch, the instance channel, the online limit, the retention (seconds),
-    then the candidates' quadruples.
+    the history size, then the candidates' quadruples.
     """
 
     NAME: ClassVar[str] = "join"
@@ -170,6 +170,7 @@ class Join:
     instance_channel: str
     online_limit: int
     retention: int
+    history_size: int
     candidates: tuple[Arg, ...]
     ranked: bool = True
 
@@ -200,6 +201,7 @@ class Join:
             self.instance_channel,
             self.online_limit,
             self.retention,
+            self.history_size,
             *self.candidates,
         ]
 
@@ -296,7 +298,8 @@ class Sync:
     ``instance_channel``; the script returns the members counted.
 
     KEYS: seq, history, instances, epoch, the room list (when ``ranked``). ARGV: prefix,
-    room, the instance channel, a fresh epoch, the online limit, the retention (seconds).
+    room, the instance channel, a fresh epoch, the online limit, the retention (seconds), the
+    history size.
     """
 
     NAME: ClassVar[str] = "sync"
@@ -305,6 +308,7 @@ class Sync:
     fresh_epoch: str
     online_limit: int
     retention: int
+    history_size: int
     ranked: bool = True
 
     def keys(self) -> list[str]:
@@ -321,6 +325,7 @@ class Sync:
             self.fresh_epoch,
             self.online_limit,
             self.retention,
+            self.history_size,
         ]
 
 
@@ -350,7 +355,7 @@ class Delete:
     hold the message.
 
     KEYS: history. ARGV: the message's head up to its seq and comma
-    (``{"type":"message","seq":N,``), channel, published, the event.
+    (``{"type":"message","seq":N,``), channel, published, the event, the history size.
     """
 
     NAME: ClassVar[str] = "delete"
@@ -358,12 +363,14 @@ class Delete:
     seq: int
     published: str
     event: bytes
+    history_size: int
 
     def keys(self) -> list[str]:
         return room_keys(self.room, "history")
 
     def args(self) -> list[Arg]:
-        return [MESSAGE_PREFIX + b"%d," % self.seq, channel(self.room), self.published, self.event]
+        head = MESSAGE_PREFIX + b"%d," % self.seq
+        return [head, channel(self.room), self.published, self.event, self.history_size]
 
 
 @dataclass(frozen=True, slots=True)

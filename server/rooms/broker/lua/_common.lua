@@ -39,8 +39,10 @@ local function names(prefix, instances, limit)
   return out
 end
 -- Publishes the welcome of join ``token`` (0: a catch-up) to ``channel``; ``seen`` is the
--- epoch the joiner saw ('' if none), ``name`` the JSON name it got.
-local function welcome(keys, token, room, members, since, seen, fresh, name, channel, limit)
+-- epoch the joiner saw ('' if none), ``name`` the JSON name it got; the newest ``size``
+-- entries of the history are the room's history (SAY trims it only now and then).
+local function welcome(keys, token, room, members, since, seen, fresh, name, channel, limit,
+                       size)
   local epoch = redis.call('GET', keys.epoch)
   if not epoch then
     epoch = fresh
@@ -54,7 +56,7 @@ local function welcome(keys, token, room, members, since, seen, fresh, name, cha
   local seq = tonumber(redis.call('GET', keys.seq) or '0')
   local out = {table.concat({'w', token, seq, members, reset, epoch, room}, ' '), name,
                '[' .. table.concat(online, ',') .. ']'}
-  for _, ev in ipairs(redis.call('LRANGE', keys.history, 0, -1)) do
+  for _, ev in ipairs(redis.call('LRANGE', keys.history, -size, -1)) do
     if tonumber(string.match(ev, '^{"type":"message","seq":(%d+)')) > since then
       table.insert(out, ev)
     end

@@ -4,8 +4,8 @@
 --       node).
 -- ARGV: prefix, room, instance, token, ttl, event tail (after members), published, channel,
 --       since, epoch the joiner saw, a fresh epoch, instance channel, online limit,
---       retention, then the candidate names in order of preference as quadruples: name key,
---       JSON name, first and last n (0, 0: the name itself; else the names with the suffixes
+--       retention, history size, then the candidate names in order of preference as
+--       quadruples: name key, JSON name, first and last n (0, 0: the name itself; else the names with the suffixes
 --       -first .. -last). The last quadruple's name is taken when every candidate is.
 -- Returns the members counted.
 local ids = redis.call('SMEMBERS', KEYS[3])
@@ -18,7 +18,7 @@ local function taken(key)
 end
 local chosen, name = ARGV[#ARGV - 3], ARGV[#ARGV - 2]
 local found = false
-for i = 15, #ARGV, 4 do
+for i = 16, #ARGV, 4 do
   for n = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]) do
     local key, json = ARGV[i], ARGV[i + 1]
     if n > 0 then
@@ -44,7 +44,7 @@ rank(KEYS[8], ARGV[2], n)
 local keys = {prefix = ARGV[1], seq = KEYS[1], history = KEYS[2], epoch = KEYS[6],
               instances = KEYS[3]}
 welcome(keys, ARGV[4], ARGV[2], n, tonumber(ARGV[9]), ARGV[10], ARGV[11], name, ARGV[12],
-        tonumber(ARGV[13]))
+        tonumber(ARGV[13]), tonumber(ARGV[15]))
 keep(ARGV[1], ARGV[14])
 redis.call(PUBLISH, ARGV[8],
   'p 0 ' .. ARGV[7] .. ' {"type":"join","user":' .. name .. ',"members":' .. n .. ARGV[6])
