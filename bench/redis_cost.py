@@ -155,6 +155,11 @@ def run_once(tree: str, directory: Path, out: Path, extra: dict[str, str]) -> Re
             roomhub_cpu = usage(server.pid).cpu_seconds - roomhub_cpu
             after = scrape(f"{server.url}/metrics")
             stats_after = _commandstats(redis.port)
+    calls = {
+        name: {k: v - stats_before.get(name, {}).get(k, 0.0) for k, v in stat.items()}
+        for name, stat in stats_after.items()
+    }
+    (out / "commandstats.json").write_text(json.dumps(calls, indent=1))
     summary = json.loads((out / "active-chat-summary.json").read_text())
     if "rtt_ms" in summary:  # the peer harness's script: rates over its send window
         seconds, p99 = summary["send_window_s"], summary["rtt_ms"].get("p99")

@@ -366,6 +366,11 @@ async def test_a_deleted_message_leaves_the_history_and_the_room_is_told(broker:
     assert await broker.delete("lobby", 1) is False
 
 
+async def test_a_message_older_than_the_history_cannot_be_deleted(broker: Broker) -> None:
+    await chatted(broker, *"abcde")
+    assert await broker.delete("lobby", 2) is False
+
+
 async def test_presence_names_every_member(broker: Broker) -> None:
     sink = await room(broker)
     for token, user in enumerate(["ann", "bob"], start=1):
