@@ -16,7 +16,9 @@ turn each round (default ``this=.``; e.g. ``before=/tmp/roomhub-main this=.``: e
 ``BENCH_SEND_EVERY_MS`` (50), ``BENCH_K6_SCRIPT`` (default the project's active-chat; the
 peer harness's ``../shared/peers/k6/active-chat.js``, which sends every interval whatever
 comes back, gives the load docs/scaling.md quotes), ``BENCH_SERVER_ENV`` extra
-``NAME=value`` settings for every server (e.g. ``ROOMHUB_REDIS_BATCH_WINDOW=500``),
+``NAME=value`` settings for every server (e.g. ``ROOMHUB_REDIS_BATCH_WINDOW=500``) and
+``BENCH_SERVER_ENV_<NAME>`` for tree ``name``'s alone (a tree may be listed twice under two
+names to compare settings),
 ``BENCH_RESULTS`` (``results``). Writes
 ``<results>/redis-cost/<stamp>/results.md`` and prints the table.
 """
@@ -201,7 +203,9 @@ def main() -> None:
     print("\n".join(lines), flush=True)
     for round_ in range(1, rounds + 1):
         for name, directory in trees:
-            result = run_once(name, directory, out / f"{round_}-{name}", extra)
+            own = os.environ.get(f"BENCH_SERVER_ENV_{name.upper()}", "").split()
+            settings = extra | dict(item.split("=", 1) for item in own)
+            result = run_once(name, directory, out / f"{round_}-{name}", settings)
             lines.append(result.row())
             print(lines[-1], flush=True)
     out.mkdir(parents=True, exist_ok=True)
