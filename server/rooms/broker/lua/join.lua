@@ -5,8 +5,9 @@
 -- ARGV: prefix, room, instance, token, ttl, event tail (after members), published, channel,
 --       since, epoch the joiner saw, a fresh epoch, instance channel, online limit,
 --       retention, history size, then the candidate names in order of preference as
---       quadruples: name key, JSON name, first and last n (0, 0: the name itself; else the names with the suffixes
---       -first .. -last). The last quadruple's name is taken when every candidate is.
+--       quadruples: name key, JSON name, first and last n (0, 0: the name itself; else the
+--       names with the suffixes -first .. -last). The last quadruple's name is taken when
+--       every candidate is.
 -- Returns the members counted.
 local ids = redis.call('SMEMBERS', KEYS[3])
 local function taken(key)
