@@ -31,6 +31,10 @@ export const messagesReceived = new Counter('chat_messages_received');
 // Messages a member never received: gaps in the room's `seq` between two it did receive
 // (from its welcome on). The server promises none while a connection is open.
 export const messagesMissed = new Counter('chat_messages_missed');
+// Sessions whose welcome k6 itself dropped (k6/experimental/websockets discards a frame read
+// before the socket's open event, k6/lib/chat.js): each counted its room's seq from the first
+// message it read instead.
+export const welcomesLost = new Counter('chat_welcomes_lost');
 // Own messages read back (one per chat_rtt sample: thresholds use it to refuse an empty run).
 export const messagesEchoed = new Counter('chat_messages_echoed');
 // Own messages never read back before the connection closed.
