@@ -17,7 +17,9 @@ An installed aiohttp that lacks a part ``server/transport/upgrade.py`` relies on
 same way, with exit code 2 and a message naming its version and the range roomhub supports.
 
 With ``--workers N`` (N > 1) the process supervises N such servers sharing the port
-(``server.ops.supervisor``).
+(``server.ops.supervisor``). Each server, the only one or every worker, runs on the event loop
+``ROOMHUB_EVENT_LOOP`` names: uvloop by default, or asyncio's own (docs/scaling.md measures
+both).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -255,12 +257,26 @@ async def serve(settings: Settings, worker: int = 0, announce: Announce = print_
     log.info("stopped", extra={"fields": {"worker": worker}})
 
 
+def run(main: Coroutine[object, object, None], event_loop: str) -> None:
+    """Run ``main`` to its end on a new event loop of the kind ``event_loop`` names
+    (``uvloop`` or ``asyncio``, :data:`server.ops.config.EVENT_LOOPS`), as ``asyncio.run``
+    does; ``asyncio.Runner`` takes a loop factory on Python 3.11, ``asyncio.run`` only from
+    3.12."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if event_loop == "uvloop":
+        import uvloop  # only when chosen: asyncio needs no uvloop installed
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
+
+
 def run_worker(settings: Settings, worker: int, announce: Announce) -> None:
     """A worker process of ``--workers N``: serve, exit 2 on a setting it cannot use."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
-        asyncio.run(serve(settings, worker, announce))
+        run(serve(settings, worker, announce), settings.event_loop)
     except ConfigError as exc:
         sys.stderr.write(f"roomhub: invalid setting {exc}\n")
         sys.exit(2)
@@ -306,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         if settings.workers > 1:
             sys.exit(supervise(settings, run_worker))
-        asyncio.run(serve(settings))
+        run(serve(settings), settings.event_loop)
     except ConfigError as exc:
         parser.exit(2, f"roomhub: invalid setting {exc}\n")
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import importlib.util
 import ipaddress
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +26,9 @@ HUB_MODES = ("sharded", "global")
 QUOTE_PROVIDERS = ("stooq", "url", "sim")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 AUTH_MODES = ("none", "token")
+EVENT_LOOPS = ("uvloop", "asyncio")
+DEFAULT_EVENT_LOOP = "asyncio" if sys.platform == "win32" else "uvloop"
+"""uvloop where roomhub installs it (pyproject.toml: not on Windows), else asyncio's own."""
 
 
 class ConfigError(ValueError):
@@ -135,6 +140,9 @@ class Settings:
         100, "microseconds the Redis broker gathers operations into one pipeline (0: none)"
     )
     workers: int = _setting(1, "server processes sharing the port (more than 1 needs Redis)")
+    event_loop: str = _setting(
+        DEFAULT_EVENT_LOOP, "uvloop (libuv, less CPU per message) or asyncio (the standard loop)"
+    )
     metrics_port: int = _setting(
         0, "worker i serves /metrics on this port + i (0: /metrics on the serving port only)"
     )
@@ -406,6 +414,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "api_max_body": _positive_int,
     "redis_batch_window": _batch_window,
     "workers": _positive_int,
+    "event_loop": _choice(EVENT_LOOPS),
     "metrics_port": _port,
 }
 
@@ -487,6 +496,11 @@ def redacted(url: str) -> str:
 
 def _check_together(settings: Settings) -> None:
     """Settings that are valid alone but not together; raises :class:`ConfigError`."""
+    if settings.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ConfigError(
+            "ROOMHUB_EVENT_LOOP=uvloop (--event-loop, the default): uvloop is not installed "
+            "in this Python (pip install uvloop; it has no Windows build); or set it to asyncio"
+        )
     if settings.redis and settings.hub_mode == "global":
         raise ConfigError(
             f"ROOMHUB_HUB_MODE=global with ROOMHUB_BROKER={redacted(settings.broker)!r}: global "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import cast
 
 from aiohttp import web
 
@@ -45,8 +46,8 @@ class HeaderDeadline(asyncio.Protocol):
         self.done = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream server's transport: asyncio's or uvloop's (no asyncio.Transport subclass).
+        self.transport = cast(asyncio.Transport, transport)
         loop = asyncio.get_running_loop()
         self.deadline = loop.time() + self.timeout
         self.timer = loop.call_at(self.deadline, self._expired)
