@@ -207,6 +207,7 @@ async def serve(settings: Settings, worker: int = 0, announce: Announce = print_
     (the supervisor prints the first one of its workers). Raises :class:`ConfigError` when it
     cannot listen.
     """
+    loop = asyncio.get_running_loop()
     app = create_app(settings)
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout
@@ -240,11 +241,11 @@ async def serve(settings: Settings, worker: int = 0, announce: Announce = print_
                 "port": port,
                 "worker": worker,
                 "metrics_port": settings.metrics_port and settings.metrics_port + worker,
+                "event_loop": type(loop).__module__.partition(".")[0],  # the one running
             }
         },
     )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()

@@ -82,11 +82,21 @@ def test_flag_wins_over_env_var() -> None:
         ({"ROOMHUB_PRESENCE_TTL": "0"}, "ROOMHUB_PRESENCE_TTL"),
         ({"ROOMHUB_WORKERS": "0"}, "ROOMHUB_WORKERS"),
         ({"ROOMHUB_METRICS_PORT": "70000"}, "ROOMHUB_METRICS_PORT"),
+        ({"ROOMHUB_EVENT_LOOP": "trio"}, "ROOMHUB_EVENT_LOOP"),
     ],
 )
 def test_bad_value_raises_config_error_naming_the_setting(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         load_settings(env)
+
+
+def test_uvloop_chosen_where_it_is_not_installed_stops_start_up_saying_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # what import finds when it is absent
+    with pytest.raises(ConfigError, match=r"ROOMHUB_EVENT_LOOP=uvloop .*uvloop is not installed"):
+        load_settings({})
+    assert load_settings({"ROOMHUB_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
 
 
 def test_broker_is_memory_by_default_or_a_redis_url() -> None:
