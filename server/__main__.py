@@ -18,7 +18,7 @@ same way, with exit code 2 and a message naming its version and the range roomhu
 
 With ``--workers N`` (N > 1) the process supervises N such servers sharing the port
 (``server.ops.supervisor``). Each server, the only one or every worker, runs on the event loop
-``ROOMHUB_EVENT_LOOP`` names: uvloop by default, or asyncio's own (docs/scaling.md measures
+``ROOMHUB_EVENT_LOOP`` names: asyncio's own by default, or uvloop (docs/scaling.md measures
 both).
 """
 

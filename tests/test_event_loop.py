@@ -1,8 +1,8 @@
 """The server on each event loop ``ROOMHUB_EVENT_LOOP`` offers, as a real process.
 
-The in-process tests run on pytest's asyncio loop; what roomhub does with a socket's transport
-(the hand-off from aiohttp, flow control, the reset of a client with full buffers) is checked
-here once more on uvloop, the default, whose transports are its own (libuv) code.
+The other tests run on asyncio's loop, the default; what roomhub does with a socket's transport
+that only they check (flow control and the reset of a client with full buffers) is checked here
+once more on uvloop, whose transports are its own (libuv) code.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from tests.chat import TCP_CLOSE, WAIT, Peer, raw_client_that_never_reads, tcp_i
 from tests.support.processes import run_server
 
 
-@pytest.mark.parametrize(("setting", "running"), [(None, "uvloop"), ("asyncio", "asyncio")])
+@pytest.mark.parametrize(("setting", "running"), [(None, "asyncio"), ("uvloop", "uvloop")])
 def test_the_server_runs_on_the_event_loop_the_setting_names(
     tmp_path: Path, setting: str | None, running: str
 ) -> None:

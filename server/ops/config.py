@@ -13,7 +13,6 @@ import difflib
 import importlib.util
 import ipaddress
 import re
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +25,7 @@ HUB_MODES = ("sharded", "global")
 QUOTE_PROVIDERS = ("stooq", "url", "sim")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 AUTH_MODES = ("none", "token")
-EVENT_LOOPS = ("uvloop", "asyncio")
-DEFAULT_EVENT_LOOP = "asyncio" if sys.platform == "win32" else "uvloop"
-"""uvloop where roomhub installs it (pyproject.toml: not on Windows), else asyncio's own."""
+EVENT_LOOPS = ("asyncio", "uvloop")
 
 
 class ConfigError(ValueError):
@@ -141,7 +138,7 @@ class Settings:
     )
     workers: int = _setting(1, "server processes sharing the port (more than 1 needs Redis)")
     event_loop: str = _setting(
-        DEFAULT_EVENT_LOOP, "uvloop (libuv, less CPU per message) or asyncio (the standard loop)"
+        "asyncio", "asyncio (the standard loop) or uvloop (libuv; see docs/scaling.md)"
     )
     metrics_port: int = _setting(
         0, "worker i serves /metrics on this port + i (0: /metrics on the serving port only)"
@@ -235,6 +232,13 @@ def _choice(options: Sequence[str]) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def _event_loop(raw: str) -> str:
+    value = _choice(EVENT_LOOPS)(raw)
+    if value == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ValueError("uvloop is not installed in this Python (pip install uvloop; no Windows)")
+    return value
 
 
 def _origins(raw: str) -> tuple[str, ...]:
@@ -414,7 +418,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "api_max_body": _positive_int,
     "redis_batch_window": _batch_window,
     "workers": _positive_int,
-    "event_loop": _choice(EVENT_LOOPS),
+    "event_loop": _event_loop,
     "metrics_port": _port,
 }
 
@@ -496,11 +500,6 @@ def redacted(url: str) -> str:
 
 def _check_together(settings: Settings) -> None:
     """Settings that are valid alone but not together; raises :class:`ConfigError`."""
-    if settings.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
-        raise ConfigError(
-            "ROOMHUB_EVENT_LOOP=uvloop (--event-loop, the default): uvloop is not installed "
-            "in this Python (pip install uvloop; it has no Windows build); or set it to asyncio"
-        )
     if settings.redis and settings.hub_mode == "global":
         raise ConfigError(
             f"ROOMHUB_HUB_MODE=global with ROOMHUB_BROKER={redacted(settings.broker)!r}: global "
