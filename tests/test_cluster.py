@@ -157,6 +157,24 @@ async def test_room_listing_counts_members_on_every_master_over_both_instances(
             await client.close()
 
 
+async def test_a_ban_of_a_name_ending_in_instances_leaves_the_room_listing_whole(
+    two: tuple[Process, Process], slots: SlotMap
+) -> None:
+    a = two[0]
+    room = rooms_on_each_master(slots, "banlisted")[0]
+    async with aiohttp.ClientSession() as session:
+        client = await member(session, a.ws_url, room, "m")
+        ban = {"room": room, "user": "x}:instances", "duration": 60}
+        async with session.post(
+            f"{a.url}/api/v1/ban", json=ban, headers={"X-API-Key": KEY}
+        ) as response:
+            assert response.status == 200, await response.text()
+        async with session.get(f"{a.url}/api/rooms") as response:
+            listed = {room["name"]: room["members"] for room in (await response.json())["rooms"]}
+        assert listed.get(room) == 1
+        await client.close()
+
+
 async def test_room_events_travel_by_sharded_pubsub_on_the_rooms_master(
     two: tuple[Process, Process], slots: SlotMap
 ) -> None:

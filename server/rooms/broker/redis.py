@@ -768,10 +768,13 @@ class RedisBroker:
         On a Redis Cluster node a script may touch the keys of one slot only, so no room
         list spans the rooms: the node's ``instances`` keys are found by ``SCAN`` and each
         room counted by the PRESENCE script, which costs Redis time in proportion to the
-        keys and rooms the node holds."""
+        keys and rooms the node holds. The match also takes a ban of a member named
+        ``...}:instances`` (``roomhub:{R}:ban:x}:instances``); a room name holds no ``}``, so
+        such a key is passed over."""
         found = [
-            key[CHANNEL_HEAD : -len(INSTANCES_TAIL)].decode()
+            room
             async for key in self._client.scan_iter(match=INSTANCES_MATCH, count=SCAN_COUNT)
+            if "}" not in (room := key[CHANNEL_HEAD : -len(INSTANCES_TAIL)].decode())
         ]
         pipe = self._client.pipeline(transaction=False)
         for room in found:
