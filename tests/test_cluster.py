@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -22,7 +23,7 @@ import redis
 from server.rooms.broker import Delivery, Event
 from server.rooms.broker.cluster import ClusterBroker, SlotMap, discover, room_slot
 from server.wire.protocol import ChatMessage
-from tests.chat import Client, member, wait_until
+from tests.chat import UPGRADE_HEADERS, Client, member, wait_until
 from tests.support.processes import Process, RedisCluster, free_port, run_server
 
 KEY = "cluster-key-0123456789abcdef"
@@ -82,6 +83,24 @@ async def test_slot_map_routes_each_room_to_the_master_serving_its_slot(
             assert master.cluster("KEYSLOT", f"roomhub:{{{room}}}:seq") == room_slot(room)
             master.set(f"roomhub:{{{room}}}:probe", b"1")  # MOVED would raise here
     assert {slots.shard_of(room) for room in rooms} == {0, 1, 2}
+
+
+async def test_a_cluster_node_named_by_a_plain_redis_url_is_logged_as_one(
+    tmp_path: Path, redis_cluster: RedisCluster, slots: SlotMap
+) -> None:
+    room = rooms_on_each_master(slots, "plain")[1]
+    node = f"redis://{slots.masters[0]}/0"
+    with run_server(tmp_path, broker=node, quote_provider="sim") as server:
+        every_master_up(server)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"{server.url}/ws", params={"room": room, "user": "m"}, headers=UPGRADE_HEADERS
+            ) as response,
+        ):  # refused (503) or closed after the upgrade: the join fails
+            await response.read()
+        await wait_until(lambda: "broker_is_cluster_node" in server.log.read_text())
+        assert "redis+cluster://" in server.log.read_text()
 
 
 def test_a_cluster_with_no_seed_answering_stops_start_up_naming_the_setting() -> None:

@@ -230,6 +230,7 @@ class RedisBroker:
         self.control_channel = control_channel
         self._control_bytes = control_channel.encode()
         self._refresh_slots = refresh_slots
+        self._cluster_node_logged = False
         self._publish_command = "SPUBLISH" if sharded_pubsub else "PUBLISH"
         self._shown = redacted(url)  # for logs
         self.batch_window = batch_window
@@ -520,9 +521,24 @@ class RedisBroker:
 
     def _moved(self, error: Exception) -> None:
         """On a MOVED or ASK answer (a Redis Cluster slot served elsewhere now), have the
-        slot map read again."""
-        if isinstance(error, MovedError | AskError) and self._refresh_slots is not None:
+        slot map read again; from a Redis named by a plain ``redis://`` URL, log once that
+        it is a cluster node, which only ``redis+cluster://`` can use."""
+        if not isinstance(error, MovedError | AskError):
+            return
+        if self._refresh_slots is not None:
             self._refresh_slots()
+        elif not self._cluster_node_logged:
+            self._cluster_node_logged = True
+            log.error(
+                "broker_is_cluster_node",
+                extra={
+                    "fields": {
+                        "redis": self._shown,
+                        "error": f"{type(error).__name__}: {error}",
+                        "hint": "list a Redis Cluster in ROOMHUB_BROKER as redis+cluster://",
+                    }
+                },
+            )
 
     def _set_up(self, up: bool) -> None:
         self._up = up
