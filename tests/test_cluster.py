@@ -268,10 +268,31 @@ async def test_a_master_down_fails_only_its_rooms_until_it_is_back(
             node.start()
             redis_cluster.wait_ok()
         await wait_readiness(session, a, "ready")
-        await here.say("back")
-        assert (await here.next_of("message"))["text"] == "back"
-        await here.close()
-        await there.close()
+        back = await member(session, a.ws_url, lost, "z")  # empty again: its members got 1012
+        await back.say("back")
+        assert (await back.next_of("message"))["text"] == "back"
+        for client in (here, there, back):
+            await client.close()
+
+
+async def test_a_master_restarted_empty_closes_its_rooms_members_to_resume_in_a_new_epoch(
+    two: tuple[Process, Process], slots: SlotMap, redis_cluster: RedisCluster
+) -> None:
+    a = two[0]
+    room = rooms_on_each_master(slots, "emptied")[0]
+    node = next(n for n in redis_cluster.nodes if f"127.0.0.1:{n.port}" == slots.masters[0])
+    async with aiohttp.ClientSession() as session:
+        await wait_readiness(session, a, "ready")
+        here = await member(session, a.ws_url, room, "x")
+        await here.say("before")
+        assert (await here.next_of("message"))["text"] == "before"
+        node.kill()
+        try:
+            await wait_readiness(session, a, "degraded")
+        finally:
+            node.start()  # answers PING at once, refuses keys until it rejoined the cluster
+            redis_cluster.wait_ok()
+        assert await here.closed() == 1012
 
 
 def move_slot(cluster: RedisCluster, slot: int, source: int, target: int) -> None:

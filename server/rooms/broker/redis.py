@@ -402,6 +402,8 @@ class RedisBroker:
                 rooms = [name for room in self._sinks for name in self._room_channels(room)]
                 await self._subscribe([*own, *rooms])
                 await self._client.ping()
+                if self.sharded_pubsub:
+                    await self._cluster_ok()
                 self._set_up(True)
                 if connected_once:
                     metrics.BROKER_RECONNECTS.inc()
@@ -453,6 +455,15 @@ class RedisBroker:
                 if not future.done():
                     future.set_exception(error)
         self._confirms.clear()
+
+    async def _cluster_ok(self) -> None:
+        """Raise :class:`BrokerUnavailable` unless this Redis Cluster node says
+        ``cluster_state:ok``: a master started again answers PING and SSUBSCRIBE at once but
+        refuses every key (CLUSTERDOWN) for a second or two, until it has rejoined, and the
+        catch-up after a reconnect must not run before (seen on Redis 7.0)."""
+        info = await self._client.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]  # redis-py: not annotated
+        if info.get("cluster_state") != "ok":
+            raise BrokerUnavailable(f"cluster_state:{info.get('cluster_state')}")
 
     async def _read(self, pubsub: aioredis.client.PubSub) -> None:
         """Hand every pub/sub message to its room; raises when the connection is lost.
