@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -22,7 +23,7 @@ import redis
 from server.rooms.broker import Delivery, Event
 from server.rooms.broker.cluster import ClusterBroker, SlotMap, discover, room_slot
 from server.wire.protocol import ChatMessage
-from tests.chat import Client, member, wait_until
+from tests.chat import UPGRADE_HEADERS, Client, member, wait_until
 from tests.support.processes import Process, RedisCluster, free_port, run_server
 
 KEY = "cluster-key-0123456789abcdef"
@@ -82,6 +83,24 @@ async def test_slot_map_routes_each_room_to_the_master_serving_its_slot(
             assert master.cluster("KEYSLOT", f"roomhub:{{{room}}}:seq") == room_slot(room)
             master.set(f"roomhub:{{{room}}}:probe", b"1")  # MOVED would raise here
     assert {slots.shard_of(room) for room in rooms} == {0, 1, 2}
+
+
+async def test_a_cluster_node_named_by_a_plain_redis_url_is_logged_as_one(
+    tmp_path: Path, redis_cluster: RedisCluster, slots: SlotMap
+) -> None:
+    room = rooms_on_each_master(slots, "plain")[1]
+    node = f"redis://{slots.masters[0]}/0"
+    with run_server(tmp_path, broker=node, quote_provider="sim") as server:
+        every_master_up(server)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"{server.url}/ws", params={"room": room, "user": "m"}, headers=UPGRADE_HEADERS
+            ) as response,
+        ):  # refused (503) or closed after the upgrade: the join fails
+            await response.read()
+        await wait_until(lambda: "broker_is_cluster_node" in server.log.read_text())
+        assert "redis+cluster://" in server.log.read_text()
 
 
 def test_a_cluster_with_no_seed_answering_stops_start_up_naming_the_setting() -> None:
@@ -155,6 +174,24 @@ async def test_room_listing_counts_members_on_every_master_over_both_instances(
         assert {room: listed.get(room) for room in rooms} == dict.fromkeys(rooms, 2)
         for client in members:
             await client.close()
+
+
+async def test_a_ban_of_a_name_ending_in_instances_leaves_the_room_listing_whole(
+    two: tuple[Process, Process], slots: SlotMap
+) -> None:
+    a = two[0]
+    room = rooms_on_each_master(slots, "banlisted")[0]
+    async with aiohttp.ClientSession() as session:
+        client = await member(session, a.ws_url, room, "m")
+        ban = {"room": room, "user": "x}:instances", "duration": 60}
+        async with session.post(
+            f"{a.url}/api/v1/ban", json=ban, headers={"X-API-Key": KEY}
+        ) as response:
+            assert response.status == 200, await response.text()
+        async with session.get(f"{a.url}/api/rooms") as response:
+            listed = {room["name"]: room["members"] for room in (await response.json())["rooms"]}
+        assert listed.get(room) == 1
+        await client.close()
 
 
 async def test_room_events_travel_by_sharded_pubsub_on_the_rooms_master(
@@ -231,10 +268,31 @@ async def test_a_master_down_fails_only_its_rooms_until_it_is_back(
             node.start()
             redis_cluster.wait_ok()
         await wait_readiness(session, a, "ready")
-        await here.say("back")
-        assert (await here.next_of("message"))["text"] == "back"
-        await here.close()
-        await there.close()
+        back = await member(session, a.ws_url, lost, "z")  # empty again: its members got 1012
+        await back.say("back")
+        assert (await back.next_of("message"))["text"] == "back"
+        for client in (here, there, back):
+            await client.close()
+
+
+async def test_a_master_restarted_empty_closes_its_rooms_members_to_resume_in_a_new_epoch(
+    two: tuple[Process, Process], slots: SlotMap, redis_cluster: RedisCluster
+) -> None:
+    a = two[0]
+    room = rooms_on_each_master(slots, "emptied")[0]
+    node = next(n for n in redis_cluster.nodes if f"127.0.0.1:{n.port}" == slots.masters[0])
+    async with aiohttp.ClientSession() as session:
+        await wait_readiness(session, a, "ready")
+        here = await member(session, a.ws_url, room, "x")
+        await here.say("before")
+        assert (await here.next_of("message"))["text"] == "before"
+        node.kill()
+        try:
+            await wait_readiness(session, a, "degraded")
+        finally:
+            node.start()  # answers PING at once, refuses keys until it rejoined the cluster
+            redis_cluster.wait_ok()
+        assert await here.closed() == 1012
 
 
 def move_slot(cluster: RedisCluster, slot: int, source: int, target: int) -> None:

@@ -160,6 +160,12 @@ def test_several_redis_urls_are_the_shards_in_their_order() -> None:
         ("redis://a:6379/0,redis://u:s3cret@b:6379/x", "the database after the host"),
         ("redis://a:6379/0,redis://A:6379/1", "names the same Redis server as 'redis://a:6379/0'"),
         ("redis://a/0,redis://:s3cret@a:6379/0", "same Redis server"),
+        (
+            "redis://a:6379/0,redis://u:s3c,ret@b:6379/0",
+            "'redis://u:***@b:6379/0' has a ',' in its password",
+        ),
+        ("redis://a:6379/0,redis://:s3c/ret@b:6379/0", "must be percent-encoded"),
+        ("redis://a:6379/x?password=s3cret", "password=***"),
     ],
 )
 def test_a_bad_or_repeated_redis_url_is_refused_naming_it_without_its_password(
@@ -169,7 +175,8 @@ def test_a_bad_or_repeated_redis_url_is_refused_naming_it_without_its_password(
         load_settings({"ROOMHUB_BROKER": raw})
     assert str(raised.value).startswith("ROOMHUB_BROKER=")
     assert says in str(raised.value)
-    assert "s3cret" not in str(raised.value)
+    assert "s3c" not in str(raised.value)
+    assert "ret@" not in str(raised.value)
 
 
 def test_a_bad_redis_url_among_several_stops_start_up_with_exit_code_2() -> None:
@@ -192,6 +199,7 @@ def test_redis_cluster_seeds_are_parsed_into_one_url_each() -> None:
         ("redis+cluster://a:7000/0", "a Redis Cluster has one database"),
         ("redis+cluster://", "must be redis+cluster://[user:password@]host:port"),
         ("redis+cluster://a:7000,a:7000", "names the same Redis server"),
+        ("redis+cluster://a:7000,redis://b:7001", "each seed after the first is host:port"),
     ],
 )
 def test_a_bad_redis_cluster_setting_is_refused_saying_why(raw: str, says: str) -> None:

@@ -306,6 +306,11 @@ def broker_urls(broker: str) -> tuple[str, ...]:
     if cluster_broker(broker):
         urls = _cluster_seeds(broker)
     else:
+        for url in URL_START_RE.split(broker):
+            if "," in url.partition("://")[2].rpartition("@")[0]:
+                raise ValueError(
+                    f"{redacted(url.strip())!r} has a ',' in its password: {ENCODE_PASSWORD}"
+                )
         items = [item.strip() for item in broker.split(",")]
         urls = tuple(_redis_url(item, index, len(items), URLS) for index, item in enumerate(items))
     seen: dict[tuple[str, int], str] = {}
@@ -322,6 +327,7 @@ def broker_urls(broker: str) -> tuple[str, ...]:
 
 
 URLS = "must be memory or redis:// or rediss:// URLs separated by commas"
+ENCODE_PASSWORD = "a password's , @ / : ? # and % must be percent-encoded, like %2C for ,"
 
 
 def _redis_url(item: str, index: int, count: int, accepted: str) -> str:
@@ -337,7 +343,8 @@ def _redis_url(item: str, index: int, count: int, accepted: str) -> str:
         url = URL(item)
         port = url.explicit_port
     except ValueError as exc:
-        raise ValueError(f"{shown} is not a URL ({exc}): {accepted}") from None
+        hint = f"; {ENCODE_PASSWORD}" if "@" in item else ""
+        raise ValueError(f"{shown} is not a URL ({exc}{hint}): {accepted}") from None
     if url.scheme not in REDIS_SCHEMES or not url.host:
         raise ValueError(f"{shown} is not a redis:// or rediss:// URL with a host: {accepted}")
     if port is not None and not 1 <= port <= 65535:
@@ -353,6 +360,8 @@ def _cluster_seeds(broker: str) -> tuple[str, ...]:
     plain = scheme.lower().removesuffix("+cluster")
     credentials, _, nodes = rest.rpartition("@")
     accepted = f"must be {scheme}://[user:password@]host:port[,host:port...]"
+    if "://" in nodes:
+        raise ValueError(f"{accepted}: each seed after the first is host:port, not a URL")
     if not nodes or any(mark in nodes for mark in "/?#"):
         raise ValueError(f"{accepted} (a Redis Cluster has one database: no /db or options)")
     items = [item.strip() for item in nodes.split(",")]
@@ -485,17 +494,28 @@ def load_settings(
     return settings
 
 
+URL_START_RE = re.compile(r",(?=[^,]*://)")
+"""A comma that starts another URL of a list (one before a ``scheme://``)."""
+PASSWORD_QUERY_RE = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+"""A ``password=`` option of a URL's query, which redis-py takes as the password."""
+
+
 def redacted(url: str) -> str:
     """``url`` with its password (if any) replaced by ``***``, for messages and logs; in a
-    comma-separated list of URLs, each one's. What stands before the last ``@`` counts as
-    ``user:password``, even where the URL is not well formed."""
-    if "," in url:
-        return ",".join(redacted(item) for item in url.split(","))
+    comma-separated list of URLs, each one's. A list is cut only at the commas before a
+    ``scheme://``, and what stands before the last ``@`` counts as ``user:password`` (all of
+    it hidden without a ``:``), even where the URL is not well formed: a password holding a
+    ``,`` or an ``@`` is hidden whole, and so is a ``password=`` option."""
+    items = URL_START_RE.split(url)
+    if len(items) > 1:
+        return ",".join(redacted(item) for item in items)
+    url = PASSWORD_QUERY_RE.sub(r"\1***", url)
     scheme, sep, rest = url.rpartition("://") if "://" in url else ("", "", url)
     userinfo, at, location = rest.rpartition("@")
-    if not at or ":" not in userinfo:
+    if not at:
         return url
-    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{location}"
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{sep}{user + colon if colon else ''}***@{location}"
 
 
 def _check_together(settings: Settings) -> None:

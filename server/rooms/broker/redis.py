@@ -230,6 +230,7 @@ class RedisBroker:
         self.control_channel = control_channel
         self._control_bytes = control_channel.encode()
         self._refresh_slots = refresh_slots
+        self._cluster_node_logged = False
         self._publish_command = "SPUBLISH" if sharded_pubsub else "PUBLISH"
         self._shown = redacted(url)  # for logs
         self.batch_window = batch_window
@@ -401,6 +402,8 @@ class RedisBroker:
                 rooms = [name for room in self._sinks for name in self._room_channels(room)]
                 await self._subscribe([*own, *rooms])
                 await self._client.ping()
+                if self.sharded_pubsub:
+                    await self._cluster_ok()
                 self._set_up(True)
                 if connected_once:
                     metrics.BROKER_RECONNECTS.inc()
@@ -452,6 +455,15 @@ class RedisBroker:
                 if not future.done():
                     future.set_exception(error)
         self._confirms.clear()
+
+    async def _cluster_ok(self) -> None:
+        """Raise :class:`BrokerUnavailable` unless this Redis Cluster node says
+        ``cluster_state:ok``: a master started again answers PING and SSUBSCRIBE at once but
+        refuses every key (CLUSTERDOWN) for a second or two, until it has rejoined, and the
+        catch-up after a reconnect must not run before (seen on Redis 7.0)."""
+        info = await self._client.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]  # redis-py: not annotated
+        if info.get("cluster_state") != "ok":
+            raise BrokerUnavailable(f"cluster_state:{info.get('cluster_state')}")
 
     async def _read(self, pubsub: aioredis.client.PubSub) -> None:
         """Hand every pub/sub message to its room; raises when the connection is lost.
@@ -520,9 +532,24 @@ class RedisBroker:
 
     def _moved(self, error: Exception) -> None:
         """On a MOVED or ASK answer (a Redis Cluster slot served elsewhere now), have the
-        slot map read again."""
-        if isinstance(error, MovedError | AskError) and self._refresh_slots is not None:
+        slot map read again; from a Redis named by a plain ``redis://`` URL, log once that
+        it is a cluster node, which only ``redis+cluster://`` can use."""
+        if not isinstance(error, MovedError | AskError):
+            return
+        if self._refresh_slots is not None:
             self._refresh_slots()
+        elif not self._cluster_node_logged:
+            self._cluster_node_logged = True
+            log.error(
+                "broker_is_cluster_node",
+                extra={
+                    "fields": {
+                        "redis": self._shown,
+                        "error": f"{type(error).__name__}: {error}",
+                        "hint": "list a Redis Cluster in ROOMHUB_BROKER as redis+cluster://",
+                    }
+                },
+            )
 
     def _set_up(self, up: bool) -> None:
         self._up = up
@@ -768,10 +795,13 @@ class RedisBroker:
         On a Redis Cluster node a script may touch the keys of one slot only, so no room
         list spans the rooms: the node's ``instances`` keys are found by ``SCAN`` and each
         room counted by the PRESENCE script, which costs Redis time in proportion to the
-        keys and rooms the node holds."""
+        keys and rooms the node holds. The match also takes a ban of a member named
+        ``...}:instances`` (``roomhub:{R}:ban:x}:instances``); a room name holds no ``}``, so
+        such a key is passed over."""
         found = [
-            key[CHANNEL_HEAD : -len(INSTANCES_TAIL)].decode()
+            room
             async for key in self._client.scan_iter(match=INSTANCES_MATCH, count=SCAN_COUNT)
+            if "}" not in (room := key[CHANNEL_HEAD : -len(INSTANCES_TAIL)].decode())
         ]
         pipe = self._client.pipeline(transaction=False)
         for room in found:
