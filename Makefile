@@ -70,7 +70,7 @@ run-lab: $(SERVE_STAMP)
 	exit $$status
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # ruff on every Python tree; mypy --strict on server/ (pyproject.toml [tool.mypy]).
 lint: $(STAMP)

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,20 +74,30 @@ def workers(tmp_path: Path, redis: RedisServer) -> Iterator[Workers]:
     log = tmp_path / "workers.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve"], env=env, stdout=out, stderr=out
+            [sys.executable, "-m", "server", "serve"],
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,  # its workers are killed with it, whatever the test did
         )
     running = Workers(proc, port, metrics_port, log)
     try:
         for target in [*running.targets(), f"http://127.0.0.1:{port}/readyz"]:
             wait_http_ok(target, 20.0, proc)
+        # /readyz on the shared port answers from whichever worker takes the connection:
+        # every worker's own broker must be up before a join may land on it.
+        deadline = time.monotonic() + 20.0
+        while any(scrape(t).get('chat_broker_up{shard="0"}') != 1 for t in running.targets()):
+            assert time.monotonic() < deadline, "a worker's broker did not come up within 20 s"
+            time.sleep(0.05)
         yield running
     except BaseException:
         sys.stderr.write(log.read_text()[-4000:])
         raise
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def counters(samples: dict[str, float]) -> dict[str, float]:
