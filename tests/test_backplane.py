@@ -209,6 +209,23 @@ async def test_a_room_whose_keys_redis_lost_refuses_then_restarts_in_a_new_epoch
     await bob.close()
 
 
+async def test_a_join_into_a_room_whose_keys_redis_lost_closes_its_members_with_1012(
+    make_instance: Any, redis_server: RedisServer
+) -> None:
+    a = await make_instance()
+    ann = await joined(a, "b", "ann")
+    await ann.say("m0")
+    assert (await ann.next_of("message"))["seq"] == 1
+
+    redis.Redis.from_url(redis_server.url).flushall()  # the instance stays connected
+    cy = await connect(a, "b", "cy")
+    assert (await cy.next_of("welcome"))["seq"] == 0
+    assert await ann.closed() == 1012
+    await cy.say("after")
+    assert (await cy.next_of("message"))["seq"] == 1
+    await cy.close()
+
+
 async def test_an_abandoned_rooms_keys_expire_and_it_restarts_in_a_new_epoch(
     make_instance: Any, redis_server: RedisServer
 ) -> None:
