@@ -4,7 +4,8 @@ every instance on one Redis.
 Keys of room ``R`` (the ``{R}`` hash tag keeps a room's keys together):
 
 * ``roomhub:{R}:epoch`` (made by the first join, so a Redis that lost its data gives the room
-  a new epoch), ``roomhub:{R}:seq`` (the last seq), ``roomhub:{R}:history`` (list of encoded
+  a new epoch; a message that finds none is refused and the room caught up, see SAY in
+  ``lua/say.lua``), ``roomhub:{R}:seq`` (the last seq), ``roomhub:{R}:history`` (list of encoded
   ``message`` events: its newest ``history_size`` are the room's history; SAY trims the rest
   only every few dozen messages);
 * ``roomhub:{R}:users:<instance>`` (hash: name key -> JSON-encoded name of each member on
@@ -866,8 +867,9 @@ class RedisBroker:
             repr(time.time()),
             self.history_size,
             self.retention,
-            # A room with a hub here has an epoch: if Redis has none, it lost the room.
-            None if room in self._sinks else new_epoch(),
+            # A room with members here has an epoch: if Redis has none, it lost the room.
+            # (Not "a hub here": the API starts the room's hub before it publishes.)
+            None if room in self._local else new_epoch(),
         )
         # SAY renews no expiry (a member's presence refresh does): a room the API publishes
         # into may have no member, so its keys are renewed here, as any use of a room does.
