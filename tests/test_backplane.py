@@ -171,6 +171,61 @@ async def test_redis_restarted_empty_mid_chat_unavailable_then_a_new_epoch(
     await bob.close()
 
 
+async def test_a_room_whose_keys_redis_lost_refuses_then_restarts_in_a_new_epoch(
+    make_instance: Any, redis_server: RedisServer
+) -> None:
+    a = await make_instance()
+    ann = await connect(a, "b", "ann")
+    old = await ann.next_of("welcome")
+    bob = await joined(a, "b", "bob")
+    for i in range(3):
+        await ann.say(f"m{i}")
+    assert [m["seq"] for m in await messages(bob, 3)] == [1, 2, 3]
+
+    redis.Redis.from_url(redis_server.url).flushall()  # the instance stays connected
+    sent = [f"lost{i}" for i in range(3)]
+    for text in sent:
+        await ann.say(text, id=text)
+    error = await ann.next_of("error")
+    assert (error["code"], error["reply_to"]) == ("unavailable", "lost0")
+    assert [await ann.closed(), await bob.closed()] == [1012, 1012]
+    refused = ["lost0"]
+    while not ann.events.empty():
+        event = ann.events.get_nowait()
+        refused += [event["reply_to"]] if event["type"] == "error" else []
+    ann = await connect(a, "b", "ann", since=3, epoch=old["epoch"])
+    new = await ann.next_of("welcome")
+    assert (new["reset"], new["epoch"] != old["epoch"]) == (True, True)
+    # Each message after the loss was refused or is in the new epoch's history, seq from 1.
+    kept = [m["text"] for m in new["history"]]
+    assert [m["seq"] for m in new["history"]] == list(range(1, len(kept) + 1))
+    assert sorted(refused + kept) == sent
+    bob = await joined(a, "b", "bob")
+    await ann.say("after", id="after")
+    for client in (ann, bob):
+        got = await client.next_of("message")
+        assert (got["text"], got["seq"]) == ("after", len(kept) + 1)
+    await ann.close()
+    await bob.close()
+
+
+async def test_a_join_into_a_room_whose_keys_redis_lost_closes_its_members_with_1012(
+    make_instance: Any, redis_server: RedisServer
+) -> None:
+    a = await make_instance()
+    ann = await joined(a, "b", "ann")
+    await ann.say("m0")
+    assert (await ann.next_of("message"))["seq"] == 1
+
+    redis.Redis.from_url(redis_server.url).flushall()  # the instance stays connected
+    cy = await connect(a, "b", "cy")
+    assert (await cy.next_of("welcome"))["seq"] == 0
+    assert await ann.closed() == 1012
+    await cy.say("after")
+    assert (await cy.next_of("message"))["seq"] == 1
+    await cy.close()
+
+
 async def test_an_abandoned_rooms_keys_expire_and_it_restarts_in_a_new_epoch(
     make_instance: Any, redis_server: RedisServer
 ) -> None:

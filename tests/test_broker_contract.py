@@ -16,7 +16,15 @@ import pytest
 import redis
 
 from server.rooms import names
-from server.rooms.broker import Broker, Control, Delivery, Event, Welcome
+from server.rooms.broker import (
+    Broker,
+    BrokerUnavailable,
+    Control,
+    Delivery,
+    Event,
+    Refused,
+    Welcome,
+)
 from server.rooms.broker.cluster import ClusterBroker
 from server.rooms.broker.memory import MemoryBroker
 from server.rooms.broker.redis import RedisBroker
@@ -409,3 +417,47 @@ async def test_a_burst_of_ban_checks_is_answered_while_messages_still_go(broker:
     broker.say("lobby", "ann", ChatMessage("during"), sender=1)
     assert await asyncio.gather(*checks) == [False] * 300
     assert (await sink.event())["text"] == "during"
+
+
+@pytest.mark.parametrize("broker", ["redis", "sharded", "cluster"], indirect=True)
+async def test_messages_into_a_room_whose_keys_redis_lost_are_refused_then_it_restarts(
+    broker: Broker,
+) -> None:
+    """Redis lost the room's keys (a flush, an eviction, a failover to a replica that was
+    behind) while the broker stayed connected: the messages of the batch are refused, the
+    room gets one catch-up welcome in a new epoch, and its seq starts again from 1."""
+    sink, old = await chatted(broker, "m0", "m1")
+    _flush(broker)
+    for n in range(3):
+        broker.say("lobby", "ann", ChatMessage(f"lost{n}", f"c{n}"), sender=1)
+    *refused, catch_up = await sink.take(4)
+    assert refused == [Refused(sender=1, reply_to=f"c{n}") for n in range(3)]
+    assert isinstance(catch_up, Welcome)
+    assert (catch_up.token, catch_up.seq, catch_up.history) == (0, 0, [])
+    assert catch_up.epoch != old.epoch
+    await sink.nothing_before(broker, "lobby")  # one catch-up, no message published
+    welcome = await join(broker, sink, "ann", 2, since=old.seq, epoch=old.epoch)
+    assert (welcome.epoch, welcome.reset) == (catch_up.epoch, True)
+    assert [event.seq for event in await say(broker, sink, "after")] == [1]
+
+
+@pytest.mark.parametrize("broker", ["redis", "sharded", "cluster"], indirect=True)
+async def test_an_api_publish_into_a_room_with_members_whose_keys_redis_lost_fails(
+    broker: Broker,
+) -> None:
+    """The room has members on this instance, so it must have an epoch: the publish makes
+    none, fails, and the room gets a catch-up welcome in a new epoch."""
+    sink, old = await chatted(broker, "m0")
+    _flush(broker)
+    with pytest.raises(BrokerUnavailable):
+        await broker.publish_message("lobby", "server", "hi", None)
+    (catch_up,) = await sink.take(1)
+    assert isinstance(catch_up, Welcome)
+    assert (catch_up.token, catch_up.seq, catch_up.epoch != old.epoch) == (0, 0, True)
+
+
+def _flush(broker: Broker) -> None:
+    """Empty every Redis of ``broker`` while it stays connected."""
+    for shard in redis_shards(broker):
+        with redis.Redis.from_url(shard.url) as admin:
+            admin.flushall()

@@ -351,8 +351,11 @@ async def test_messages_of_two_rooms_on_one_master_sent_together_keep_each_rooms
     got: dict[str, list[Delivery]] = {room: [] for room in rooms}
     try:
         await wait_until(lambda: all(shard.ready for shard in broker.shards))
-        for room in rooms:
+        for token, room in enumerate(rooms, 1):
             await broker.subscribe(room, got[room].append)
+            broker.join(room, "ann", None, None, token)  # a member's messages follow its join
+            await wait_until(lambda room=room: len(got[room]) == 2)  # its welcome and join
+            got[room].clear()
         for n in range(20):
             for room in rooms:
                 broker.say(room, "ann", ChatMessage(f"{room} {n}"), sender=1)

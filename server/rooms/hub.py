@@ -308,7 +308,7 @@ class RoomHub:
             # Members get earlier messages live; the joiner gets them as history.
             self._flush()
         if welcome.epoch != self.epoch:
-            self.epoch, self.seq = welcome.epoch, welcome.seq
+            self._reset(welcome)
         self.seq = max(self.seq, welcome.seq)
         conn.rename(welcome.user)
         event = welcome_event(
@@ -331,16 +331,22 @@ class RoomHub:
         """After a broker reconnect: hand out the history members missed meanwhile. If the
         broker lost the room (a new epoch), close the members so they resume in it."""
         if self.epoch and welcome.epoch != self.epoch:
+            self._reset(welcome)
+            return
+        for data in welcome.history:
+            self._on_event(Event(data, encoded_history_seq(data), urgent=True))
+
+    def _reset(self, welcome: Welcome) -> None:
+        """Take the room's epoch from ``welcome``; if the room had another, the broker lost
+        it (its keys too: a join or a catch-up made a new one), so close the members."""
+        if self.epoch:
             log.warning(
                 "room_reset",
                 extra={"fields": {"room": self.name, "epoch": self.epoch, "now": welcome.epoch}},
             )
             for conn in self.members:
                 conn.close(CloseReason.ROOM_RESET)
-            self.epoch, self.seq = welcome.epoch, welcome.seq
-            return
-        for data in welcome.history:
-            self._on_event(Event(data, encoded_history_seq(data), urgent=True))
+        self.epoch, self.seq = welcome.epoch, welcome.seq
 
     def _on_refused(self, refused: Refused) -> None:
         if refused.token is not None:

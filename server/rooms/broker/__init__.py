@@ -163,7 +163,9 @@ class Broker(Protocol):
 
     async def publish_message(self, room: str, user: str, text: str, data: object | None) -> int:
         """Sequence a backend's message (``server`` true) in ``room``, keep it in the history,
-        publish it to the members on every instance; return its ``seq``."""
+        publish it to the members on every instance; return its ``seq``. Raises
+        :class:`BrokerUnavailable` when the broker cannot (or found the room's keys lost
+        while it has members here: the room then starts a new epoch)."""
         ...
 
     async def delete(self, room: str, seq: int) -> bool:

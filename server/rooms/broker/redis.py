@@ -4,7 +4,8 @@ every instance on one Redis.
 Keys of room ``R`` (the ``{R}`` hash tag keeps a room's keys together):
 
 * ``roomhub:{R}:epoch`` (made by the first join, so a Redis that lost its data gives the room
-  a new epoch), ``roomhub:{R}:seq`` (the last seq), ``roomhub:{R}:history`` (list of encoded
+  a new epoch; a message that finds none is refused and the room caught up, see SAY in
+  ``lua/say.lua``), ``roomhub:{R}:seq`` (the last seq), ``roomhub:{R}:history`` (list of encoded
   ``message`` events: its newest ``history_size`` are the room's history; SAY trims the rest
   only every few dozen messages);
 * ``roomhub:{R}:users:<instance>`` (hash: name key -> JSON-encoded name of each member on
@@ -172,7 +173,7 @@ class _Op:
     """One queued operation: a script call, or a plain command when ``script`` is None;
     ``packed`` holds its RESP bytes once made (:meth:`wire`). A message has ``say`` instead:
     the RESP bytes of its keys and of its arguments in the SAY script, which takes several
-    messages per call (:class:`~server.rooms.broker.scripts.SayRoom`)."""
+    messages per call (:class:`~server.rooms.broker.scripts.SayRoom`), and its ``room``."""
 
     kind: str  # metrics.BROKER_OPERATIONS
     script: AsyncScript | None
@@ -182,6 +183,7 @@ class _Op:
     command: tuple[object, ...] = field(default=())
     packed: bytes = b""
     say: tuple[bytes, bytes] | None = None
+    room: str = ""
 
     def wire(self) -> bytes:
         """The operation's RESP bytes (EVALSHA for a script)."""
@@ -559,16 +561,21 @@ class RedisBroker:
         for room in self._local:
             self._refresh(room, whole=True)
         for room in self._sinks:
-            sync = Sync(
-                room,
-                self._welcome_channel(room),
-                new_epoch(),
-                _online_limit(),
-                self.retention,
-                self.history_size,
-                self._ranked,
-            )
-            self._enqueue(self._script_op("sync", sync))
+            self._catch_up(room)
+
+    def _catch_up(self, room: str) -> None:
+        """Hand ``room`` its history in a catch-up welcome (token 0), making it a new epoch if
+        Redis lost its keys: after a reconnect, or when SAY found them lost."""
+        sync = Sync(
+            room,
+            self._welcome_channel(room),
+            new_epoch(),
+            _online_limit(),
+            self.retention,
+            self.history_size,
+            self._ranked,
+        )
+        self._enqueue(self._script_op("sync", sync))
 
     # -- operations -------------------------------------------------------------------------
 
@@ -630,7 +637,8 @@ class RedisBroker:
         if parts is None:
             parts = self._say_parts[room] = SayRoom.of(room)
         args = parts.message(tail, repr(time.time()).encode())
-        self._enqueue(_Op("message", self._scripts["say"], [], [], failed, say=(parts.keys, args)))
+        say = (parts.keys, args)
+        self._enqueue(_Op("message", self._scripts["say"], [], [], failed, say=say, room=room))
 
     def publish(self, room: str, event: bytes) -> None:
         data = payload.encode_event(payload.BOT, 0, time.time(), event)
@@ -709,17 +717,24 @@ class RedisBroker:
             )
             results = [exc] * len(ops)
         elapsed = time.perf_counter() - started
+        lost: dict[str, None] = {}
         for op, result in zip(ops, results, strict=True):
             if isinstance(result, Exception):
                 self._fail(op)
                 self._moved(result)
+            elif result == 0 and op.say is not None:
+                lost[op.room] = None
+                self._fail(op)
             else:
                 metrics.BROKER_PUBLISH.observe(elapsed)
+        for room in lost:
+            self._catch_up(room)
 
     async def _execute(self, ops: list[_Op]) -> list[object]:
         """Send ``ops`` as one write of their RESP bytes on a pooled connection and read a
-        reply for each (an error reply as its exception), under one timeout for the whole
-        batch rather than one per reply (``timeout=math.inf``: none per read)."""
+        reply for each (an error reply as its exception; a message's seq, 0 when SAY found
+        the room's keys lost), under one timeout for the whole batch rather than one per
+        reply (``timeout=math.inf``: none per read)."""
         pool = self._client.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py: not annotated
         try:
@@ -731,8 +746,12 @@ class RedisBroker:
                     try:
                         reply = await conn.read_response(timeout=math.inf)
                     except ResponseError as exc:
-                        reply = exc
-                    results.extend([reply] * count)
+                        results.extend([exc] * max(count, 1))
+                        continue
+                    if count:
+                        results.extend(reply)
+                    else:
+                        results.append(reply)
             return results
         except BaseException:
             await conn.disconnect()
@@ -741,15 +760,16 @@ class RedisBroker:
             await pool.release(conn)
 
     def _pack(self, ops: list[_Op]) -> tuple[bytes, list[int]]:
-        """The RESP bytes of ``ops``, in order, and how many of them each reply answers:
-        a run of messages (up to ``SAY_BATCH``) is one SAY call, any other op one command."""
+        """The RESP bytes of ``ops``, in order, and what each reply answers: a run of
+        messages (up to ``SAY_BATCH``) is one SAY call, whose reply holds a seq for each of
+        its ``count`` messages; any other op is one command, whose reply (0) is its own."""
         chunks: list[bytes] = []
         replies: list[int] = []
         start, end = 0, len(ops)
         while start < end:
             if ops[start].say is None:
                 chunks.append(ops[start].wire())
-                replies.append(1)
+                replies.append(0)
                 start += 1
                 continue
             stop = start + 1
@@ -847,6 +867,9 @@ class RedisBroker:
             repr(time.time()),
             self.history_size,
             self.retention,
+            # A room with members here has an epoch: if Redis has none, it lost the room.
+            # (Not "a hub here": the API starts the room's hub before it publishes.)
+            None if room in self._local else new_epoch(),
         )
         # SAY renews no expiry (a member's presence refresh does): a room the API publishes
         # into may have no member, so its keys are renewed here, as any use of a room does.
@@ -855,7 +878,12 @@ class RedisBroker:
         for key in room_keys(room, "seq", "history", "epoch"):
             pipe.expire(key, self.retention)
         answers = await self._call("publish", pipe.execute())
-        return int(answers[0][0])
+        seq = int(answers[0][0])
+        if not seq:
+            metrics.BROKER_ERRORS.labels("query").inc()
+            self._catch_up(room)
+            raise BrokerUnavailable("redis lost the room's keys (publish)")
+        return seq
 
     async def delete(self, room: str, seq: int) -> bool:
         delete = Delete(

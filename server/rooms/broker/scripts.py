@@ -83,7 +83,9 @@ class Say:
 
     KEYS: the room's seq and history. ARGV: the room's channel, the event's tail (after
     ``{"type":"message","seq":N``), ``published`` (``time.time()`` as text), the history size,
-    the retention (seconds). The script returns the seq of each message.
+    the retention (seconds), then ``fresh_epoch`` when given: the epoch the script makes if
+    the room has none (a room nobody joined yet); without it such a message is lost. The
+    script returns the seq of each message, 0 for a lost one.
     """
 
     NAME: ClassVar[str] = "say"
@@ -92,12 +94,21 @@ class Say:
     published: str
     history_size: int
     retention: int
+    fresh_epoch: str | None = None
 
     def keys(self) -> list[str]:
         return room_keys(self.room, "seq", "history")
 
     def args(self) -> list[Arg]:
-        return [channel(self.room), self.tail, self.published, self.history_size, self.retention]
+        fresh = [] if self.fresh_epoch is None else [self.fresh_epoch]
+        return [
+            channel(self.room),
+            self.tail,
+            self.published,
+            self.history_size,
+            self.retention,
+            *fresh,
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +149,9 @@ def say_head(sha: str, count: int) -> bytes:
 
 
 def say_settings(history_size: int, retention: int) -> bytes:
-    """The last two ARGV of every SAY call, in RESP: the history size and the retention."""
+    """The last two ARGV of every member's SAY call, in RESP: the history size and the
+    retention (no fresh epoch: a room with members has one, so a message into a room without
+    one is lost)."""
     return bulk(b"%d" % history_size) + bulk(b"%d" % retention)
 
 
