@@ -25,15 +25,17 @@ names to compare settings),
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from redis import Redis
 
 from .measure import GRACE_SECONDS, K6, ROOT, _k6_args, planned_seconds
 from .procstat import usage
@@ -89,20 +91,13 @@ def _load() -> float:
 
 
 def _commandstats(port: int) -> dict[str, dict[str, float]]:
-    """``INFO commandstats`` as ``{command: {calls, usec, ...}}`` (RESP by hand, no client)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"INFO commandstats\r\n")
-        data = b""
-        while not data.startswith(b"$") or data.count(b"\r\n") < 2 or not data.endswith(b"\r\n"):
-            data += sock.recv(65536)
-    stats: dict[str, dict[str, float]] = {}
-    for line in data.decode().splitlines():
-        if line.startswith("cmdstat_"):
-            name, _, fields = line[len("cmdstat_") :].partition(":")
-            stats[name] = {
-                k: float(v) for k, v in (f.split("=") for f in fields.split(",")) if k != "rejected"
-            }
-    return stats
+    """``INFO commandstats`` as ``{command: {calls, usec, ...}}``."""
+    with contextlib.closing(Redis(port=port, socket_timeout=5)) as client:
+        stats = client.info("commandstats")
+    return {
+        name.removeprefix("cmdstat_"): {k: float(v) for k, v in fields.items()}
+        for name, fields in stats.items()
+    }
 
 
 def run_once(tree: str, directory: Path, out: Path, extra: dict[str, str]) -> Result:
