@@ -146,8 +146,9 @@ class Connection(asyncio.Protocol):
         self._frames = Frames(
             Side.SERVER, max_size=READ_LIMIT_FACTOR * settings.max_msg_size, logger=FRAMES_LOG
         )
-        # A partial frame read so far; None once the frame protocol reads the stream itself.
-        self._inbound: bytearray | None = bytearray()
+        # A partial frame read so far (a bytearray, grown in place), b"" when none, or None
+        # once the frame protocol reads the stream itself.
+        self._inbound: bytearray | bytes | None = b""
         self.outbox = Outbox(transport)
         self.state = CONNECTING
         self._reason: CloseReason | None = None
@@ -200,10 +201,11 @@ class Connection(asyncio.Protocol):
             self._feed(data)
             self._send_frames()
             return
+        held = inbound if isinstance(inbound, bytearray) else None
         buffer: bytes | bytearray = data
-        if inbound:
-            inbound += data
-            buffer = inbound
+        if held is not None:
+            held += data
+            buffer = held
         frames = self._frames
         spans, rest, refused = split(
             buffer, READ_LIMIT_FACTOR * self.dispatcher.settings.max_msg_size
@@ -226,10 +228,13 @@ class Connection(asyncio.Protocol):
         if refused:
             self._inbound = None
             self._feed(buffer[rest:])
-        elif buffer is inbound:
-            del inbound[:rest]
-        elif rest < len(buffer):
-            inbound += buffer[rest:]
+        elif held is None:
+            if rest < len(data):
+                self._inbound = bytearray(data[rest:])
+        elif rest == len(held):
+            self._inbound = b""
+        else:
+            del held[:rest]
         self._send_frames()
 
     def _feed(self, data: bytes | bytearray) -> None:
