@@ -14,9 +14,7 @@ follows and 127 a 64-bit one (network byte order); then the 4-byte masking key.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-__all__ = ["BINARY_MESSAGE", "TEXT_MESSAGE", "Span", "Split", "split"]
+__all__ = ["BINARY_MESSAGE", "TEXT_MESSAGE", "Span", "split"]
 
 TEXT_MESSAGE = 0x81
 """Byte 0 of a whole text message in one frame: FIN set, RSV1-3 clear, opcode 0x1."""
@@ -32,26 +30,17 @@ Span = tuple[int, int, int, int]
 the offset of its payload (after the masking key) and the offset just past it."""
 
 
-class Split(NamedTuple):
-    """What :func:`split` found at the start of a buffer."""
-
-    frames: list[Span]
-    """The whole frames, in stream order."""
-    rest: int
-    """The offset of the bytes after them: a frame not whole yet (possibly empty), or, when
-    ``refused``, a header to hand to the protocol with everything after it."""
-    refused: bool
-    """Whether ``rest`` starts with a header the protocol fails on at sight: unknown opcode,
-    no mask, or a payload over the limit."""
-
-
-def split(data: bytes | bytearray, max_size: int) -> Split:
-    """The whole client frames at the start of ``data`` and where the rest begins.
+def split(data: bytes | bytearray, max_size: int) -> tuple[list[Span], int, bool]:
+    """The whole client frames at the start of ``data``, the offset where the bytes after them
+    start, and whether those bytes start with a refused header.
 
     ``max_size`` is the longest payload (bytes) a frame may announce. Splitting stops at the
-    first frame that is not whole yet and at the first header that is refused (:class:`Split`);
-    a frame with RSV bits set, or a control frame that breaks section 5.5, is whole like any
-    other: judging it is the protocol's job. Never raises.
+    first frame that is not whole yet (the bytes after the whole frames are its start, possibly
+    none) and at the first refused header: an unknown opcode, no mask, or a payload over
+    ``max_size``, which the protocol fails on at sight and which it is handed with everything
+    after it. A frame with RSV bits set, or a control frame that breaks section 5.5, is whole
+    like any other: judging it is the protocol's job. Never raises. (A plain tuple, not a
+    NamedTuple: making one of those costs about 0.3 µs, a quarter of this whole function.)
     """
     frames: list[Span] = []
     size = len(data)
@@ -59,7 +48,7 @@ def split(data: bytes | bytearray, max_size: int) -> Split:
     while size - at >= 2:
         head, second = data[at], data[at + 1]
         if head & 0x0F not in OPCODES or not second & 0x80:
-            return Split(frames, at, True)
+            return frames, at, True
         length = second & 0x7F
         if length < 126:
             body = at + 6
@@ -74,10 +63,10 @@ def split(data: bytes | bytearray, max_size: int) -> Split:
             length = int.from_bytes(data[at + 2 : at + 10], "big")
             body = at + 14
         if length > max_size:
-            return Split(frames, at, True)
+            return frames, at, True
         end = body + length
         if end > size:
             break
         frames.append((head, at, body, end))
         at = end
-    return Split(frames, at, False)
+    return frames, at, False
