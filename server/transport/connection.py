@@ -2,12 +2,17 @@
 handshake and its life (:class:`State`).
 
 A :class:`Connection` is the asyncio protocol of its socket (:func:`.upgrade.take_over` hands
-it over from aiohttp), so an idle connection costs no task. Frames are read with the
-Sans-I/O ``Protocol`` of the ``websockets`` library (RFC 6455 framing, masking, fragments,
-control frames, the closing handshake; its guide:
-https://websockets.readthedocs.io/en/stable/howto/sansio.html): it answers pings and a
-client's close frame itself. Each whole message goes to the app's :class:`Dispatcher` as it
-arrives, after a :class:`~.bucket.TokenBucket` rate check the dispatcher asks for.
+it over from aiohttp), so an idle connection costs no task. The connection splits its
+inbound stream into whole frames itself (:func:`.frames.split`) and holds a partial frame until
+the rest arrives. The common frame, a whole masked text or binary message while the
+connection is open and no fragmented message is in progress, is unmasked and handled at once.
+Every other frame goes whole to the Sans-I/O ``Protocol`` of the ``websockets`` library, the
+authority on RFC 6455 (fragments, control frames, reserved bits, the closing handshake; its
+guide: https://websockets.readthedocs.io/en/stable/howto/sansio.html), which answers pings
+and a client's close frame itself and fails the connection on what breaks the RFC. From a
+header it fails on at sight (a payload over its limit: 1009; no mask or an unknown opcode:
+1002) it reads the stream itself. Each whole message goes to the app's :class:`Dispatcher` as
+it arrives, after a :class:`~.bucket.TokenBucket` rate check the dispatcher asks for.
 
 Hubs hand events to :meth:`Connection.deliver`, which never awaits. When nothing is queued
 and the socket is not backed up, the frame is written at once (the fast path). Otherwise the
@@ -39,11 +44,13 @@ from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import OPEN as FRAMES_OPEN
 from websockets.protocol import Protocol as Frames
 from websockets.protocol import Side
+from websockets.speedups import apply_mask
 
 from ..ops import metrics
 from ..ops.config import Settings
 from ..wire.protocol import PING_FRAME, CloseReason, text_frame
 from .bucket import TokenBucket
+from .frames import BINARY_MESSAGE, TEXT_MESSAGE, split
 from .limits import Address
 from .outbox import Outbox
 
@@ -94,6 +101,7 @@ class State(enum.Enum):
 # The members as plain names: on Python 3.11 each ``State.X`` costs a class lookup (~0.1 µs),
 # and the state is checked once per recipient of every fan-out (deliver).
 CONNECTING, OPEN, CLOSING, CLOSED = State.CONNECTING, State.OPEN, State.CLOSING, State.CLOSED
+TEXT, BINARY = Opcode.TEXT, Opcode.BINARY
 
 
 class Connection(asyncio.Protocol):
@@ -110,6 +118,7 @@ class Connection(asyncio.Protocol):
         "_expiry",
         "_fragments",
         "_frames",
+        "_inbound",
         "_quiet_sweeps",
         "_reason",
         "_user",
@@ -137,6 +146,9 @@ class Connection(asyncio.Protocol):
         self._frames = Frames(
             Side.SERVER, max_size=READ_LIMIT_FACTOR * settings.max_msg_size, logger=FRAMES_LOG
         )
+        # A partial frame read so far (a bytearray, grown in place), b"" when none, or None
+        # once the frame protocol reads the stream itself.
+        self._inbound: bytearray | bytes | None = b""
         self.outbox = Outbox(transport)
         self.state = CONNECTING
         self._reason: CloseReason | None = None
@@ -184,6 +196,49 @@ class Connection(asyncio.Protocol):
             self.state = OPEN
 
     def data_received(self, data: bytes) -> None:
+        inbound = self._inbound
+        if inbound is None:  # since a refused header (.frames.split) the protocol reads it all
+            self._feed(data)
+            self._send_frames()
+            return
+        held = inbound if isinstance(inbound, bytearray) else None
+        buffer: bytes | bytearray = data
+        if held is not None:
+            held += data
+            buffer = held
+        frames = self._frames
+        spans, rest, refused = split(
+            buffer, READ_LIMIT_FACTOR * self.dispatcher.settings.max_msg_size
+        )
+        for head, start, body, end in spans:
+            self._quiet_sweeps = 0
+            if (
+                head in (TEXT_MESSAGE, BINARY_MESSAGE)
+                and self._fragments is None
+                and self.state is OPEN
+                and frames.state is FRAMES_OPEN
+            ):
+                message = apply_mask(buffer[body:end], buffer[body - 4 : body])
+                try:
+                    self._on_message(TEXT if head == TEXT_MESSAGE else BINARY, message)
+                except Exception:
+                    self._failed()
+            else:
+                self._feed(buffer[start:end])
+        if refused:
+            self._inbound = None
+            self._feed(buffer[rest:])
+        elif held is None:
+            if rest < len(data):
+                self._inbound = bytearray(data[rest:])
+        elif rest == len(held):
+            self._inbound = b""
+        else:
+            del held[:rest]
+        self._send_frames()
+
+    def _feed(self, data: bytes | bytearray) -> None:
+        """Hand ``data`` to the frame protocol and handle the frames it gives back."""
         frames = self._frames
         frames.receive_data(data)
         # A bare frame Protocol yields Frames only (Request and Response are a handshake's).
@@ -192,11 +247,12 @@ class Connection(asyncio.Protocol):
             try:
                 self._on_frame(frame)
             except Exception:
-                log.exception(
-                    "frame_failed", extra={"fields": {"room": self.room, "user": self.user}}
-                )
-                self.close(CloseReason.ERROR)
-        self._send_frames()
+                self._failed()
+
+    def _failed(self) -> None:
+        """Handling a frame raised (in an ``except`` block): log it, close with 1011."""
+        log.exception("frame_failed", extra={"fields": {"room": self.room, "user": self.user}})
+        self.close(CloseReason.ERROR)
 
     def eof_received(self) -> None:
         self._frames.receive_eof()
