@@ -223,6 +223,14 @@ def test_big_rooms_fan_out_within_the_documented_frame_budgets(
     assert message_interval(0, members) == presence_interval(0, members) == 0
 
 
+@pytest.mark.parametrize(("members", "wait"), [(1, 0.001), (2, 0.002), (5, 0.005), (10, 0.01)])
+def test_rooms_under_ten_members_wait_a_tenth_of_the_interval_per_member(
+    members: int, wait: float
+) -> None:
+    assert message_interval(0.01, members) == pytest.approx(wait)
+    assert presence_interval(0.01, members) == pytest.approx(wait)
+
+
 @pytest.mark.parametrize(
     ("frame", "code", "reply_to"),
     [

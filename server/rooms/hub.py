@@ -5,8 +5,9 @@ A room's epoch, order, history and member count belong to the instance's broker
 join, leave, say or publish, and fans out only what the broker hands back, in the broker's
 order, so each member on any instance gets each event once. Each wake-up drains every waiting
 inbox item and hands each member the whole batch of events as one frame, never awaiting a
-client. Fan-outs of one room are at least ``fanout_interval`` seconds apart, longer in a big
-room (:func:`message_interval`: a fan-out costs a write per member, whatever it carries):
+client. Fan-outs of one room are at least ``fanout_interval`` seconds apart (a share of it in
+a room of fewer than :data:`FULL_WAIT_MEMBERS`), longer in a big room
+(:func:`message_interval`: a fan-out costs a write per member, whatever it carries):
 under load, events that arrive in between leave together; a quiet room fans out at once.
 Joins and leaves alone may wait longer in a big room (a join storm would otherwise cost a
 frame per join per member), and leave with the next message at the latest. A room empty for
@@ -74,13 +75,20 @@ class Hold:
 HOLD = Hold()
 
 
+FULL_WAIT_MEMBERS = 10
+"""Members from which a room waits the whole base interval between fan-outs; a smaller room
+waits a share of it per member: there a fan-out costs few writes, fewer than the timer and
+second wake-up of a wait (docs/scaling.md, "The fan-out interval in small rooms")."""
+
+
 def spacing(base: float, members: int, budget: int, longest: float) -> float:
-    """Seconds between two fan-outs of a room with ``members``: ``base``, or longer when
-    ``members / base`` frames per second would exceed ``budget`` (at most ``longest``).
-    ``base`` 0 turns coalescing off."""
+    """Seconds between two fan-outs of a room with ``members``: ``base`` (a share of it below
+    :data:`FULL_WAIT_MEMBERS`), or longer when that many fan-outs a second would exceed
+    ``budget`` frames (at most ``longest``). ``base`` 0 turns coalescing off."""
     if base <= 0:
         return 0.0
-    return min(max(base, members / budget), longest)
+    floor = base if members >= FULL_WAIT_MEMBERS else base * members / FULL_WAIT_MEMBERS
+    return min(max(floor, members / budget), longest)
 
 
 def message_interval(base: float, members: int) -> float:
@@ -101,12 +109,18 @@ def fan_out(members: dict[Connection, None], events: list[bytes], max_frame_size
         return
     started = time.perf_counter()
     frames = 0
-    waiting = deque(events)
-    while waiting:
-        chunk = take_batch(waiting, max_frame_size)
-        wire = text_frame(batch(chunk))
+    # "[" + events joined by "," + "]": most fan-outs fit one frame, taken whole.
+    if sum(map(len, events)) + len(events) + 1 <= max_frame_size:
+        wire = text_frame(batch(events))
         for conn in members:
-            frames += conn.deliver(wire, chunk)
+            frames += conn.deliver(wire, events)
+    else:
+        waiting = deque(events)
+        while waiting:
+            chunk = take_batch(waiting, max_frame_size)
+            wire = text_frame(batch(chunk))
+            for conn in members:
+                frames += conn.deliver(wire, chunk)
     metrics.BROADCAST_FANOUT.observe(time.perf_counter() - started)
     metrics.BROADCAST_RECIPIENTS.observe(len(members))
     metrics.EVENTS_DELIVERED.inc(len(events) * len(members))

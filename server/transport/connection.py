@@ -210,6 +210,7 @@ class Connection(asyncio.Protocol):
         spans, rest, refused = split(
             buffer, READ_LIMIT_FACTOR * self.dispatcher.settings.max_msg_size
         )
+        fed = refused  # whether the frame protocol got bytes, and so may have frames to send
         for head, start, body, end in spans:
             self._quiet_sweeps = 0
             if (
@@ -224,6 +225,7 @@ class Connection(asyncio.Protocol):
                 except Exception:
                     self._failed()
             else:
+                fed = True
                 self._feed(buffer[start:end])
         if refused:
             self._inbound = None
@@ -235,7 +237,8 @@ class Connection(asyncio.Protocol):
             self._inbound = b""
         else:
             del held[:rest]
-        self._send_frames()
+        if fed:
+            self._send_frames()
 
     def _feed(self, data: bytes | bytearray) -> None:
         """Hand ``data`` to the frame protocol and handle the frames it gives back."""
@@ -328,6 +331,7 @@ class Connection(asyncio.Protocol):
                 # RFC 6455 section 8.1: fail the connection, as for a framing error.
                 self._frames.fail(1007, f"{exc.reason} at position {exc.start}")
                 self._closing()
+                self._send_frames()
                 return
             self.dispatcher.on_message(self, text)
 
