@@ -35,7 +35,8 @@ increments the seq, appends the encoded event to the capped history and publishe
 gives the joiner the first of its candidate names (the one it asked for, then ``-2``,
 ``-3``, ...) that no instance holds, publishes its :class:`~server.rooms.broker.Welcome` on the
 instance channel and then the ``join`` event on the room channel. Operations leave in one
-ordered pipeline over the command connection (redis-py's pool); every subscription shares
+ordered pipeline over the publisher's own connection (held while it works, taken again after
+a failure or an outage); the server API's queries use redis-py's pool; every subscription shares
 one pub/sub connection, read by one task, so a welcome reaches the hub exactly between the
 events it covers and the ones after it.
 
@@ -66,6 +67,7 @@ from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -125,8 +127,8 @@ SUBSCRIBE_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 5.0
 """Seconds one command (or pipeline) may take before Redis counts as unavailable."""
 POOL_SIZE = 32
-"""Connections to one Redis at most: the pub/sub reader, the publisher's pipeline and the
-server API's and handshake's queries; a query finding none free waits for one."""
+"""Connections to one Redis at most for the pub/sub reader and the server API's queries; a
+query finding none free waits for one. The publisher has a connection of its own besides."""
 CLOSE_DRAIN = 2.0
 """Seconds :meth:`RedisBroker.close` waits for queued operations (the last leaves)."""
 CONTROL_CHANNEL = "roomhub:control"
@@ -256,6 +258,18 @@ class RedisBroker:
             socket_connect_timeout=COMMAND_TIMEOUT,
         )
         self._client = aioredis.Redis(connection_pool=self._pool)
+        # The publisher's own connection, taken once and kept while it works. No socket
+        # timeout: its batch has one timeout of its own (COMMAND_TIMEOUT), and redis-py puts
+        # every write under asyncio.wait_for when a socket timeout is set (a task per write).
+        self._publisher_pool = aioredis.ConnectionPool.from_url(
+            url,
+            max_connections=1,
+            retry=Retry(NoBackoff(), 0),
+            socket_timeout=None,
+            socket_connect_timeout=COMMAND_TIMEOUT,
+        )
+        self._connection: AbstractConnection | None = None
+        self._connection_stale = False  # set on an outage: take a new one before sending
         self._scripts = {
             name: self._client.register_script(scripts.source(name, sharded_pubsub))
             for name in scripts.SCRIPTS
@@ -305,9 +319,11 @@ class RedisBroker:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._drop_connection()
         with contextlib.suppress(RedisError, OSError):
             await self._client.aclose()
             await self._pool.aclose()
+            await self._publisher_pool.aclose()
 
     # -- subscriptions ----------------------------------------------------------------------
 
@@ -555,6 +571,10 @@ class RedisBroker:
 
     def _set_up(self, up: bool) -> None:
         self._up = up
+        if not up:
+            # The publisher's connection may have died with the pub/sub one, unnoticed
+            # while nothing was sent: the first batch after the reconnect goes on a new one.
+            self._connection_stale = True
 
     def _resync(self) -> None:
         """After a reconnect: rewrite this instance's presence, then hand each room its history."""
@@ -731,14 +751,14 @@ class RedisBroker:
             self._catch_up(room)
 
     async def _execute(self, ops: list[_Op]) -> list[object]:
-        """Send ``ops`` as one write of their RESP bytes on a pooled connection and read a
-        reply for each (an error reply as its exception; a message's seq, 0 when SAY found
+        """Send ``ops`` as one write of their RESP bytes on the publisher's connection and read
+        a reply for each (an error reply as its exception; a message's seq, 0 when SAY found
         the room's keys lost), under one timeout for the whole batch rather than one per
-        reply (``timeout=math.inf``: none per read)."""
-        pool = self._client.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py: not annotated
+        reply (``timeout=math.inf``: none per read). Any failure drops the connection; the
+        next batch takes a new one."""
         try:
             async with asyncio.timeout(COMMAND_TIMEOUT):
+                conn = await self._publisher_connection()
                 wire, replies = self._pack(ops)
                 await conn.send_packed_command(wire, False)
                 results: list[object] = []
@@ -754,10 +774,37 @@ class RedisBroker:
                         results.append(reply)
             return results
         except BaseException:
-            await conn.disconnect()
+            await self._drop_connection()
             raise
+
+    async def _publisher_connection(self) -> AbstractConnection:
+        """The publisher's connection: the one it holds, unless an outage made it stale or
+        Redis closed it (seen before anything is written, so nothing is sent twice); else a
+        new one from its pool."""
+        conn = self._connection
+        if conn is not None and not self._connection_stale:
+            try:
+                if not await conn.can_read():  # data waiting would be no batch's reply
+                    return conn
+            except (RedisError, OSError):
+                pass
+        await self._drop_connection()
+        self._connection_stale = False
+        taken: AbstractConnection = await self._publisher_pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py: not annotated
+        self._connection = taken
+        return taken
+
+    async def _drop_connection(self) -> None:
+        """Close the publisher's connection, if it holds one, and give it back to its pool."""
+        conn, self._connection = self._connection, None
+        if conn is None:
+            return
+        try:
+            await conn.disconnect(nowait=True)
+        except (RedisError, OSError):
+            pass
         finally:
-            await pool.release(conn)
+            await self._publisher_pool.release(conn)
 
     def _pack(self, ops: list[_Op]) -> tuple[bytes, list[int]]:
         """The RESP bytes of ``ops``, in order, and what each reply answers: a run of
