@@ -1,6 +1,6 @@
 """The RedisBroker's publisher on a real redis-server: it keeps one connection of its own
 while that works, and takes a new one when Redis closed it or went away, so operations flow
-again without a lost batch."""
+again without a lost batch; ban checks go through it and are refused while Redis is away."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis
 
-from server.rooms.broker import Event, Refused, Welcome
+from server.rooms.broker import BrokerUnavailable, Event, Refused, Welcome
 from server.rooms.broker.redis import RedisBroker
 from server.wire.protocol import ChatMessage
 from tests.chat import wait_until
@@ -73,3 +73,16 @@ async def test_messages_flow_again_after_redis_restarts(
     assert isinstance(catch_up, Welcome) and catch_up.token == 0
     got = await said(broker, sink, "after")
     assert isinstance(got, Event) and got.seq == 1
+
+
+async def test_a_ban_check_while_redis_is_down_is_refused_and_answered_once_it_is_back(
+    broker: RedisBroker, redis_server: RedisServer
+) -> None:
+    redis_server.stop()
+    await wait_until(lambda: not broker.ready, timeout=WAIT)
+    with pytest.raises(BrokerUnavailable):
+        await broker.banned("lobby", "ann")
+    redis_server.start()
+    await wait_until(lambda: broker.ready, timeout=WAIT)
+    await broker.ban("lobby", "ann", None)
+    assert await broker.banned("lobby", "ann") is True

@@ -175,7 +175,8 @@ class _Op:
     """One queued operation: a script call, or a plain command when ``script`` is None;
     ``packed`` holds its RESP bytes once made (:meth:`wire`). A message has ``say`` instead:
     the RESP bytes of its keys and of its arguments in the SAY script, which takes several
-    messages per call (:class:`~server.rooms.broker.scripts.SayRoom`), and its ``room``."""
+    messages per call (:class:`~server.rooms.broker.scripts.SayRoom`), and its ``room``. A
+    query has ``answer``, the future its reply resolves."""
 
     kind: str  # metrics.BROKER_OPERATIONS
     script: AsyncScript | None
@@ -186,6 +187,7 @@ class _Op:
     packed: bytes = b""
     say: tuple[bytes, bytes] | None = None
     room: str = ""
+    answer: asyncio.Future[object] | None = None
 
     def wire(self) -> bytes:
         """The operation's RESP bytes (EVALSHA for a script)."""
@@ -747,6 +749,8 @@ class RedisBroker:
                 self._fail(op)
             else:
                 metrics.BROKER_PUBLISH.observe(elapsed)
+                if op.answer is not None and not op.answer.done():
+                    op.answer.set_result(result)
         for room in lost:
             self._catch_up(room)
 
@@ -968,7 +972,19 @@ class RedisBroker:
         return bool(await self._call("unban", self._client.delete(_ban_key(room, user))))
 
     async def banned(self, room: str, user: str) -> bool:
-        return bool(await self._call("banned", self._client.exists(_ban_key(room, user))))
+        """Asked in the publisher's pipeline (an EXISTS whose reply resolves a future), not on
+        a pooled connection: the checks of a burst of handshakes leave in one write instead of
+        contending for the pool. Refused at once while Redis is unavailable, and when the
+        batch fails (a :class:`BrokerUnavailable`, as every other query)."""
+        answer: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+        def failed() -> None:
+            if not answer.done():
+                answer.set_exception(BrokerUnavailable("redis is unavailable (banned)"))
+
+        key = _ban_key(room, user)
+        self._enqueue(_Op("query", None, [], [], failed, command=("EXISTS", key), answer=answer))
+        return bool(await answer)
 
 
 def _ban_key(room: str, user: str) -> str:
