@@ -251,8 +251,12 @@ class RedisBroker:
         # COMMAND_TIMEOUT) instead of failing: a burst of joins each asking whether its name
         # is banned must not take every connection and make the publisher's batch fail with
         # "Too many connections" (redis-py's default pool: 100, then an error).
+        # RESP2 (redis-py 8 speaks RESP3 unless told): a pub/sub message is then a plain
+        # array reply, read without redis-py's push-notification handling, which cost about
+        # a third of the reader's time per message (measured; docs/scaling.md).
         self._pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            protocol=2,
             max_connections=POOL_SIZE,
             timeout=COMMAND_TIMEOUT,
             retry=Retry(NoBackoff(), 0),
@@ -265,6 +269,7 @@ class RedisBroker:
         # every write under asyncio.wait_for when a socket timeout is set (a task per write).
         self._publisher_pool = aioredis.ConnectionPool.from_url(
             url,
+            protocol=2,
             max_connections=1,
             retry=Retry(NoBackoff(), 0),
             socket_timeout=None,
