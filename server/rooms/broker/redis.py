@@ -248,12 +248,11 @@ class RedisBroker:
         self._instance_bytes = self._instance_channel.encode()
         self._welcome_suffix = f":welcome:{self.instance}".encode()
         # A bounded pool that makes a caller wait for a free connection (up to
-        # COMMAND_TIMEOUT) instead of failing: a burst of joins each asking whether its name
-        # is banned must not take every connection and make the publisher's batch fail with
-        # "Too many connections" (redis-py's default pool: 100, then an error).
+        # COMMAND_TIMEOUT) instead of failing: a burst of server API queries must not fail
+        # with "Too many connections" (redis-py's default pool: 100, then an error).
         # RESP2 (redis-py 8 speaks RESP3 unless told): a pub/sub message is then a plain
-        # array reply, read without redis-py's push-notification handling, which cost about
-        # a third of the reader's time per message (measured; docs/scaling.md).
+        # array reply, read without redis-py's push-notification handling, which more than
+        # doubled the reader's CPU per message (measured; docs/scaling.md).
         self._pool = aioredis.BlockingConnectionPool.from_url(
             url,
             protocol=2,
