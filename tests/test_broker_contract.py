@@ -398,6 +398,13 @@ async def test_a_ban_holds_until_lifted_or_expired(broker: Broker) -> None:
             await asyncio.sleep(0.05)
 
 
+async def test_ban_checks_asked_at_once_each_get_their_own_answer(broker: Broker) -> None:
+    await broker.ban("lobby", "u1", None)
+    await broker.ban("lobby", "u4", None)
+    checks = [broker.banned("lobby", f"u{n}") for n in range(6)]
+    assert await asyncio.gather(*checks) == [False, True, False, False, True, False]
+
+
 async def test_a_control_order_reaches_the_control_sink_once(broker: Broker) -> None:
     orders: list[Control] = []
     broker.on_control(orders.append)

@@ -35,7 +35,8 @@ increments the seq, appends the encoded event to the capped history and publishe
 gives the joiner the first of its candidate names (the one it asked for, then ``-2``,
 ``-3``, ...) that no instance holds, publishes its :class:`~server.rooms.broker.Welcome` on the
 instance channel and then the ``join`` event on the room channel. Operations leave in one
-ordered pipeline over the command connection (redis-py's pool); every subscription shares
+ordered pipeline over the publisher's own connection (held while it works, taken again after
+a failure or an outage); the server API's queries use redis-py's pool; every subscription shares
 one pub/sub connection, read by one task, so a welcome reaches the hub exactly between the
 events it covers and the ones after it.
 
@@ -66,6 +67,7 @@ from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -125,8 +127,8 @@ SUBSCRIBE_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 5.0
 """Seconds one command (or pipeline) may take before Redis counts as unavailable."""
 POOL_SIZE = 32
-"""Connections to one Redis at most: the pub/sub reader, the publisher's pipeline and the
-server API's and handshake's queries; a query finding none free waits for one."""
+"""Connections to one Redis at most for the pub/sub reader and the server API's queries; a
+query finding none free waits for one. The publisher has a connection of its own besides."""
 CLOSE_DRAIN = 2.0
 """Seconds :meth:`RedisBroker.close` waits for queued operations (the last leaves)."""
 CONTROL_CHANNEL = "roomhub:control"
@@ -173,7 +175,8 @@ class _Op:
     """One queued operation: a script call, or a plain command when ``script`` is None;
     ``packed`` holds its RESP bytes once made (:meth:`wire`). A message has ``say`` instead:
     the RESP bytes of its keys and of its arguments in the SAY script, which takes several
-    messages per call (:class:`~server.rooms.broker.scripts.SayRoom`), and its ``room``."""
+    messages per call (:class:`~server.rooms.broker.scripts.SayRoom`), and its ``room``. A
+    query has ``answer``, the future its reply resolves."""
 
     kind: str  # metrics.BROKER_OPERATIONS
     script: AsyncScript | None
@@ -184,6 +187,7 @@ class _Op:
     packed: bytes = b""
     say: tuple[bytes, bytes] | None = None
     room: str = ""
+    answer: asyncio.Future[object] | None = None
 
     def wire(self) -> bytes:
         """The operation's RESP bytes (EVALSHA for a script)."""
@@ -244,11 +248,14 @@ class RedisBroker:
         self._instance_bytes = self._instance_channel.encode()
         self._welcome_suffix = f":welcome:{self.instance}".encode()
         # A bounded pool that makes a caller wait for a free connection (up to
-        # COMMAND_TIMEOUT) instead of failing: a burst of joins each asking whether its name
-        # is banned must not take every connection and make the publisher's batch fail with
-        # "Too many connections" (redis-py's default pool: 100, then an error).
+        # COMMAND_TIMEOUT) instead of failing: a burst of server API queries must not fail
+        # with "Too many connections" (redis-py's default pool: 100, then an error).
+        # RESP2 (redis-py 8 speaks RESP3 unless told): a pub/sub message is then a plain
+        # array reply, read without redis-py's push-notification handling, which more than
+        # doubled the reader's CPU per message (measured; docs/scaling.md).
         self._pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            protocol=2,
             max_connections=POOL_SIZE,
             timeout=COMMAND_TIMEOUT,
             retry=Retry(NoBackoff(), 0),
@@ -256,6 +263,19 @@ class RedisBroker:
             socket_connect_timeout=COMMAND_TIMEOUT,
         )
         self._client = aioredis.Redis(connection_pool=self._pool)
+        # The publisher's own connection, taken once and kept while it works. No socket
+        # timeout: its batch has one timeout of its own (COMMAND_TIMEOUT), and redis-py puts
+        # every write under asyncio.wait_for when a socket timeout is set (a task per write).
+        self._publisher_pool = aioredis.ConnectionPool.from_url(
+            url,
+            protocol=2,
+            max_connections=1,
+            retry=Retry(NoBackoff(), 0),
+            socket_timeout=None,
+            socket_connect_timeout=COMMAND_TIMEOUT,
+        )
+        self._connection: AbstractConnection | None = None
+        self._connection_stale = False  # set on an outage: take a new one before sending
         self._scripts = {
             name: self._client.register_script(scripts.source(name, sharded_pubsub))
             for name in scripts.SCRIPTS
@@ -305,9 +325,11 @@ class RedisBroker:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._drop_connection()
         with contextlib.suppress(RedisError, OSError):
             await self._client.aclose()
             await self._pool.aclose()
+            await self._publisher_pool.aclose()
 
     # -- subscriptions ----------------------------------------------------------------------
 
@@ -555,6 +577,10 @@ class RedisBroker:
 
     def _set_up(self, up: bool) -> None:
         self._up = up
+        if not up:
+            # The publisher's connection may have died with the pub/sub one, unnoticed
+            # while nothing was sent: the first batch after the reconnect goes on a new one.
+            self._connection_stale = True
 
     def _resync(self) -> None:
         """After a reconnect: rewrite this instance's presence, then hand each room its history."""
@@ -727,18 +753,20 @@ class RedisBroker:
                 self._fail(op)
             else:
                 metrics.BROKER_PUBLISH.observe(elapsed)
+                if op.answer is not None and not op.answer.done():
+                    op.answer.set_result(result)
         for room in lost:
             self._catch_up(room)
 
     async def _execute(self, ops: list[_Op]) -> list[object]:
-        """Send ``ops`` as one write of their RESP bytes on a pooled connection and read a
-        reply for each (an error reply as its exception; a message's seq, 0 when SAY found
+        """Send ``ops`` as one write of their RESP bytes on the publisher's connection and read
+        a reply for each (an error reply as its exception; a message's seq, 0 when SAY found
         the room's keys lost), under one timeout for the whole batch rather than one per
-        reply (``timeout=math.inf``: none per read)."""
-        pool = self._client.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py: not annotated
+        reply (``timeout=math.inf``: none per read). Any failure drops the connection; the
+        next batch takes a new one."""
         try:
             async with asyncio.timeout(COMMAND_TIMEOUT):
+                conn = await self._publisher_connection()
                 wire, replies = self._pack(ops)
                 await conn.send_packed_command(wire, False)
                 results: list[object] = []
@@ -754,10 +782,37 @@ class RedisBroker:
                         results.append(reply)
             return results
         except BaseException:
-            await conn.disconnect()
+            await self._drop_connection()
             raise
+
+    async def _publisher_connection(self) -> AbstractConnection:
+        """The publisher's connection: the one it holds, unless an outage made it stale or
+        Redis closed it (seen before anything is written, so nothing is sent twice); else a
+        new one from its pool."""
+        conn = self._connection
+        if conn is not None and not self._connection_stale:
+            try:
+                if not await conn.can_read():  # data waiting would be no batch's reply
+                    return conn
+            except (RedisError, OSError):
+                pass
+        await self._drop_connection()
+        self._connection_stale = False
+        taken: AbstractConnection = await self._publisher_pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py: not annotated
+        self._connection = taken
+        return taken
+
+    async def _drop_connection(self) -> None:
+        """Close the publisher's connection, if it holds one, and give it back to its pool."""
+        conn, self._connection = self._connection, None
+        if conn is None:
+            return
+        try:
+            await conn.disconnect(nowait=True)
+        except (RedisError, OSError):
+            pass
         finally:
-            await pool.release(conn)
+            await self._publisher_pool.release(conn)
 
     def _pack(self, ops: list[_Op]) -> tuple[bytes, list[int]]:
         """The RESP bytes of ``ops``, in order, and what each reply answers: a run of
@@ -921,7 +976,19 @@ class RedisBroker:
         return bool(await self._call("unban", self._client.delete(_ban_key(room, user))))
 
     async def banned(self, room: str, user: str) -> bool:
-        return bool(await self._call("banned", self._client.exists(_ban_key(room, user))))
+        """Asked in the publisher's pipeline (an EXISTS whose reply resolves a future), not on
+        a pooled connection: the checks of a burst of handshakes leave in one write instead of
+        contending for the pool. Refused at once while Redis is unavailable, and when the
+        batch fails (a :class:`BrokerUnavailable`, as every other query)."""
+        answer: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+        def failed() -> None:
+            if not answer.done():
+                answer.set_exception(BrokerUnavailable("redis is unavailable (banned)"))
+
+        key = _ban_key(room, user)
+        self._enqueue(_Op("query", None, [], [], failed, command=("EXISTS", key), answer=answer))
+        return bool(await answer)
 
 
 def _ban_key(room: str, user: str) -> str:
