@@ -557,6 +557,26 @@ async def test_failing_hub_answers_every_queued_join_and_the_room_restarts(
     assert (await dan.next_of("message"))["seq"] == 1
 
 
+async def test_a_members_message_to_a_sleeping_hub_goes_to_the_broker_in_the_senders_read(
+    make_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await make_server()
+    ann = await joined(server, "r1", "ann")
+    bob = await joined(server, "r1", "bob")
+    await wait_until(lambda: server.app[hubs_key].queue_depth() == 0)
+    said_in: list[asyncio.Task[Any] | None] = []
+    say = MemoryBroker.say
+
+    def recording(self: MemoryBroker, *args: Any) -> None:
+        said_in.append(asyncio.current_task())
+        say(self, *args)
+
+    monkeypatch.setattr(MemoryBroker, "say", recording)
+    await ann.say("now")
+    assert (await bob.next_of("message"))["text"] == "now"
+    assert said_in == [None]  # the socket's read callback: the hub's task did not wake for it
+
+
 @pytest.mark.parametrize("hub_mode", HUB_MODES)
 async def test_join_that_would_open_a_room_over_the_limit_is_refused_with_503(
     make_server: Any, hub_mode: str

@@ -185,7 +185,17 @@ class RoomHub:
 
     def post(self, item: HubItem | Delivery | Hold) -> None:
         """Queue ``item`` (from a connection or the bot, a delivery from the broker, or the
-        server API's hold)."""
+        server API's hold).
+
+        A member's message to a hub that sleeps with nothing queued goes to the broker at
+        once, without waking the hub: the broker sequences it and hands it back as an event,
+        which the hub fans out as any other (with the events of the same loop pass, at its
+        fan-out interval)."""
+        if type(item) is Say and self._waiter is not None and not self.inbox:
+            conn = item.conn
+            if conn in self.members:
+                self.broker.say(self.name, conn.user, item.msg, self.tokens[conn])
+                return
         self.inbox.append(item)
         waiter = self._waiter
         if waiter is not None:
