@@ -1,17 +1,24 @@
 """The RedisBroker's publisher on a real redis-server: it keeps one connection of its own
-while that works, and takes a new one when Redis closed it or went away, so operations flow
-again without a lost batch; ban checks go through it and are refused while Redis is away."""
+while that works, and takes a new one when Redis closed it, went away or left a pipeline
+unanswered past the command timeout, so operations flow again without a lost batch; a Redis
+that lost its scripts runs a message once; ban checks go through it and are refused while
+Redis is away. And the start-up guard on the redis-py internals the broker's connections use."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator
 
 import pytest
 import redis
 
 from server.rooms.broker import BrokerUnavailable, Event, Refused, Welcome
+from server.rooms.broker import redis as redis_broker
 from server.rooms.broker.redis import RedisBroker
+from server.rooms.broker.resp import check_redis_py
+from server.rooms.broker.scripts import channel
 from server.wire.protocol import ChatMessage
 from tests.chat import wait_until
 from tests.support.processes import RedisServer
@@ -30,6 +37,28 @@ async def broker(redis_server: RedisServer) -> AsyncIterator[RedisBroker]:
     await made.close()
 
 
+@pytest.fixture
+async def impatient(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[RedisBroker]:
+    """A broker whose pipelines time out after 0.3 s, checked every 0.05 s."""
+    monkeypatch.setattr(redis_broker, "COMMAND_TIMEOUT", 0.3)
+    monkeypatch.setattr(redis_broker, "WATCHDOG_EVERY", 0.05)
+    made = RedisBroker(redis_server.url, 3, presence_ttl=30, retention=30)
+    await made.start()
+    await wait_until(lambda: made.ready, timeout=WAIT)
+    yield made
+    await made.close()
+
+
+async def ann_in_lobby(broker: RedisBroker) -> Sink:
+    """The sink of room ``lobby``, subscribed, with ``ann`` joined (her welcome taken)."""
+    sink = Sink()
+    await broker.subscribe("lobby", sink)
+    await join(broker, sink, "ann", 1)
+    return sink
+
+
 async def said(broker: RedisBroker, sink: Sink, text: str) -> Event | Refused:
     """What ``sink`` is handed for a message ``text`` said in ``lobby`` now."""
     broker.say("lobby", "ann", ChatMessage(text, text), sender=1)
@@ -43,9 +72,7 @@ async def test_a_message_after_redis_closed_the_publishers_connection_is_deliver
 ) -> None:
     """Redis (or a proxy) closed the idle connection the publisher keeps: the closed
     connection is seen before the next batch is written, and the batch goes on a new one."""
-    sink = Sink()
-    await broker.subscribe("lobby", sink)
-    await join(broker, sink, "ann", 1)
+    sink = await ann_in_lobby(broker)
     assert isinstance(await said(broker, sink, "before"), Event)
     with redis.Redis(port=redis_server.port) as admin:
         publishers = [c["id"] for c in admin.client_list() if c["cmd"] == "evalsha"]
@@ -61,9 +88,7 @@ async def test_a_message_after_redis_closed_the_publishers_connection_is_deliver
 async def test_messages_flow_again_after_redis_restarts(
     broker: RedisBroker, redis_server: RedisServer
 ) -> None:
-    sink = Sink()
-    await broker.subscribe("lobby", sink)
-    await join(broker, sink, "ann", 1)
+    sink = await ann_in_lobby(broker)
     assert isinstance(await said(broker, sink, "before"), Event)
     redis_server.stop()
     await wait_until(lambda: not broker.ready, timeout=WAIT)
@@ -86,3 +111,72 @@ async def test_a_ban_check_while_redis_is_down_is_refused_and_answered_once_it_i
     await wait_until(lambda: broker.ready, timeout=WAIT)
     await broker.ban("lobby", "ann", None)
     assert await broker.banned("lobby", "ann") is True
+
+
+async def test_a_message_after_redis_lost_its_scripts_runs_once(
+    broker: RedisBroker, redis_server: RedisServer
+) -> None:
+    """SCRIPT FLUSH (as a restart or failover does): the batch is answered NOSCRIPT, the
+    scripts are loaded and the batch sent again, and the message is sequenced once."""
+    sink = await ann_in_lobby(broker)
+    assert isinstance(await said(broker, sink, "before"), Event)
+    with redis.Redis(port=redis_server.port) as admin:
+        admin.script_flush()
+    got = await said(broker, sink, "after")
+    assert isinstance(got, Event) and got.seq == 2
+    got = await said(broker, sink, "next")
+    assert isinstance(got, Event) and got.seq == 3
+
+
+async def test_a_pipeline_unanswered_past_the_timeout_fails_and_the_next_is_delivered(
+    impatient: RedisBroker, redis_server: RedisServer
+) -> None:
+    """Redis stops answering (CLIENT PAUSE) with a message in flight: past the command
+    timeout the message is refused and the connection dropped; once Redis answers again, the
+    next message goes out on a new connection."""
+    sink = await ann_in_lobby(impatient)
+    with redis.Redis(port=redis_server.port) as admin:
+        admin.execute_command("CLIENT", "PAUSE", 1000, "ALL")
+        assert isinstance(await said(impatient, sink, "paused"), Refused)
+        admin.execute_command("CLIENT", "UNPAUSE")
+    assert isinstance(await said(impatient, sink, "after"), Event)
+
+
+def test_redis_py_without_the_writer_the_broker_reads_stops_start_up() -> None:
+    class Changed(redis.asyncio.Connection):
+        def __init__(self) -> None:
+            super().__init__()
+            del self._writer
+
+    check_redis_py()  # the pinned redis-py has it
+    with pytest.raises(RuntimeError, match=r"redis-py \d.*Changed keeps no _writer"):
+        check_redis_py(Changed)
+
+
+async def test_an_unreadable_payload_on_a_room_channel_is_skipped(
+    broker: RedisBroker, redis_server: RedisServer
+) -> None:
+    """Something else published on a room's channel: it is logged and passed over; the
+    pub/sub connection stays, so the room's next message arrives with no catch-up."""
+    sink = await ann_in_lobby(broker)
+    with redis.Redis(port=redis_server.port) as admin:
+        assert admin.publish(channel("lobby"), b"not a payload") == 1
+    got = await said(broker, sink, "after")
+    assert isinstance(got, Event) and got.seq == 1
+
+
+async def test_a_redis_that_stopped_reading_fails_the_pipeline_after_the_timeout(
+    impatient: RedisBroker, redis_server: RedisServer
+) -> None:
+    """Redis stops reading (SIGSTOP) while a pipeline larger than the socket buffers is still
+    being written: past the command timeout the connection is dropped at once, without
+    waiting for the rest to be sent, and a ban check queued behind it is refused."""
+    assert await impatient.banned("lobby", "ann") is False  # the publisher's connection is up
+    os.kill(redis_server.pid, signal.SIGSTOP)
+    try:
+        impatient.publish("lobby", b"x" * 32_000_000)
+        with pytest.raises(BrokerUnavailable):
+            async with asyncio.timeout(WAIT):
+                await impatient.banned("lobby", "ann")
+    finally:
+        os.kill(redis_server.pid, signal.SIGCONT)

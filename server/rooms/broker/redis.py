@@ -36,9 +36,11 @@ gives the joiner the first of its candidate names (the one it asked for, then ``
 ``-3``, ...) that no instance holds, publishes its :class:`~server.rooms.broker.Welcome` on the
 instance channel and then the ``join`` event on the room channel. Operations leave in one
 ordered pipeline over the publisher's own connection (held while it works, taken again after
-a failure or an outage); the server API's queries use redis-py's pool; every subscription shares
-one pub/sub connection, read by one task, so a welcome reaches the hub exactly between the
-events it covers and the ones after it.
+a failure or an outage), one pipeline unanswered at a time: what is queued meanwhile leaves
+when its replies are in; the server API's queries use redis-py's pool; every subscription
+shares one pub/sub connection, so a welcome reaches the hub exactly between the events it
+covers and the ones after it. The publisher's and the pub/sub connection are read in their
+transports' callbacks (:mod:`~server.rooms.broker.resp`), with no task of their own.
 
 What goes on the channels (events, welcomes, control orders) is written and read by
 :mod:`~server.rooms.broker.payload`.
@@ -67,7 +69,6 @@ from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -98,6 +99,7 @@ from . import (
     payload,
     scripts,
 )
+from .resp import Link, Reply, check_redis_py, open_link
 from .scripts import (
     Arg,
     Delete,
@@ -134,6 +136,8 @@ CLOSE_DRAIN = 2.0
 CONTROL_CHANNEL = "roomhub:control"
 SAY_BATCH = 64
 """Most messages one SAY call carries (Redis runs nothing else while a script runs)."""
+WATCHDOG_EVERY = 1.0
+"""Seconds between checks for a pipeline unanswered past ``COMMAND_TIMEOUT``."""
 
 
 def _online_limit() -> int:
@@ -201,6 +205,23 @@ class _Op:
         return self.packed
 
 
+@dataclass(slots=True)
+class _Batch:
+    """One pipeline written to Redis: its operations, RESP bytes, what each reply answers
+    (see :meth:`RedisBroker._pack`) and when it left (``time.perf_counter``); replies come
+    into ``answered``, the operations' results into ``results``; ``skip`` replies still to
+    pass over (of SCRIPT LOADs sent ahead of it when it is sent again, ``reloaded``)."""
+
+    ops: list[_Op]
+    wire: bytes
+    replies: list[int]
+    started: float
+    answered: list[object] = field(default_factory=list)
+    results: list[object] = field(default_factory=list)
+    skip: int = 0
+    reloaded: bool = False
+
+
 class RedisBroker:
     """Rooms over one Redis (see the module docstring and :class:`~server.rooms.broker.Broker`).
 
@@ -239,6 +260,7 @@ class RedisBroker:
         self._cluster_node_logged = False
         self._publish_command = "SPUBLISH" if sharded_pubsub else "PUBLISH"
         self._shown = redacted(url)  # for logs
+        check_redis_py()
         self.batch_window = batch_window
         self.history_size = history_size
         self.presence_ttl = max(1, round(presence_ttl))
@@ -274,12 +296,18 @@ class RedisBroker:
             socket_timeout=None,
             socket_connect_timeout=COMMAND_TIMEOUT,
         )
-        self._connection: AbstractConnection | None = None
-        self._connection_stale = False  # set on an outage: take a new one before sending
+        self._link: Link | None = None  # the publisher's connection
+        self._link_stale = False  # set on an outage: take a new one before sending
+        self._connecting: asyncio.Task[None] | None = None
+        self._flush_handle: asyncio.Handle | None = None
+        self._in_flight: deque[_Batch] = deque()
         self._scripts = {
             name: self._client.register_script(scripts.source(name, sharded_pubsub))
             for name in scripts.SCRIPTS
         }
+        self._load_scripts = b"".join(
+            pack("SCRIPT", "LOAD", script.script) for script in self._scripts.values()
+        )
         self._control: ControlSink | None = None
         self._sinks: dict[str, Sink] = {}
         # room -> the RESP bytes of its part in every SAY call.
@@ -292,11 +320,11 @@ class RedisBroker:
         self._joining: dict[int, str] = {}
         self._confirms: dict[bytes, list[asyncio.Future[None]]] = {}
         self._queue: deque[_Op] = deque()
-        self._queued = asyncio.Event()
         self._idle = asyncio.Event()  # set while nothing is queued or being sent
         self._idle.set()
-        self._pubsub: aioredis.client.PubSub | None = None
+        self._pubsub: Link | None = None
         self._up = False
+        self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -312,7 +340,7 @@ class RedisBroker:
         """Start connecting in the background; the server runs (not ready) while Redis is away."""
         self._tasks = [
             asyncio.create_task(self._subscriber(), name="broker-subscriber"),
-            asyncio.create_task(self._publisher(), name="broker-publisher"),
+            asyncio.create_task(self._watchdog(), name="broker-watchdog"),
             asyncio.create_task(self._refresher(), name="broker-refresher"),
         ]
 
@@ -322,10 +350,17 @@ class RedisBroker:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CLOSE_DRAIN):
                     await self._idle.wait()
-        for task in self._tasks:
+        self._up = False
+        self._closed = True
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        tasks = [*self._tasks, *([self._connecting] if self._connecting else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._drop_connection()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._fail_queued()
+        if self._link is not None:
+            await self._link.close()  # the batch in flight, if any, fails
         with contextlib.suppress(RedisError, OSError):
             await self._client.aclose()
             await self._pool.aclose()
@@ -350,18 +385,11 @@ class RedisBroker:
         self._say_parts.pop(room, None)
         pubsub = self._pubsub
         if pubsub is not None and self._up:
-            task = asyncio.create_task(self._unsubscribe(pubsub, room))
-            task.add_done_callback(_quiet)
-
-    async def _unsubscribe(self, pubsub: aioredis.client.PubSub, room: str) -> None:
-        if room in self._sinks:
-            return  # a new hub took the room over (and subscribed) meanwhile
-        with contextlib.suppress(RedisError, OSError):
+            # In order with any later SUBSCRIBE of a new hub of the room: same connection.
             if self.sharded_pubsub:
-                for name in self._room_channels(room):
-                    await pubsub.sunsubscribe(name)
+                pubsub.write(b"".join(pack("SUNSUBSCRIBE", n) for n in self._room_channels(room)))
             else:
-                await pubsub.unsubscribe(channel(room))
+                pubsub.write(pack("UNSUBSCRIBE", channel(room)))
 
     def _room_channels(self, room: str) -> list[str]:
         """The channels this instance subscribes to for ``room``: its events and, with
@@ -382,7 +410,7 @@ class RedisBroker:
         """SUBSCRIBE (SSUBSCRIBE, one channel a command: each may be in a slot of its own)
         and wait until Redis confirms each channel."""
         pubsub = self._pubsub
-        if pubsub is None:
+        if pubsub is None or pubsub.lost:
             raise BrokerUnavailable("redis is unavailable")
         loop = asyncio.get_running_loop()
         waits = []
@@ -390,15 +418,14 @@ class RedisBroker:
             future = loop.create_future()
             self._confirms.setdefault(name.encode(), []).append(future)
             waits.append(future)
+        if self.sharded_pubsub:
+            pubsub.write(b"".join(pack("SSUBSCRIBE", name) for name in names))
+        else:
+            pubsub.write(pack("SUBSCRIBE", *names))
         try:
             async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
-                if self.sharded_pubsub:
-                    for name in names:
-                        await pubsub.ssubscribe(name)
-                else:
-                    await pubsub.subscribe(*names)
                 results = await asyncio.gather(*waits, return_exceptions=True)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except TimeoutError as exc:
             for name, future in zip(names, waits, strict=True):
                 future.cancel()
                 with contextlib.suppress(KeyError, ValueError):
@@ -414,12 +441,10 @@ class RedisBroker:
         delay = MIN_BACKOFF
         connected_once = outage_logged = False
         while True:
-            pubsub = self._client.pubsub()
-            reader: asyncio.Task[None] | None = None
+            pubsub: Link | None = None
             try:
-                await pubsub.connect()  # type: ignore[no-untyped-call]  # redis-py: not annotated
+                pubsub = await open_link(self._pool, self._on_pubsub_reply, self._pubsub_lost)
                 self._pubsub = pubsub
-                reader = asyncio.create_task(self._read(pubsub), name="broker-reader")
                 own = [self.control_channel]
                 if not self.sharded_pubsub:
                     own.insert(0, self._instance_channel)
@@ -444,7 +469,8 @@ class RedisBroker:
                         extra={"fields": {"instance": self.instance, "redis": self._shown}},
                     )
                 connected_once, outage_logged, delay = True, False, MIN_BACKOFF
-                await reader
+                error = await pubsub.closed
+                raise BrokerUnavailable(f"pub/sub connection lost: {error!r}")
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, BrokerUnavailable) as exc:
@@ -463,12 +489,10 @@ class RedisBroker:
             finally:
                 self._set_up(False)
                 self._pubsub = None
-                if reader is not None:
-                    reader.cancel()
-                    await asyncio.gather(reader, return_exceptions=True)
                 self._refuse_confirms(BrokerUnavailable("redis connection lost"))
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF)
 
@@ -489,36 +513,35 @@ class RedisBroker:
         if info.get("cluster_state") != "ok":
             raise BrokerUnavailable(f"cluster_state:{info.get('cluster_state')}")
 
-    async def _read(self, pubsub: aioredis.client.PubSub) -> None:
-        """Hand every pub/sub message to its room; raises when the connection is lost.
+    def _pubsub_lost(self, link: Link) -> None:
+        if link is self._pubsub:
+            self._refuse_confirms(BrokerUnavailable("redis connection lost"))
 
-        Reads the pub/sub connection's replies itself (``read_response`` with no timeout, as
-        ``PubSub.parse_response(block=True)`` does) without the retry and health-check layer
-        around each: the broker has no retries and no health checks (``_subscriber``
-        reconnects), and that layer was half the cost of a message read."""
-        conn = pubsub.connection
-        if conn is None:
-            raise BrokerUnavailable("no pub/sub connection")
-        while True:
+    def _on_pubsub_reply(self, reply: Reply) -> None:
+        """Hand a pub/sub message to its room, or a confirmation to the subscription waiting."""
+        if isinstance(reply, ResponseError):
+            # An SSUBSCRIBE answered MOVED (the slot went to another node): the subscriptions
+            # waiting fail, the connection keeps the others.
+            self._refuse_confirms(BrokerUnavailable(f"subscribe refused: {reply}"))
+            self._moved(reply)
+            return
+        if not isinstance(reply, list):
+            return
+        kind, name = reply[0], reply[1]
+        if kind == b"message" or kind == b"smessage":
             try:
-                message = await conn.read_response(
-                    timeout=math.inf, disconnect_on_error=False, push_request=True
+                self._on_message(name, reply[2])
+            except ValueError:  # not a payload the scripts publish: skipped, logged
+                log.warning(
+                    "pubsub_message_unreadable",
+                    extra={
+                        "fields": {"channel": name.decode(errors="replace"), "redis": self._shown}
+                    },
                 )
-            except ResponseError as exc:
-                # An SSUBSCRIBE answered MOVED (the slot went to another node): the
-                # subscriptions waiting fail, the connection keeps the others.
-                self._refuse_confirms(BrokerUnavailable(f"subscribe refused: {exc}"))
-                self._moved(exc)
-                continue
-            if message is None:
-                continue
-            kind, name = message[0], message[1]
-            if kind == b"message" or kind == b"smessage":
-                self._on_message(name, message[2])
-            elif kind == b"subscribe" or kind == b"ssubscribe":
-                for future in self._confirms.pop(name, []):
-                    if not future.done():
-                        future.set_result(None)
+        elif kind == b"subscribe" or kind == b"ssubscribe":
+            for future in self._confirms.pop(name, []):
+                if not future.done():
+                    future.set_result(None)
 
     def _on_message(self, name: bytes, data: bytes) -> None:
         if name == self._instance_bytes or name.endswith(self._welcome_suffix):
@@ -580,7 +603,7 @@ class RedisBroker:
         if not up:
             # The publisher's connection may have died with the pub/sub one, unnoticed
             # while nothing was sent: the first batch after the reconnect goes on a new one.
-            self._connection_stale = True
+            self._link_stale = True
 
     def _resync(self) -> None:
         """After a reconnect: rewrite this instance's presence, then hand each room its history."""
@@ -701,48 +724,145 @@ class RedisBroker:
             self._fail(op)
             return
         self._queue.append(op)
-        self._queued.set()
         self._idle.clear()
+        if self._flush_handle is None and not self._in_flight:
+            loop = asyncio.get_running_loop()
+            if self.batch_window:
+                self._flush_handle = loop.call_later(self.batch_window, self._flush)
+            else:
+                self._flush_handle = loop.call_soon(self._flush)
 
     def _fail(self, op: _Op) -> None:
         metrics.BROKER_ERRORS.labels(op.kind).inc()
         if op.failed is not None:
             op.failed()
 
-    async def _publisher(self) -> None:
-        """Send queued operations in order, all that wait in one pipeline."""
-        while True:
-            await self._queued.wait()
-            if self.batch_window:
-                await asyncio.sleep(self.batch_window)
-            self._queued.clear()
-            while self._queue:
-                # Not held in a local: a batch's operations are freed once it is sent.
-                await self._send(self._take())
+    def _flush(self) -> None:
+        """Write every queued operation as one pipeline, unless one is still unanswered (what
+        is queued meanwhile leaves when its replies are in); take a new connection first when
+        there is none, Redis closed it, or an outage made it stale (seen before anything is
+        written, so nothing is sent twice)."""
+        self._flush_handle = None
+        if self._in_flight or self._connecting is not None:
+            return
+        if not self._queue:
             self._idle.set()
-
-    def _take(self) -> list[_Op]:
+            return
+        if self._closed:
+            self._fail_queued()
+            return
+        link = self._link
+        if link is None or link.lost or self._link_stale:
+            self._connecting = asyncio.create_task(self._connect(), name="broker-publisher")
+            return
         ops = list(self._queue)
         self._queue.clear()
-        return ops
-
-    async def _send(self, ops: list[_Op]) -> None:
         if self.sharded_pubsub:
             ops = _by_room(ops)
-        started = time.perf_counter()
+        wire, replies = self._pack(ops)
+        self._in_flight.append(_Batch(ops, wire, replies, time.perf_counter()))
+        link.write(wire)
+
+    async def _connect(self) -> None:
+        """Take a new connection for the publisher, then write what is queued; if Redis
+        cannot be reached within ``COMMAND_TIMEOUT``, what is queued fails."""
+        old, self._link = self._link, None
         try:
-            results = await self._execute(ops)
-            if any(isinstance(r, NoScriptError) for r in results):
-                # Redis restarted without its script cache: nothing in this batch ran.
-                for script in self._scripts.values():
-                    await self._client.script_load(script.script)
-                results = await self._execute(ops)
-        except (RedisError, OSError) as exc:
+            if old is not None:
+                await old.close()
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                self._link = await open_link(
+                    self._publisher_pool, self._on_publisher_reply, self._publisher_lost
+                )
+            self._link_stale = False
+        except (RedisError, OSError, TimeoutError) as exc:
             log.warning(
                 "broker_send_failed", extra={"fields": {"error": str(exc), "redis": self._shown}}
             )
-            results = [exc] * len(ops)
-        elapsed = time.perf_counter() - started
+            self._fail_queued()
+        finally:
+            self._connecting = None
+        self._flush()
+
+    def _on_publisher_reply(self, reply: Reply) -> None:
+        """Take one reply of the pipeline in flight; settle the batch on its last one."""
+        if not self._in_flight:
+            # No batch asked for this: the connection is out of step; drop it.
+            self._link_stale = True
+            return
+        batch = self._in_flight[0]
+        if batch.skip:
+            batch.skip -= 1  # a SCRIPT LOAD's reply
+            return
+        count = batch.replies[len(batch.answered)]
+        batch.answered.append(reply)
+        if isinstance(reply, Exception):
+            batch.results.extend([reply] * max(count, 1))
+        elif count:
+            assert isinstance(reply, list)  # a SAY call's seqs
+            batch.results.extend(reply)
+        else:
+            batch.results.append(reply)
+        if len(batch.answered) < len(batch.replies):
+            return
+        self._in_flight.popleft()
+        if not batch.reloaded and any(isinstance(r, NoScriptError) for r in batch.results):
+            # Redis restarted without its script cache: nothing in the batch ran.
+            self._resend(batch)
+            return
+        self._settle(batch.ops, batch.results, time.perf_counter() - batch.started)
+        self._flush()
+
+    def _fail_queued(self) -> None:
+        failed = list(self._queue)
+        self._queue.clear()
+        for op in failed:
+            self._fail(op)
+
+    def _resend(self, batch: _Batch) -> None:
+        """Load the scripts and send ``batch`` again, on the same connection."""
+        batch.started = time.perf_counter()
+        batch.reloaded = True
+        batch.skip = len(self._scripts)
+        batch.answered.clear()
+        batch.results.clear()
+        self._in_flight.appendleft(batch)
+        if self._link is not None:
+            self._link.write(self._load_scripts + batch.wire)
+
+    def _publisher_lost(self, link: Link) -> None:
+        """The publisher's connection ended: the batch in flight fails; what is queued goes
+        on a new connection (or fails, while Redis is unavailable)."""
+        if link is not self._link:
+            return  # one the publisher had let go (nothing was in flight on it)
+        error = ConnectionError("redis closed the publisher's connection")
+        while self._in_flight:
+            batch = self._in_flight.popleft()
+            log.warning(
+                "broker_send_failed", extra={"fields": {"error": str(error), "redis": self._shown}}
+            )
+            self._settle(batch.ops, [error] * len(batch.ops), 0.0)
+        if not self._up:
+            self._fail_queued()
+            self._idle.set()
+        elif self._flush_handle is None and self._connecting is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    async def _watchdog(self) -> None:
+        """Drop the publisher's connection when a pipeline waited over ``COMMAND_TIMEOUT``
+        for its replies (checked every ``WATCHDOG_EVERY`` seconds): its operations fail."""
+        while True:
+            await asyncio.sleep(WATCHDOG_EVERY)
+            if self._in_flight and self._link is not None:
+                waited = time.perf_counter() - self._in_flight[0].started
+                if waited > COMMAND_TIMEOUT:
+                    self._link_stale = True
+                    with contextlib.suppress(RedisError, OSError):
+                        await self._link.close()
+
+    def _settle(self, ops: list[_Op], results: list[object], elapsed: float) -> None:
+        """Hand each operation its reply: a failure to its ``failed``, an answer to its
+        future; a SAY that found its room's keys lost catches the room up."""
         lost: dict[str, None] = {}
         for op, result in zip(ops, results, strict=True):
             if isinstance(result, Exception):
@@ -757,62 +877,6 @@ class RedisBroker:
                     op.answer.set_result(result)
         for room in lost:
             self._catch_up(room)
-
-    async def _execute(self, ops: list[_Op]) -> list[object]:
-        """Send ``ops`` as one write of their RESP bytes on the publisher's connection and read
-        a reply for each (an error reply as its exception; a message's seq, 0 when SAY found
-        the room's keys lost), under one timeout for the whole batch rather than one per
-        reply (``timeout=math.inf``: none per read). Any failure drops the connection; the
-        next batch takes a new one."""
-        try:
-            async with asyncio.timeout(COMMAND_TIMEOUT):
-                conn = await self._publisher_connection()
-                wire, replies = self._pack(ops)
-                await conn.send_packed_command(wire, False)
-                results: list[object] = []
-                for count in replies:
-                    try:
-                        reply = await conn.read_response(timeout=math.inf)
-                    except ResponseError as exc:
-                        results.extend([exc] * max(count, 1))
-                        continue
-                    if count:
-                        results.extend(reply)
-                    else:
-                        results.append(reply)
-            return results
-        except BaseException:
-            await self._drop_connection()
-            raise
-
-    async def _publisher_connection(self) -> AbstractConnection:
-        """The publisher's connection: the one it holds, unless an outage made it stale or
-        Redis closed it (seen before anything is written, so nothing is sent twice); else a
-        new one from its pool."""
-        conn = self._connection
-        if conn is not None and not self._connection_stale:
-            try:
-                if not await conn.can_read():  # data waiting would be no batch's reply
-                    return conn
-            except (RedisError, OSError):
-                pass
-        await self._drop_connection()
-        self._connection_stale = False
-        taken: AbstractConnection = await self._publisher_pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py: not annotated
-        self._connection = taken
-        return taken
-
-    async def _drop_connection(self) -> None:
-        """Close the publisher's connection, if it holds one, and give it back to its pool."""
-        conn, self._connection = self._connection, None
-        if conn is None:
-            return
-        try:
-            await conn.disconnect(nowait=True)
-        except (RedisError, OSError):
-            pass
-        finally:
-            await self._publisher_pool.release(conn)
 
     def _pack(self, ops: list[_Op]) -> tuple[bytes, list[int]]:
         """The RESP bytes of ``ops``, in order, and what each reply answers: a run of
@@ -1032,8 +1096,3 @@ def _by_room(ops: list[_Op]) -> list[_Op]:
     for group in run.values():
         out += group
     return out
-
-
-def _quiet(task: asyncio.Task[None]) -> None:
-    if not task.cancelled():
-        task.exception()
