@@ -129,8 +129,9 @@ SUBSCRIBE_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 5.0
 """Seconds one command (or pipeline) may take before Redis counts as unavailable."""
 POOL_SIZE = 32
-"""Connections to one Redis at most for the pub/sub reader and the server API's queries; a
-query finding none free waits for one. The publisher has a connection of its own besides."""
+"""Connections to one Redis at most for the server API's queries; a query finding none free
+waits for one. The publisher's and the pub/sub connection are made from the same settings
+besides (not counted in the pool)."""
 CLOSE_DRAIN = 2.0
 """Seconds :meth:`RedisBroker.close` waits for queued operations (the last leaves)."""
 CONTROL_CHANNEL = "roomhub:control"
@@ -208,15 +209,16 @@ class _Op:
 @dataclass(slots=True)
 class _Batch:
     """One pipeline written to Redis: its operations, RESP bytes, what each reply answers
-    (see :meth:`RedisBroker._pack`) and when it left (``time.perf_counter``); replies come
-    into ``answered``, the operations' results into ``results``; ``skip`` replies still to
-    pass over (of SCRIPT LOADs sent ahead of it when it is sent again, ``reloaded``)."""
+    (see :meth:`RedisBroker._pack`) and when it left (``time.perf_counter``); ``answered``
+    counts the replies taken, the operations' results go into ``results``; ``skip`` replies
+    still to pass over (of SCRIPT LOADs sent ahead of it when it is sent again,
+    ``reloaded``)."""
 
     ops: list[_Op]
     wire: bytes
     replies: list[int]
     started: float
-    answered: list[object] = field(default_factory=list)
+    answered: int = 0
     results: list[object] = field(default_factory=list)
     skip: int = 0
     reloaded: bool = False
@@ -273,8 +275,7 @@ class RedisBroker:
         # COMMAND_TIMEOUT) instead of failing: a burst of server API queries must not fail
         # with "Too many connections" (redis-py's default pool: 100, then an error).
         # RESP2 (redis-py 8 speaks RESP3 unless told): a pub/sub message is then a plain
-        # array reply, read without redis-py's push-notification handling, which more than
-        # doubled the reader's CPU per message (measured; docs/scaling.md).
+        # array reply (measured cheaper to read; docs/scaling.md).
         self._pool = aioredis.BlockingConnectionPool.from_url(
             url,
             protocol=2,
@@ -285,22 +286,11 @@ class RedisBroker:
             socket_connect_timeout=COMMAND_TIMEOUT,
         )
         self._client = aioredis.Redis(connection_pool=self._pool)
-        # The publisher's own connection, taken once and kept while it works. No socket
-        # timeout: its batch has one timeout of its own (COMMAND_TIMEOUT), and redis-py puts
-        # every write under asyncio.wait_for when a socket timeout is set (a task per write).
-        self._publisher_pool = aioredis.ConnectionPool.from_url(
-            url,
-            protocol=2,
-            max_connections=1,
-            retry=Retry(NoBackoff(), 0),
-            socket_timeout=None,
-            socket_connect_timeout=COMMAND_TIMEOUT,
-        )
-        self._link: Link | None = None  # the publisher's connection
+        self._link: Link | None = None  # the publisher's own connection, kept while it works
         self._link_stale = False  # set on an outage: take a new one before sending
         self._connecting: asyncio.Task[None] | None = None
         self._flush_handle: asyncio.Handle | None = None
-        self._in_flight: deque[_Batch] = deque()
+        self._in_flight: _Batch | None = None  # the one pipeline written and not yet answered
         self._scripts = {
             name: self._client.register_script(scripts.source(name, sharded_pubsub))
             for name in scripts.SCRIPTS
@@ -364,7 +354,6 @@ class RedisBroker:
         with contextlib.suppress(RedisError, OSError):
             await self._client.aclose()
             await self._pool.aclose()
-            await self._publisher_pool.aclose()
 
     # -- subscriptions ----------------------------------------------------------------------
 
@@ -725,7 +714,7 @@ class RedisBroker:
             return
         self._queue.append(op)
         self._idle.clear()
-        if self._flush_handle is None and not self._in_flight:
+        if self._flush_handle is None and self._in_flight is None:
             loop = asyncio.get_running_loop()
             if self.batch_window:
                 self._flush_handle = loop.call_later(self.batch_window, self._flush)
@@ -743,7 +732,7 @@ class RedisBroker:
         there is none, Redis closed it, or an outage made it stale (seen before anything is
         written, so nothing is sent twice)."""
         self._flush_handle = None
-        if self._in_flight or self._connecting is not None:
+        if self._in_flight is not None or self._connecting is not None:
             return
         if not self._queue:
             self._idle.set()
@@ -760,7 +749,7 @@ class RedisBroker:
         if self.sharded_pubsub:
             ops = _by_room(ops)
         wire, replies = self._pack(ops)
-        self._in_flight.append(_Batch(ops, wire, replies, time.perf_counter()))
+        self._in_flight = _Batch(ops, wire, replies, time.perf_counter())
         link.write(wire)
 
     async def _connect(self) -> None:
@@ -772,7 +761,7 @@ class RedisBroker:
                 await old.close()
             async with asyncio.timeout(COMMAND_TIMEOUT):
                 self._link = await open_link(
-                    self._publisher_pool, self._on_publisher_reply, self._publisher_lost
+                    self._pool, self._on_publisher_reply, self._publisher_lost
                 )
             self._link_stale = False
         except (RedisError, OSError, TimeoutError) as exc:
@@ -786,16 +775,16 @@ class RedisBroker:
 
     def _on_publisher_reply(self, reply: Reply) -> None:
         """Take one reply of the pipeline in flight; settle the batch on its last one."""
-        if not self._in_flight:
+        batch = self._in_flight
+        if batch is None:
             # No batch asked for this: the connection is out of step; drop it.
             self._link_stale = True
             return
-        batch = self._in_flight[0]
         if batch.skip:
             batch.skip -= 1  # a SCRIPT LOAD's reply
             return
-        count = batch.replies[len(batch.answered)]
-        batch.answered.append(reply)
+        count = batch.replies[batch.answered]
+        batch.answered += 1
         if isinstance(reply, Exception):
             batch.results.extend([reply] * max(count, 1))
         elif count:
@@ -803,9 +792,9 @@ class RedisBroker:
             batch.results.extend(reply)
         else:
             batch.results.append(reply)
-        if len(batch.answered) < len(batch.replies):
+        if batch.answered < len(batch.replies):
             return
-        self._in_flight.popleft()
+        self._in_flight = None
         if not batch.reloaded and any(isinstance(r, NoScriptError) for r in batch.results):
             # Redis restarted without its script cache: nothing in the batch ran.
             self._resend(batch)
@@ -824,9 +813,9 @@ class RedisBroker:
         batch.started = time.perf_counter()
         batch.reloaded = True
         batch.skip = len(self._scripts)
-        batch.answered.clear()
+        batch.answered = 0
         batch.results.clear()
-        self._in_flight.appendleft(batch)
+        self._in_flight = batch
         if self._link is not None:
             self._link.write(self._load_scripts + batch.wire)
 
@@ -836,8 +825,8 @@ class RedisBroker:
         if link is not self._link:
             return  # one the publisher had let go (nothing was in flight on it)
         error = ConnectionError("redis closed the publisher's connection")
-        while self._in_flight:
-            batch = self._in_flight.popleft()
+        batch, self._in_flight = self._in_flight, None
+        if batch is not None:
             log.warning(
                 "broker_send_failed", extra={"fields": {"error": str(error), "redis": self._shown}}
             )
@@ -853,8 +842,8 @@ class RedisBroker:
         for its replies (checked every ``WATCHDOG_EVERY`` seconds): its operations fail."""
         while True:
             await asyncio.sleep(WATCHDOG_EVERY)
-            if self._in_flight and self._link is not None:
-                waited = time.perf_counter() - self._in_flight[0].started
+            if self._in_flight is not None and self._link is not None:
+                waited = time.perf_counter() - self._in_flight.started
                 if waited > COMMAND_TIMEOUT:
                     self._link_stale = True
                     with contextlib.suppress(RedisError, OSError):
