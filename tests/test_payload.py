@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from server.rooms.broker import MESSAGE_PREFIX, Control, Event, scripts
 from server.rooms.broker import payload as p
-from server.rooms.broker.redis import candidate_names
+from server.rooms.broker.redis import candidate_names, pack
 from server.wire.protocol import ChatMessage, message_event, presence_event
 from tests.support.processes import RedisServer
 
@@ -68,6 +68,31 @@ def test_a_control_payload_decodes_to_its_order(order: Control) -> None:
 def test_an_unreadable_control_payload_raises_value_error(data: bytes) -> None:
     with pytest.raises(ValueError):
         p.decode_control(data)
+
+
+class _Int(int):
+    """An int subclass: packed by the general path, as redis-py packs it."""
+
+
+@given(
+    args=st.lists(
+        st.binary()
+        | st.text()
+        | st.integers()
+        | st.integers().map(_Int)
+        | st.floats(allow_nan=False),
+        max_size=60,
+    )
+)
+def test_a_command_is_packed_as_redis_py_packs_it(args: list[object]) -> None:
+    reference = redis.connection.Connection().pack_command("ECHO", *args)
+    assert pack("ECHO", *args) == b"".join(reference)
+
+
+@pytest.mark.parametrize("arg", [True, None, [b"x"]])
+def test_packing_an_argument_redis_cannot_take_raises_type_error(arg: object) -> None:
+    with pytest.raises(TypeError, match="cannot send"):
+        pack("ECHO", arg)
 
 
 def test_every_script_is_package_data_found_by_importlib_resources() -> None:

@@ -111,7 +111,6 @@ from .scripts import (
     Say,
     SayRoom,
     Sync,
-    bulk,
     channel,
     prefix,
     room_keys,
@@ -160,7 +159,7 @@ SCAN_COUNT = 1000
 
 def _encode(value: object) -> bytes:
     """One argument as redis-py's ``Encoder`` writes it: bytes as they are, str as UTF-8,
-    int and float by ``repr``."""
+    int and float by ``repr``. Raises TypeError for any other type, bool included."""
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
@@ -171,8 +170,21 @@ def _encode(value: object) -> bytes:
 
 
 def pack(*args: object) -> bytes:
-    """One command in RESP (an array of bulk strings), as redis-py's ``pack_command`` makes it."""
-    return b"*%d\r\n" % len(args) + b"".join([bulk(_encode(arg)) for arg in args])
+    """One command in RESP (an array of bulk strings), as redis-py's ``pack_command`` makes it
+    (arguments as :func:`_encode` takes them). The common types are taken inline: a JOIN call
+    carries about 50 arguments, and a call per argument was half the packing's time."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if type(arg) is str:
+            data = arg.encode()
+        elif type(arg) is bytes:
+            data = arg
+        elif type(arg) is int:
+            data = b"%d" % arg
+        else:
+            data = _encode(arg)
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 @dataclass(slots=True)
