@@ -180,3 +180,49 @@ async def test_a_redis_that_stopped_reading_fails_the_pipeline_after_the_timeout
                 await impatient.banned("lobby", "ann")
     finally:
         os.kill(redis_server.pid, signal.SIGCONT)
+
+
+async def test_pipelines_leave_a_batch_window_apart_and_one_after_a_quiet_spell_at_once(
+    redis_server: RedisServer,
+) -> None:
+    """``batch_window`` is the shortest time from one pipeline to the next: a message queued
+    a window or more after the last pipeline leaves at once; messages queued within the window
+    wait for its end and leave together, in one SAY call."""
+    window = 2.0
+    made = RedisBroker(redis_server.url, 3, presence_ttl=600, retention=600, batch_window=window)
+    await made.start()
+    try:
+        await wait_until(lambda: made.ready, timeout=WAIT)
+        sink = await ann_in_lobby(made)
+        await asyncio.sleep(window)  # the join's pipeline is a window old
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert isinstance(await said(made, sink, "one"), Event)
+        assert loop.time() - started < window
+        with redis.Redis(port=redis_server.port) as admin:
+            calls = admin.info("commandstats")["cmdstat_evalsha"]["calls"]
+            made.say("lobby", "ann", ChatMessage("two", "two"), sender=1)
+            await asyncio.sleep(0.1)
+            made.say("lobby", "ann", ChatMessage("three", "three"), sender=1)
+            two, three = await sink.take(2)
+            assert loop.time() - started >= window
+            assert isinstance(two, Event) and two.seq == 2
+            assert isinstance(three, Event) and three.seq == 3
+            assert admin.info("commandstats")["cmdstat_evalsha"]["calls"] == calls + 1
+    finally:
+        await made.close()
+
+
+async def test_a_ban_check_does_not_wait_for_the_batch_window(redis_server: RedisServer) -> None:
+    """A join has just left in a pipeline, so the next would wait a whole window; a ban check,
+    which a client's upgrade waits on, leaves at once."""
+    window = 10.0
+    made = RedisBroker(redis_server.url, 3, presence_ttl=600, retention=600, batch_window=window)
+    await made.start()
+    try:
+        await wait_until(lambda: made.ready, timeout=WAIT)
+        await ann_in_lobby(made)
+        async with asyncio.timeout(window / 2):
+            assert await made.banned("lobby", "eve") is False
+    finally:
+        await made.close()

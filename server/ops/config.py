@@ -134,7 +134,9 @@ class Settings:
         64 * 1024, "bytes; a bigger server API request body is refused with 413"
     )
     redis_batch_window: int = _setting(
-        100, "microseconds the Redis broker gathers operations into one pipeline (0: none)"
+        5000,
+        "microseconds, shortest gap between two pipelines of the Redis broker; operations "
+        "queued within it leave together (0: no gap)",
     )
     workers: int = _setting(1, "server processes sharing the port (more than 1 needs Redis)")
     event_loop: str = _setting(

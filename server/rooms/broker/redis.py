@@ -36,8 +36,9 @@ gives the joiner the first of its candidate names (the one it asked for, then ``
 ``-3``, ...) that no instance holds, publishes its :class:`~server.rooms.broker.Welcome` on the
 instance channel and then the ``join`` event on the room channel. Operations leave in one
 ordered pipeline over the publisher's own connection (held while it works, taken again after
-a failure or an outage), one pipeline unanswered at a time: what is queued meanwhile leaves
-when its replies are in; the server API's queries use redis-py's pool; every subscription
+a failure or an outage), one pipeline unanswered at a time and at least ``batch_window``
+apart: what is queued meanwhile leaves in the next; the server API's queries use redis-py's
+pool; every subscription
 shares one pub/sub connection, so a welcome reaches the hub exactly between the events it
 covers and the ones after it. The publisher's and the pub/sub connection are read in their
 transports' callbacks (:mod:`~server.rooms.broker.resp`), with no task of their own.
@@ -243,8 +244,10 @@ class RedisBroker:
     kept per room; ``presence_ttl``: seconds an instance's presence outlives its last refresh
     (refreshed every third of it); ``retention``: seconds a room's keys outlive its last use,
     at least ``presence_ttl`` so the refresh keeps a room in use alive; ``batch_window``:
-    seconds the publisher waits after an operation is queued so that those queued meanwhile
-    leave in the same pipeline (0: none beyond what waits when it runs).
+    the shortest time (seconds) from one pipeline to the next: operations queued within it
+    leave together in the next one, and one queued later leaves in the same loop pass, as
+    does a query someone waits on (a ban check) with whatever is queued (0: the next
+    pipeline leaves as soon as the last one is answered).
 
     A master of a Redis Cluster (:mod:`~server.rooms.broker.cluster`) is one with
     ``sharded_pubsub``: room events by SSUBSCRIBE/SPUBLISH on the master that holds the room,
@@ -302,6 +305,8 @@ class RedisBroker:
         self._link_stale = False  # set on an outage: take a new one before sending
         self._connecting: asyncio.Task[None] | None = None
         self._flush_handle: asyncio.Handle | None = None
+        self._sent = -math.inf  # time.monotonic() when the last pipeline was written
+        self._asked = False  # a query waits in the queue
         self._in_flight: _Batch | None = None  # the one pipeline written and not yet answered
         self._scripts = {
             name: self._client.register_script(scripts.source(name, sharded_pubsub))
@@ -726,12 +731,24 @@ class RedisBroker:
             return
         self._queue.append(op)
         self._idle.clear()
+        if op.answer is not None:
+            # Someone waits on a query: it does not wait for the batch window.
+            self._asked = True
+            if isinstance(self._flush_handle, asyncio.TimerHandle):
+                self._flush_handle.cancel()
+                self._flush_handle = None
         if self._flush_handle is None and self._in_flight is None:
-            loop = asyncio.get_running_loop()
-            if self.batch_window:
-                self._flush_handle = loop.call_later(self.batch_window, self._flush)
-            else:
-                self._flush_handle = loop.call_soon(self._flush)
+            self._schedule()
+
+    def _schedule(self) -> None:
+        """Flush in this loop pass, or ``batch_window`` seconds after the last pipeline left
+        when that is later and no query waits."""
+        loop = asyncio.get_running_loop()
+        wait = 0.0 if self._asked else self._sent + self.batch_window - time.monotonic()
+        if wait > 0:
+            self._flush_handle = loop.call_later(wait, self._flush)
+        else:
+            self._flush_handle = loop.call_soon(self._flush)
 
     def _fail(self, op: _Op) -> None:
         metrics.BROKER_ERRORS.labels(op.kind).inc()
@@ -758,10 +775,12 @@ class RedisBroker:
             return
         ops = list(self._queue)
         self._queue.clear()
+        self._asked = False
         if self.sharded_pubsub:
             ops = _by_room(ops)
         wire, replies = self._pack(ops)
         self._in_flight = _Batch(ops, wire, replies, time.perf_counter())
+        self._sent = time.monotonic()
         link.write(wire)
 
     async def _connect(self) -> None:
@@ -812,7 +831,10 @@ class RedisBroker:
             self._resend(batch)
             return
         self._settle(batch.ops, batch.results, time.perf_counter() - batch.started)
-        self._flush()
+        if self._queue and self._flush_handle is None:
+            self._schedule()
+        else:
+            self._flush()
 
     def _fail_queued(self) -> None:
         failed = list(self._queue)
