@@ -38,10 +38,10 @@ instance channel and then the ``join`` event on the room channel. Operations lea
 ordered pipeline over the publisher's own connection (held while it works, taken again after
 a failure or an outage), one pipeline unanswered at a time and at least ``batch_window``
 apart: what is queued meanwhile leaves in the next; the server API's queries use redis-py's
-pool; every subscription
-shares one pub/sub connection, so a welcome reaches the hub exactly between the events it
-covers and the ones after it. The publisher's and the pub/sub connection are read in their
-transports' callbacks (:mod:`~server.rooms.broker.resp`), with no task of their own.
+pool; every subscription shares one pub/sub connection, so a welcome reaches the hub exactly
+between the events it covers and the ones after it. The publisher's and the pub/sub
+connection are read in their transports' callbacks (:mod:`~server.rooms.broker.resp`), with
+no task of their own.
 
 What goes on the channels (events, welcomes, control orders) is written and read by
 :mod:`~server.rooms.broker.payload`.
@@ -839,6 +839,7 @@ class RedisBroker:
     def _fail_queued(self) -> None:
         failed = list(self._queue)
         self._queue.clear()
+        self._asked = False
         for op in failed:
             self._fail(op)
 
