@@ -213,16 +213,43 @@ async def test_pipelines_leave_a_batch_window_apart_and_one_after_a_quiet_spell_
         await made.close()
 
 
-async def test_a_ban_check_does_not_wait_for_the_batch_window(redis_server: RedisServer) -> None:
-    """A join has just left in a pipeline, so the next would wait a whole window; a ban check,
-    which a client's upgrade waits on, leaves at once."""
+async def test_a_ban_check_and_a_join_do_not_wait_for_the_batch_window(
+    redis_server: RedisServer,
+) -> None:
+    """A join has just left in a pipeline, so the next would wait a whole window; a ban check
+    and then a join, which a client's upgrade and its welcome wait on, leave at once."""
     window = 10.0
     made = RedisBroker(redis_server.url, 3, presence_ttl=600, retention=600, batch_window=window)
     await made.start()
     try:
         await wait_until(lambda: made.ready, timeout=WAIT)
-        await ann_in_lobby(made)
+        sink = await ann_in_lobby(made)
         async with asyncio.timeout(window / 2):
             assert await made.banned("lobby", "eve") is False
+            welcome = await join(made, sink, "eve", 2)
+        assert welcome.user == "eve"
+    finally:
+        await made.close()
+
+
+async def test_after_redis_lost_its_scripts_only_the_script_calls_go_again(
+    redis_server: RedisServer,
+) -> None:
+    """A bot reply (a plain PUBLISH) and a message leave in one pipeline after SCRIPT FLUSH:
+    the message's call is answered NOSCRIPT and sent again; the bot reply, which ran, is
+    delivered once."""
+    made = RedisBroker(redis_server.url, 3, presence_ttl=600, retention=600, batch_window=1.0)
+    await made.start()
+    try:
+        await wait_until(lambda: made.ready, timeout=WAIT)
+        sink = await ann_in_lobby(made)
+        with redis.Redis(port=redis_server.port) as admin:
+            made.publish("lobby", b'{"type":"bot","text":"quote"}')
+            made.say("lobby", "ann", ChatMessage("hello", "hello"), sender=1)
+            admin.script_flush()  # before the window ends and the two leave together
+            bot, message = await sink.take(2)
+        assert isinstance(bot, Event) and bot.data == b'{"type":"bot","text":"quote"}'
+        assert isinstance(message, Event) and message.seq == 1
+        assert isinstance(await said(made, sink, "next"), Event)  # nothing else came between
     finally:
         await made.close()

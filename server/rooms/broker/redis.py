@@ -194,7 +194,8 @@ class _Op:
     ``packed`` holds its RESP bytes once made (:meth:`wire`). A message has ``say`` instead:
     the RESP bytes of its keys and of its arguments in the SAY script, which takes several
     messages per call (:class:`~server.rooms.broker.scripts.SayRoom`), and its ``room``. A
-    query has ``answer``, the future its reply resolves."""
+    query has ``answer``, the future its reply resolves. ``urgent``: someone waits on it (a
+    query's answer, a join's welcome), so it does not wait for the batch window."""
 
     kind: str  # metrics.BROKER_OPERATIONS
     script: AsyncScript | None
@@ -206,6 +207,7 @@ class _Op:
     say: tuple[bytes, bytes] | None = None
     room: str = ""
     answer: asyncio.Future[object] | None = None
+    urgent: bool = False
 
     def wire(self) -> bytes:
         """The operation's RESP bytes (EVALSHA for a script)."""
@@ -221,14 +223,13 @@ class _Op:
 
 @dataclass(slots=True)
 class _Batch:
-    """One pipeline written to Redis: its operations, RESP bytes, what each reply answers
+    """One pipeline written to Redis: its operations, what each reply answers
     (see :meth:`RedisBroker._pack`) and when it left (``time.perf_counter``); ``answered``
     counts the replies taken, the operations' results go into ``results``; ``skip`` replies
-    still to pass over (of SCRIPT LOADs sent ahead of it when it is sent again,
-    ``reloaded``)."""
+    still to pass over (of the SCRIPT LOADs sent ahead of it when it carries script calls
+    sent again after Redis lost its scripts, ``reloaded``)."""
 
     ops: list[_Op]
-    wire: bytes
     replies: list[int]
     started: float
     answered: int = 0
@@ -246,7 +247,7 @@ class RedisBroker:
     at least ``presence_ttl`` so the refresh keeps a room in use alive; ``batch_window``:
     the shortest time (seconds) from one pipeline to the next: operations queued within it
     leave together in the next one, and one queued later leaves in the same loop pass, as
-    does a query someone waits on (a ban check) with whatever is queued (0: the next
+    does one someone waits on (a ban check, a join) with whatever is queued (0: the next
     pipeline leaves as soon as the last one is answered).
 
     A master of a Redis Cluster (:mod:`~server.rooms.broker.cluster`) is one with
@@ -306,7 +307,7 @@ class RedisBroker:
         self._connecting: asyncio.Task[None] | None = None
         self._flush_handle: asyncio.Handle | None = None
         self._sent = -math.inf  # time.monotonic() when the last pipeline was written
-        self._asked = False  # a query waits in the queue
+        self._asked = False  # an urgent operation waits in the queue
         self._in_flight: _Batch | None = None  # the one pipeline written and not yet answered
         self._scripts = {
             name: self._client.register_script(scripts.source(name, sharded_pubsub))
@@ -660,7 +661,9 @@ class RedisBroker:
             tuple(candidate_names(user)),
             self._ranked,
         )
-        self._enqueue(self._script_op("presence", join, failed))
+        op = self._script_op("presence", join, failed)
+        op.urgent = True
+        self._enqueue(op)
 
     def leave(self, room: str, token: int) -> None:
         self._joining.pop(token, None)
@@ -731,8 +734,7 @@ class RedisBroker:
             return
         self._queue.append(op)
         self._idle.clear()
-        if op.answer is not None:
-            # Someone waits on a query: it does not wait for the batch window.
+        if op.urgent:
             self._asked = True
             if isinstance(self._flush_handle, asyncio.TimerHandle):
                 self._flush_handle.cancel()
@@ -742,7 +744,7 @@ class RedisBroker:
 
     def _schedule(self) -> None:
         """Flush in this loop pass, or ``batch_window`` seconds after the last pipeline left
-        when that is later and no query waits."""
+        when that is later and no urgent operation waits."""
         loop = asyncio.get_running_loop()
         wait = 0.0 if self._asked else self._sent + self.batch_window - time.monotonic()
         if wait > 0:
@@ -779,7 +781,7 @@ class RedisBroker:
         if self.sharded_pubsub:
             ops = _by_room(ops)
         wire, replies = self._pack(ops)
-        self._in_flight = _Batch(ops, wire, replies, time.perf_counter())
+        self._in_flight = _Batch(ops, replies, time.perf_counter())
         self._sent = time.monotonic()
         link.write(wire)
 
@@ -827,8 +829,19 @@ class RedisBroker:
             return
         self._in_flight = None
         if not batch.reloaded and any(isinstance(r, NoScriptError) for r in batch.results):
-            # Redis restarted without its script cache: nothing in the batch ran.
-            self._resend(batch)
+            # Redis lost its script cache (a restart, a failover, SCRIPT FLUSH): the script
+            # calls that found none go again; the rest ran and are settled.
+            again: list[_Op] = []
+            ran: list[_Op] = []
+            results: list[object] = []
+            for op, result in zip(batch.ops, batch.results, strict=True):
+                if isinstance(result, NoScriptError):
+                    again.append(op)
+                else:
+                    ran.append(op)
+                    results.append(result)
+            self._resend(again)
+            self._settle(ran, results, time.perf_counter() - batch.started)
             return
         self._settle(batch.ops, batch.results, time.perf_counter() - batch.started)
         if self._queue and self._flush_handle is None:
@@ -843,16 +856,14 @@ class RedisBroker:
         for op in failed:
             self._fail(op)
 
-    def _resend(self, batch: _Batch) -> None:
-        """Load the scripts and send ``batch`` again, on the same connection."""
-        batch.started = time.perf_counter()
-        batch.reloaded = True
-        batch.skip = len(self._scripts)
-        batch.answered = 0
-        batch.results.clear()
-        self._in_flight = batch
+    def _resend(self, ops: list[_Op]) -> None:
+        """Load the scripts and send ``ops`` again, in order, on the same connection."""
+        wire, replies = self._pack(ops)
+        self._in_flight = _Batch(
+            ops, replies, time.perf_counter(), skip=len(self._scripts), reloaded=True
+        )
         if self._link is not None:
-            self._link.write(self._load_scripts + batch.wire)
+            self._link.write(self._load_scripts + wire)
 
     def _publisher_lost(self, link: Link) -> None:
         """The publisher's connection ended: the batch in flight fails; what is queued goes
@@ -1075,7 +1086,9 @@ class RedisBroker:
                 answer.set_exception(BrokerUnavailable("redis is unavailable (banned)"))
 
         key = _ban_key(room, user)
-        self._enqueue(_Op("query", None, [], [], failed, command=("EXISTS", key), answer=answer))
+        self._enqueue(
+            _Op("query", None, [], [], failed, command=("EXISTS", key), answer=answer, urgent=True)
+        )
         return bool(await answer)
 
 
