@@ -7,6 +7,7 @@ Redis is away. And the start-up guard on the redis-py internals the broker's con
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -49,6 +50,18 @@ async def impatient(
     await wait_until(lambda: made.ready, timeout=WAIT)
     yield made
     await made.close()
+
+
+@contextlib.asynccontextmanager
+async def windowed(redis_server: RedisServer, window: float) -> AsyncIterator[RedisBroker]:
+    """A ready broker whose pipelines leave at least ``window`` seconds apart."""
+    made = RedisBroker(redis_server.url, 3, presence_ttl=600, retention=600, batch_window=window)
+    await made.start()
+    try:
+        await wait_until(lambda: made.ready, timeout=WAIT)
+        yield made
+    finally:
+        await made.close()
 
 
 async def ann_in_lobby(broker: RedisBroker) -> Sink:
@@ -189,10 +202,7 @@ async def test_pipelines_leave_a_batch_window_apart_and_one_after_a_quiet_spell_
     a window or more after the last pipeline leaves at once; messages queued within the window
     wait for its end and leave together, in one SAY call."""
     window = 2.0
-    made = RedisBroker(redis_server.url, 3, presence_ttl=600, retention=600, batch_window=window)
-    await made.start()
-    try:
-        await wait_until(lambda: made.ready, timeout=WAIT)
+    async with windowed(redis_server, window) as made:
         sink = await ann_in_lobby(made)
         await asyncio.sleep(window)  # the join's pipeline is a window old
         loop = asyncio.get_running_loop()
@@ -209,8 +219,6 @@ async def test_pipelines_leave_a_batch_window_apart_and_one_after_a_quiet_spell_
             assert isinstance(two, Event) and two.seq == 2
             assert isinstance(three, Event) and three.seq == 3
             assert admin.info("commandstats")["cmdstat_evalsha"]["calls"] == calls + 1
-    finally:
-        await made.close()
 
 
 async def test_a_ban_check_and_a_join_do_not_wait_for_the_batch_window(
@@ -219,17 +227,12 @@ async def test_a_ban_check_and_a_join_do_not_wait_for_the_batch_window(
     """A join has just left in a pipeline, so the next would wait a whole window; a ban check
     and then a join, which a client's upgrade and its welcome wait on, leave at once."""
     window = 10.0
-    made = RedisBroker(redis_server.url, 3, presence_ttl=600, retention=600, batch_window=window)
-    await made.start()
-    try:
-        await wait_until(lambda: made.ready, timeout=WAIT)
+    async with windowed(redis_server, window) as made:
         sink = await ann_in_lobby(made)
         async with asyncio.timeout(window / 2):
             assert await made.banned("lobby", "eve") is False
             welcome = await join(made, sink, "eve", 2)
         assert welcome.user == "eve"
-    finally:
-        await made.close()
 
 
 async def test_after_redis_lost_its_scripts_only_the_script_calls_go_again(
@@ -238,10 +241,7 @@ async def test_after_redis_lost_its_scripts_only_the_script_calls_go_again(
     """A bot reply (a plain PUBLISH) and a message leave in one pipeline after SCRIPT FLUSH:
     the message's call is answered NOSCRIPT and sent again; the bot reply, which ran, is
     delivered once."""
-    made = RedisBroker(redis_server.url, 3, presence_ttl=600, retention=600, batch_window=1.0)
-    await made.start()
-    try:
-        await wait_until(lambda: made.ready, timeout=WAIT)
+    async with windowed(redis_server, 1.0) as made:
         sink = await ann_in_lobby(made)
         with redis.Redis(port=redis_server.port) as admin:
             made.publish("lobby", b'{"type":"bot","text":"quote"}')
@@ -251,5 +251,3 @@ async def test_after_redis_lost_its_scripts_only_the_script_calls_go_again(
         assert isinstance(bot, Event) and bot.data == b'{"type":"bot","text":"quote"}'
         assert isinstance(message, Event) and message.seq == 1
         assert isinstance(await said(made, sink, "next"), Event)  # nothing else came between
-    finally:
-        await made.close()
