@@ -661,9 +661,7 @@ class RedisBroker:
             tuple(candidate_names(user)),
             self._ranked,
         )
-        op = self._script_op("presence", join, failed)
-        op.urgent = True
-        self._enqueue(op)
+        self._enqueue(self._script_op("presence", join, failed, urgent=True))
 
     def leave(self, room: str, token: int) -> None:
         self._joining.pop(token, None)
@@ -705,10 +703,15 @@ class RedisBroker:
         )
 
     def _script_op(
-        self, kind: str, call: scripts.Call, failed: Callable[[], None] | None = None
+        self,
+        kind: str,
+        call: scripts.Call,
+        failed: Callable[[], None] | None = None,
+        urgent: bool = False,
     ) -> _Op:
-        """The queued operation of script ``call``, counted as ``kind``."""
-        return _Op(kind, self._scripts[call.NAME], call.keys(), call.args(), failed)
+        """The queued operation of script ``call``, counted as ``kind`` (``urgent``: see
+        :class:`_Op`)."""
+        return _Op(kind, self._scripts[call.NAME], call.keys(), call.args(), failed, urgent=urgent)
 
     def _refresh(self, room: str, whole: bool = False) -> None:
         """Keep this instance's members of ``room`` present; ``whole`` replaces what Redis
@@ -844,10 +847,10 @@ class RedisBroker:
             self._settle(ran, results, time.perf_counter() - batch.started)
             return
         self._settle(batch.ops, batch.results, time.perf_counter() - batch.started)
-        if self._queue and self._flush_handle is None:
+        if not self._queue:
+            self._flush()  # nothing queued: the publisher is idle
+        elif self._flush_handle is None:
             self._schedule()
-        else:
-            self._flush()
 
     def _fail_queued(self) -> None:
         failed = list(self._queue)
