@@ -225,12 +225,30 @@ URL_RULE = "an http:// or https:// URL with a host and no spaces"
         ("ROOMHUB_QUOTE_URL", "http://", URL_RULE),
         ("ROOMHUB_CLOSE_TIMEOUT", "1e-9", "a plain decimal number > 0, like 2 or 0.5"),
         ("ROOMHUB_RATE_LIMIT", "0", "a plain decimal number > 0, like 2 or 0.5"),
+        ("ROOMHUB_REDIS_BATCH_WINDOW", "-1", "a whole number of microseconds from 0 to 100000"),
     ],
 )
 def test_bad_value_stops_start_up_stating_what_is_accepted(name: str, raw: str, says: str) -> None:
     result = start_up({name: raw})
     assert result.returncode == 2
     assert f"{name}={raw!r}: must be {says}" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "says"),
+    [
+        ("ROOMHUB_REDIS_BATCH_WINDOW", "100001", "a whole number of microseconds from 0 to 100000"),
+        ("ROOMHUB_HISTORY_SIZE", "0", "a whole number >= 1, like 5"),
+        ("ROOMHUB_HISTORY_SIZE", "-3", "a whole number >= 1, like 5"),
+        ("ROOMHUB_NEW_ROOMS_PER_MINUTE", "-1", "a whole number >= 0, like 5"),
+        ("ROOMHUB_PORT", "70000", "a port number from 0 to 65535"),
+        ("ROOMHUB_PORT", "http", "a port number from 0 to 65535"),
+    ],
+)
+def test_a_bad_whole_number_is_refused_stating_the_range(name: str, raw: str, says: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({name: raw})
+    assert str(raised.value) == f"{name}={raw!r}: must be {says}"
 
 
 def test_documented_example_of_a_bad_value_is_the_message_start_up_prints() -> None:

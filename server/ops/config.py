@@ -170,9 +170,9 @@ INT_RE = re.compile(r"[0-9]+")
 FLOAT_RE = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 
 
-def _int(raw: str) -> int:
+def _int(raw: str, accepted: str = "a whole number >= 0, like 5") -> int:
     if not INT_RE.fullmatch(raw.strip()):
-        raise ValueError("must be a whole number")
+        raise ValueError(f"must be {accepted}")
     return int(raw)
 
 
@@ -183,9 +183,10 @@ def _float(raw: str, accepted: str = "a plain decimal number >= 0, like 2 or 0.5
 
 
 def _positive_int(raw: str) -> int:
-    value = _int(raw)
+    accepted = "a whole number >= 1, like 5"
+    value = _int(raw, accepted)
     if value < 1:
-        raise ValueError("must be at least 1")
+        raise ValueError(f"must be {accepted}")
     return value
 
 
@@ -213,16 +214,18 @@ def _fanout_interval(raw: str) -> float:
 
 
 def _batch_window(raw: str) -> int:
-    value = _int(raw)
+    accepted = "a whole number of microseconds from 0 to 100000"
+    value = _int(raw, accepted)
     if value > 100_000:
-        raise ValueError("must be at most 100000 (microseconds)")
+        raise ValueError(f"must be {accepted}")
     return value
 
 
 def _port(raw: str) -> int:
-    value = _int(raw)
+    accepted = "a port number from 0 to 65535"
+    value = _int(raw, accepted)
     if value > 65535:
-        raise ValueError("must be 0..65535")
+        raise ValueError(f"must be {accepted}")
     return value
 
 
