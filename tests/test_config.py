@@ -166,6 +166,11 @@ def test_several_redis_urls_are_the_shards_in_their_order() -> None:
         ),
         ("redis://a:6379/0,redis://:s3c/ret@b:6379/0", "must be percent-encoded"),
         ("redis://a:6379/x?password=s3cret", "password=***"),
+        ("redis://a:6379/0?db=x", "Invalid value for 'db'"),
+        ("redis://a:6379/0,redis://:s3cret@b:6379/0?socket_timeout=abc", "item 2 'redis://:***@b"),
+        ("redis://a:6379/0?password=s3cret&socket_timeout=abc", "'socket_timeout'"),
+        ("redis://a:6379/0?colour=1", "redis-py takes no 'colour' option"),
+        ("redis://a:6379/0?protocol=3", "the protocol option is not taken"),
     ],
 )
 def test_a_bad_or_repeated_redis_url_is_refused_naming_it_without_its_password(
@@ -185,6 +190,18 @@ def test_a_bad_redis_url_among_several_stops_start_up_with_exit_code_2() -> None
     assert "ROOMHUB_BROKER" in result.stderr
     assert "item 2 'redis://:***@b:99999/0'" in result.stderr
     assert "s3cret" not in result.stderr
+
+
+def test_a_redis_url_option_redis_py_refuses_stops_start_up_with_exit_code_2() -> None:
+    result = start_up({"ROOMHUB_BROKER": "redis://127.0.0.1:6379/0?db=x"})
+    assert (result.returncode, result.stdout) == (2, "")
+    assert "ROOMHUB_BROKER='redis://127.0.0.1:6379/0?db=x'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_redis_url_options_redis_py_takes_are_kept() -> None:
+    raw = "redis://a:6379/0?health_check_interval=5,rediss://b:6379/0?ssl_cert_reqs=none"
+    assert load_settings({"ROOMHUB_BROKER": raw}).broker == raw
 
 
 def test_redis_cluster_seeds_are_parsed_into_one_url_each() -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio.connection import ConnectionPool
 from yarl import URL
 
 from ..wire.origin import ORIGIN_CHECKS, parse_origin
@@ -356,7 +357,29 @@ def _redis_url(item: str, index: int, count: int, accepted: str) -> str:
         raise ValueError(f"{shown}: the port must be 1..65535")
     if url.path not in ("", "/") and not INT_RE.fullmatch(url.path[1:]):
         raise ValueError(f"{shown}: the database after the host must be a number, like /0")
+    if url.query_string:
+        _redis_options(item, shown)
     return item
+
+
+def _redis_options(item: str, shown: str) -> None:
+    """Raise ``ValueError`` naming ``item`` (as ``shown``) when an option after its ``?`` is
+    one redis-py does not take or takes no such value of (its URL options:
+    https://redis.readthedocs.io/en/stable/connections.html#redis.Redis.from_url), or is
+    ``protocol``: the broker reads Redis's answers as RESP2 and sets that itself."""
+    if "protocol" in URL(item).query:
+        raise ValueError(f"{shown}: the protocol option is not taken (the broker speaks RESP2)")
+    try:
+        ConnectionPool.from_url(item).make_connection()  # type: ignore[no-untyped-call]
+    except TypeError as exc:  # redis-py hands an option it does not know to the connection
+        unknown = UNKNOWN_OPTION_RE.search(str(exc))
+        what = f"'{unknown[1]}'" if unknown else "an option"
+        raise ValueError(f"{shown}: redis-py takes no {what} option in a URL") from None
+    except ValueError as exc:
+        raise ValueError(f"{shown}: {exc}") from None
+
+
+UNKNOWN_OPTION_RE = re.compile(r"unexpected keyword argument '(\w+)'")
 
 
 def _cluster_seeds(broker: str) -> tuple[str, ...]:
