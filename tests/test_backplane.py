@@ -209,6 +209,56 @@ async def test_a_room_whose_keys_redis_lost_refuses_then_restarts_in_a_new_epoch
     await bob.close()
 
 
+async def test_members_on_every_instance_resume_in_the_new_epoch_a_message_made(
+    make_instance: Any, redis_server: RedisServer
+) -> None:
+    a, b = await make_instance(), await make_instance()
+    ann = await connect(a, "b", "ann")
+    old = await ann.next_of("welcome")
+    bob = await joined(b, "b", "bob")
+    await ann.say("m0")
+    assert [m["seq"] for m in await messages(bob, 1)] == [1]
+
+    redis.Redis.from_url(redis_server.url).flushall()  # both instances stay connected
+    await ann.say("lost", id="lost")
+    error = await ann.next_of("error")
+    assert (error["code"], error["reply_to"]) == ("unavailable", "lost")
+    # bob, on the other instance, is told too, though he sent nothing.
+    assert [await ann.closed(), await bob.closed()] == [1012, 1012]
+    bob = await connect(b, "b", "bob", since=1, epoch=old["epoch"])
+    new = await bob.next_of("welcome")
+    assert (new["reset"], new["epoch"] != old["epoch"]) == (True, True)
+    ann = await joined(a, "b", "ann")
+    await bob.say("after", id="after")
+    for client in (ann, bob):
+        got = await client.next_of("message")
+        assert (got["text"], got["seq"]) == ("after", 1)
+    await ann.close()
+    await bob.close()
+
+
+async def test_a_server_api_publish_into_a_lost_room_makes_its_members_elsewhere_resume(
+    make_instance: Any, redis_server: RedisServer
+) -> None:
+    key = "test-key-0123456789abcdef"
+    a, b = await make_instance(api_key=key), await make_instance()
+    bob = await connect(b, "b", "bob")
+    old = await bob.next_of("welcome")
+    await bob.say("m0")
+    assert [m["seq"] for m in await messages(bob, 1)] == [1]
+
+    redis.Redis.from_url(redis_server.url).flushall()  # both instances stay connected
+    body = {"room": "b", "text": "from the api"}
+    response = await a.post("/api/v1/publish", json=body, headers={"X-API-Key": key})
+    assert response.status == 200, await response.text()
+    assert await bob.closed() == 1012
+    bob = await connect(b, "b", "bob", since=1, epoch=old["epoch"])
+    new = await bob.next_of("welcome")
+    assert (new["reset"], new["epoch"] != old["epoch"]) == (True, True)
+    assert [m["text"] for m in new["history"]] == ["from the api"]
+    await bob.close()
+
+
 async def test_a_join_into_a_room_whose_keys_redis_lost_closes_its_members_with_1012(
     make_instance: Any, redis_server: RedisServer
 ) -> None:

@@ -109,7 +109,8 @@ def test_every_script_is_package_data_found_by_importlib_resources() -> None:
 def test_the_lua_scripts_write_the_payloads_the_reader_decodes(
     redis_server: RedisServer,
 ) -> None:
-    """JOIN publishes a welcome and a join event, SAY a message: each decodes to its parts."""
+    """JOIN into a new room publishes its epoch's notice, a welcome and a join event, SAY a
+    message: each decodes to its parts."""
     client = redis.Redis(port=redis_server.port)
     listener = client.pubsub()
     listener.subscribe("roomhub:instance:i1", scripts.channel("lobby"))
@@ -138,13 +139,15 @@ def test_the_lua_scripts_write_the_payloads_the_reader_decodes(
     say = scripts.Say("lobby", say_tail, "1700000001.5", 50, 30)
     assert client.register_script(scripts.source("say"))(keys=say.keys(), args=say.args()) == [1]
 
-    published = [listener.get_message(timeout=5) for _ in range(3)]
+    published = [listener.get_message(timeout=5) for _ in range(4)]
     assert [m["channel"] for m in published] == [  # type: ignore[index]
+        b"roomhub:{lobby}",
         b"roomhub:instance:i1",
         b"roomhub:{lobby}",
         b"roomhub:{lobby}",
     ]
-    welcome, joined, said = (m["data"] for m in published)  # type: ignore[index]
+    notice, welcome, joined, said = (m["data"] for m in published)  # type: ignore[index]
+    assert p.decode_epoch(notice) == ("e1", b"roomhub:instance:i1")
     assert p.decode_welcome(welcome) == p.WelcomePayload(
         7, 0, 1, False, "e1", "lobby", b'"ann"', ["ann"], []
     )
@@ -153,3 +156,22 @@ def test_the_lua_scripts_write_the_payloads_the_reader_decodes(
     assert p.decode_event(said) == Event(MESSAGE_PREFIX + b"1" + say_tail, 1, True, 1700000001.5)
     listener.close()
     client.close()
+
+
+@pytest.mark.parametrize(
+    ("data", "decoded"),
+    [
+        (b"e 0 0 Ab_9 roomhub:instance:i1", ("Ab_9", b"roomhub:instance:i1")),
+        (b"e 0 0 Ab_9", ("Ab_9", b"")),  # a server API publish made it
+    ],
+)
+def test_a_new_epoch_notice_decodes_to_its_epoch_and_channel(
+    data: bytes, decoded: tuple[str, bytes]
+) -> None:
+    assert p.decode_epoch(data) == decoded
+
+
+@pytest.mark.parametrize("data", [b"e 0 0 ", b"e 0 0", b"m 1 0 Ab_9"])
+def test_a_malformed_new_epoch_notice_raises_value_error(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        p.decode_epoch(data)

@@ -6,7 +6,10 @@ writes a bot reply's event payload and the control order):
 * a room channel carries events: ``<kind> <seq> <published> <event>``, kind ``m`` (message),
   ``b`` (bot reply or ``deleted``) or ``p`` (presence), ``seq`` 0 outside the sequence,
   ``published`` the publisher's ``time.time()`` in seconds (Python's ``repr`` of it), then the
-  encoded event (JSON, no newline);
+  encoded event (JSON, no newline); and the notice of a new epoch, ``e 0 0 <epoch>
+  [<channel>]``, which a script publishes when it makes the room's epoch (members elsewhere
+  may be in a lost one), with the channel of the welcome it was made for (none for a server
+  API publish);
 * an instance channel carries welcomes: a head line ``w <token> <seq> <members> <reset 0|1>
   <epoch> <room>`` (token 0: a catch-up), then lines holding the JSON-encoded name given
   (``""`` for a catch-up), the JSON list of the names online, and one history event each,
@@ -27,6 +30,19 @@ MESSAGE = b"m"
 BOT = b"b"
 PRESENCE = b"p"
 """The kinds of event payload; a presence event is the only one that is not urgent."""
+
+NEW_EPOCH = b"e "
+"""How the notice of a new epoch starts (``e 0 0 <epoch> [<channel>]``)."""
+
+
+def decode_epoch(data: bytes) -> tuple[str, bytes]:
+    """The epoch of a new-epoch notice and the channel of the welcome it was made for (``b""``
+    if none); raises ValueError when ``data`` does not have its shape."""
+    kind, _, _, rest = data.split(b" ", 3)
+    epoch, _, channel = rest.partition(b" ")
+    if kind + b" " != NEW_EPOCH or not epoch:
+        raise ValueError("not a new-epoch notice")
+    return epoch.decode(), channel
 
 
 def encode_event(kind: bytes, seq: int, published: float, event: bytes) -> bytes:

@@ -318,6 +318,8 @@ class RedisBroker:
         )
         self._control: ControlSink | None = None
         self._sinks: dict[str, Sink] = {}
+        # room -> the epoch of the last welcome handed to its sink.
+        self._epochs: dict[str, str] = {}
         # room -> the RESP bytes of its part in every SAY call.
         self._say_parts: dict[str, SayRoom] = {}
         self._say_tail = scripts.say_settings(history_size, self.retention)
@@ -390,6 +392,7 @@ class RedisBroker:
             return
         del self._sinks[room]
         self._say_parts.pop(room, None)
+        self._epochs.pop(room, None)
         pubsub = self._pubsub
         if pubsub is not None and self._up:
             # In order with any later SUBSCRIBE of a new hub of the room: same connection.
@@ -557,10 +560,25 @@ class RedisBroker:
         if name == self._control_bytes:
             self._on_control(data)
             return
-        sink = self._sinks.get(name[CHANNEL_HEAD:-1].decode())
+        room = name[CHANNEL_HEAD:-1].decode()
+        sink = self._sinks.get(room)
         if sink is None:
             return
+        if data.startswith(payload.NEW_EPOCH):
+            self._on_new_epoch(room, *payload.decode_epoch(data))
+            return
         sink(payload.decode_event(data))
+
+    def _on_new_epoch(self, room: str, epoch: str, made_for: bytes) -> None:
+        """Catch ``room`` up when Redis made it a new epoch for a welcome elsewhere while its
+        hub here had been handed another (Redis lost the room's keys, and another instance
+        noticed first), so that its members resume in the new one. A welcome of this
+        instance's (``made_for``) brings the new epoch itself."""
+        if made_for == self._instance_bytes or made_for.endswith(self._welcome_suffix):
+            return
+        known = self._epochs.get(room)
+        if known is not None and known != epoch:
+            self._catch_up(room)
 
     def _on_welcome(self, data: bytes) -> None:
         got = payload.decode_welcome(data)
@@ -571,6 +589,7 @@ class RedisBroker:
             name = ""  # a catch-up, or a join whose connection left meanwhile
         sink = self._sinks.get(got.room)
         if sink is not None:
+            self._epochs[got.room] = got.epoch
             sink(
                 Welcome(
                     got.token,

@@ -38,6 +38,12 @@ local function names(prefix, instances, limit)
   end
   return out
 end
+-- Tells every instance on the room's channel that the room has a new epoch ``epoch``, made
+-- for the welcome on ``channel``: another instance whose members are still in the epoch Redis
+-- lost catches the room up (payload.py).
+local function notify(prefix, epoch, channel)
+  redis.call(PUBLISH, string.sub(prefix, 1, -2), 'e 0 0 ' .. epoch .. ' ' .. channel)
+end
 -- Publishes the welcome of join ``token`` (0: a catch-up) to ``channel``; ``seen`` is the
 -- epoch the joiner saw ('' if none), ``name`` the JSON name it got; the newest ``size``
 -- entries of the history are the room's history (SAY trims it only now and then).
@@ -47,6 +53,7 @@ local function welcome(keys, token, room, members, since, seen, fresh, name, cha
   if not epoch then
     epoch = fresh
     redis.call('SET', keys.epoch, epoch)
+    notify(keys.prefix, epoch, channel)
   end
   local reset = 0
   if seen ~= '' and seen ~= epoch then

@@ -11,7 +11,8 @@
 -- (a flush, an eviction, a failover to a replica that was behind) while its members stayed:
 -- the message is undone and answered 0 (lost), so its broker refuses it and runs the room's
 -- catch-up, which makes a new epoch. With a fresh epoch given (a publish into a room nobody
--- joined yet) the epoch is made here instead.
+-- joined yet) the epoch is made here instead, and announced on the room's channel (members
+-- on other instances may still be in the epoch Redis lost: their brokers catch the room up).
 -- Returns the seq of each message, 0 for a lost one.
 local SLACK = 32
 local count = #KEYS / 2
@@ -26,6 +27,7 @@ for m = 1, count do
       redis.call('EXPIRE', KEYS[2 * m - 1], ttl)
     elseif fresh then
       redis.call('SET', epoch, fresh, 'EX', ttl)
+      redis.call(PUBLISH, ARGV[3 * m - 2], 'e 0 0 ' .. fresh)
       redis.call('EXPIRE', KEYS[2 * m - 1], ttl)
     else
       redis.call('DEL', KEYS[2 * m - 1])
