@@ -25,7 +25,9 @@ const RATE = intEnv('RATE', pick({ full: 200, smoke: 50 }));
 const DURATION_MS = durationEnv('DURATION', pick({ full: '60s', smoke: '20s' }));
 const API_KEY = __ENV.API_KEY || '';
 const JOIN_MS = 3000; // listeners join before the backend starts publishing
-const DRAIN_MS = 2000; // and stay this long after it stopped
+// and stay this long after it stopped: past its gracefulStop (2 s), so that a publish still
+// answering when the backend stops is delivered before the listeners leave
+const DRAIN_MS = 4000;
 const BACKEND_VUS = pick({ full: 20, smoke: 10 });
 
 
