@@ -20,6 +20,7 @@ import orjson
 import pytest
 import redis
 
+from bench.server import server_env, spawn
 from server.rooms.broker import Delivery, Event
 from server.rooms.broker.cluster import ClusterBroker, SlotMap, discover, room_slot
 from server.wire.protocol import ChatMessage
@@ -85,22 +86,27 @@ async def test_slot_map_routes_each_room_to_the_master_serving_its_slot(
     assert {slots.shard_of(room) for room in rooms} == {0, 1, 2}
 
 
-async def test_a_cluster_node_named_by_a_plain_redis_url_is_logged_as_one(
-    tmp_path: Path, redis_cluster: RedisCluster, slots: SlotMap
+@pytest.mark.parametrize("served", [0, 1], ids=["its-own-slot", "another-masters-slot"])
+async def test_a_cluster_node_named_by_a_plain_redis_url_is_logged_and_never_ready(
+    tmp_path: Path, redis_cluster: RedisCluster, slots: SlotMap, served: int
 ) -> None:
-    room = rooms_on_each_master(slots, "plain")[1]
+    room = rooms_on_each_master(slots, "plain")[served]
     node = f"redis://{slots.masters[0]}/0"
-    with run_server(tmp_path, broker=node, quote_provider="sim") as server:
-        every_master_up(server)
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(
-                f"{server.url}/ws", params={"room": room, "user": "m"}, headers=UPGRADE_HEADERS
-            ) as response,
-        ):  # refused (503) or closed after the upgrade: the join fails
-            await response.read()
+    port = free_port()
+    env = server_env(port, broker=node, quote_provider="sim")
+    with spawn(["-m", "server", "serve"], port, "/healthz", tmp_path / "server.log", env) as server:
         await wait_until(lambda: "broker_is_cluster_node" in server.log.read_text())
         assert "redis+cluster://" in server.log.read_text()
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{server.url}/readyz") as response:
+                assert (response.status, await response.json()) == (
+                    503,
+                    {"status": "broker_unavailable"},
+                )
+            async with session.get(
+                f"{server.url}/ws", params={"room": room, "user": "m"}, headers=UPGRADE_HEADERS
+            ) as response:
+                assert response.status == 503
 
 
 def test_a_cluster_with_no_seed_answering_stops_start_up_naming_the_setting() -> None:

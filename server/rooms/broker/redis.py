@@ -463,6 +463,8 @@ class RedisBroker:
                 await self._client.ping()
                 if self.sharded_pubsub:
                     await self._cluster_ok()
+                else:
+                    await self._not_a_cluster_node()
                 self._set_up(True)
                 if connected_once:
                     metrics.BROKER_RECONNECTS.inc()
@@ -611,18 +613,38 @@ class RedisBroker:
             return
         if self._refresh_slots is not None:
             self._refresh_slots()
-        elif not self._cluster_node_logged:
-            self._cluster_node_logged = True
-            log.error(
-                "broker_is_cluster_node",
-                extra={
-                    "fields": {
-                        "redis": self._shown,
-                        "error": f"{type(error).__name__}: {error}",
-                        "hint": "list a Redis Cluster in ROOMHUB_BROKER as redis+cluster://",
-                    }
-                },
-            )
+        else:
+            self._log_cluster_node(f"{type(error).__name__}: {error}")
+
+    def _log_cluster_node(self, error: str) -> None:
+        """Log once that the Redis a plain ``redis://`` URL names is a cluster node."""
+        if self._cluster_node_logged:
+            return
+        self._cluster_node_logged = True
+        log.error(
+            "broker_is_cluster_node",
+            extra={
+                "fields": {
+                    "redis": self._shown,
+                    "error": error,
+                    "hint": "list a Redis Cluster in ROOMHUB_BROKER as redis+cluster://",
+                }
+            },
+        )
+
+    async def _not_a_cluster_node(self) -> None:
+        """Raise :class:`BrokerUnavailable`, logging ``broker_is_cluster_node`` once, when
+        the Redis a plain ``redis://`` URL names runs in cluster mode (``INFO cluster``:
+        ``cluster_enabled:1``): there every join names a key outside its room's slot (the
+        rooms ranking) and is refused with CROSSSLOT, and a room on another master gets
+        MOVED, so no room would work. A Redis that refuses ``INFO`` is taken at its word."""
+        try:
+            info = await self._client.info("cluster")
+        except ResponseError:
+            return
+        if info.get("cluster_enabled") == 1:
+            self._log_cluster_node("INFO cluster: cluster_enabled:1")
+            raise BrokerUnavailable("a Redis Cluster node, named by a plain redis:// URL")
 
     def _set_up(self, up: bool) -> None:
         self._up = up
