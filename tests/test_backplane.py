@@ -20,6 +20,7 @@ from server.ops.config import Settings
 from server.rooms.broker.redis import RedisBroker, candidate_names
 from server.rooms.names import SUFFIX_LIMIT, name_key, suffixed
 from server.web.app import create_app
+from server.web.keys import broker_key
 from tests.chat import UPGRADE_HEADERS, Client, sample, settings, wait_until
 from tests.support.k6 import SCENARIOS, run_k6
 from tests.support.processes import Process, RedisServer, free_port, run_server
@@ -39,8 +40,6 @@ def make_instance(aiohttp_client: Any, redis_server: RedisServer):
 
 
 def _ready(instance: TestClient) -> bool:
-    from server.web.keys import broker_key
-
     return instance.app[broker_key].ready
 
 
@@ -444,6 +443,85 @@ async def test_members_of_a_killed_instance_stop_being_counted_within_the_ttl(
                     await asyncio.sleep(0.1)
             for client in again:
                 await client.close()
+
+
+async def test_members_elsewhere_see_a_leave_for_each_member_of_a_killed_instance(
+    tmp_path: Any, redis_server: RedisServer
+) -> None:
+    ttl = 3
+    common = {"broker": redis_server.url, "presence_ttl": ttl, "quote_provider": "sim"}
+    with run_server(tmp_path, **common) as doomed, run_server(tmp_path, **common) as survivor:
+        async with aiohttp.ClientSession() as session:
+
+            async def member(server: Process, user: str) -> Client:
+                ws = await session.ws_connect(server.ws_url, params={"room": "b", "user": user})
+                client = Client(ws)
+                await client.next_of("welcome")
+                return client
+
+            ann = await member(survivor, "ann")
+            gone = [await member(doomed, user) for user in ("bob", "cy")]
+            for user in ("bob", "cy"):
+                await ann.next(lambda e, user=user: e["type"] == "join" and e["user"] == user)
+            os.kill(doomed.pid, signal.SIGKILL)
+            doomed.proc.wait()
+            leaves = [await ann.next_of("leave") for _ in range(2)]  # within the ttl
+            assert [(e["type"], e["user"], e["members"]) for e in leaves] == [
+                ("leave", "bob", 2),
+                ("leave", "cy", 1),
+            ]
+            async with session.get(f"{survivor.url}/api/rooms") as response:
+                assert (await response.json())["rooms"][0]["members"] == 1
+            newcomer = await member(survivor, "bob")  # the name is free again
+            await ann.close()
+            await newcomer.close()
+            del gone
+
+
+async def test_members_of_live_instances_are_never_let_go(
+    make_instance: Any, redis_server: RedisServer
+) -> None:
+    a, b = await make_instance(presence_ttl=3), await make_instance(presence_ttl=3)
+    ann = await joined(a, "b", "ann")
+    bob = await joined(b, "b", "bob")
+    store = redis.Redis.from_url(redis_server.url)
+    users = sorted(store.scan_iter("roomhub:{b}:users:*"))
+    assert len(users) == 2
+    # Each instance refreshes every second: watch both do it three times over.
+    refreshed = dict.fromkeys(users, 0)
+    last = {key: store.pttl(key) for key in users}
+    async with asyncio.timeout(10):
+        while min(refreshed.values()) < 3:
+            await asyncio.sleep(0.05)
+            for key in users:
+                now = store.pttl(key)
+                refreshed[key] += now > last[key]
+                last[key] = now
+    await bob.say("still here")
+    got = await ann.next(lambda e: e["type"] in ("leave", "message"))
+    assert (got["type"], got["text"]) == ("message", "still here")
+    assert store.hlen(users[0]) == store.hlen(users[1]) == 1
+    await ann.close()
+    await bob.close()
+
+
+async def test_members_of_an_instance_whose_entries_were_let_go_are_announced_when_it_is_back(
+    make_instance: Any, redis_server: RedisServer
+) -> None:
+    a, b = await make_instance(), await make_instance()
+    ann = await joined(a, "b", "ann")
+    await joined(b, "b", "bob")
+    await ann.next(lambda e: e["type"] == "join" and e["user"] == "bob")
+    store = redis.Redis.from_url(redis_server.url)
+    cut_off = b.app[broker_key].instance
+    # What another instance's refresh leaves of B's entries once B stopped refreshing.
+    store.delete(*(f"roomhub:{{b}}:{name}:{cut_off}" for name in ("users", "tokens", "joined")))
+    store.srem("roomhub:{b}:instances", cut_off)
+    store.client_kill_filter(_type="pubsub")  # both instances reconnect and refresh whole
+    got = await ann.next_of("join")
+    assert (got["user"], got["members"]) == ("bob", 2)
+    assert store.hlen(f"roomhub:{{b}}:users:{cut_off}") == 1
+    await ann.close()
 
 
 @pytest.mark.k6

@@ -13,7 +13,8 @@ Keys of room ``R`` (the ``{R}`` hash tag keeps a room's keys together):
   ``roomhub:{R}:joined:<instance>`` (sorted set: the JSON names ranked by join token, which
   rises on each instance, so the welcome's ``online`` and the presence list keep join
   order), all three expiring after ``presence_ttl`` seconds unless the live instance
-  refreshes them;
+  refreshes them (every third of it; another instance's refresh lets go of those left two
+  thirds of it unrefreshed, with a ``leave`` for each member: ``lua/refresh.lua``);
   ``roomhub:{R}:instances`` lists the instances that may hold entries; ``roomhub:rooms``
   ranks rooms by members;
 * the epoch, seq, history and instances keys expire ``retention`` seconds after the room was
@@ -755,12 +756,22 @@ class RedisBroker:
         return _Op(kind, self._scripts[call.NAME], call.keys(), call.args(), failed, urgent=urgent)
 
     def _refresh(self, room: str, whole: bool = False) -> None:
-        """Keep this instance's members of ``room`` present; ``whole`` replaces what Redis
-        holds for this instance (after a reconnect), else entries are only added."""
+        """Keep this instance's members of ``room`` present, and let go of those of an
+        instance that stopped refreshing; ``whole`` replaces what Redis holds for this
+        instance (after a reconnect), else entries are only added."""
         here = self._local.get(room, {})
         members = tuple((token, key, name) for token, (key, name) in here.items())
         refresh = Refresh(
-            room, self.instance, self.presence_ttl, whole, self.retention, members, self._ranked
+            room,
+            self.instance,
+            self.presence_ttl,
+            whole,
+            self.retention,
+            members,
+            repr(time.time()),
+            _presence_tail("leave"),
+            _presence_tail("join"),
+            self._ranked,
         )
         self._enqueue(self._script_op("presence", refresh))
 

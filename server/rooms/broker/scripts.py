@@ -274,11 +274,15 @@ class Leave:
 
 @dataclass(frozen=True, slots=True)
 class Refresh:
-    """REFRESH: keep ``instance``'s members of the room present; ``whole`` replaces what Redis
-    holds for the instance, else entries are only added.
+    """REFRESH: keep ``instance``'s members of the room present (``whole`` replaces what Redis
+    holds for the instance, else entries are only added), and let go of the members of any
+    instance that stopped refreshing its own, publishing a leave event for each; a ``whole``
+    refresh that finds the instance's entries gone publishes a join event for each of its
+    members. The script returns the number let go.
 
     KEYS: :func:`presence_keys`. ARGV: prefix, room, instance, ttl (seconds), whole (1 or 0),
-    the retention (seconds), then ``(token, name key, JSON name)`` of each member, flattened.
+    the retention (seconds), published, the leave and the join event's tails (after
+    ``members``), channel, then ``(token, name key, JSON name)`` of each member, flattened.
     """
 
     NAME: ClassVar[str] = "refresh"
@@ -288,6 +292,9 @@ class Refresh:
     whole: bool
     retention: int
     members: tuple[tuple[int, str, bytes], ...]
+    published: str
+    leave_tail: bytes
+    join_tail: bytes
     ranked: bool = True
 
     def keys(self) -> list[str]:
@@ -301,6 +308,10 @@ class Refresh:
             self.ttl,
             int(self.whole),
             self.retention,
+            self.published,
+            self.leave_tail,
+            self.join_tail,
+            channel(self.room),
         ]
         return head + [item for member in self.members for item in member]
 
