@@ -235,8 +235,15 @@ async def test_a_shard_down_fails_only_its_rooms_until_it_is_back(cluster: Clust
         await cat.say("lost", id="l1")
         error = await cat.next_of("error")
         assert (error["code"], error["reply_to"]) == ("unavailable", "l1")
+        down = [{"shard": 1, "url": cluster.shards[1].url}]
         async with session.get(f"{a.url}/api/rooms") as response:
-            assert kept in [r["name"] for r in (await response.json())["rooms"]]
+            listed = await response.json()
+        status, answer = await api(session, b, "rooms")
+        assert status == 200
+        for shown in (listed, answer):  # /api/rooms and the server API's rooms
+            assert kept in [r["name"] for r in shown["rooms"]]
+            assert lost not in [r["name"] for r in shown["rooms"]]
+            assert shown["down"] == down
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await joined(session, b, lost, "eve")
         assert refused.value.status == 503

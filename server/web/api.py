@@ -25,6 +25,7 @@ from aiohttp import web
 from ..ops import metrics
 from ..ops.version import VERSION
 from ..rooms.broker import BrokerUnavailable
+from ..rooms.broker.sharded import shards_down
 from ..rooms.names import SERVER_NAME
 from ..wire.api import METHODS, ApiError, openapi, parse_body
 from .keys import broker_key, hubs_key, moderation_key, settings_key
@@ -181,7 +182,9 @@ async def _history(app: web.Application, f: Fields) -> object:
 
 async def _rooms(app: web.Application, f: Fields) -> object:
     rooms = await app[hubs_key].rooms(LISTED_ROOMS)
-    return {"rooms": [{"name": name, "members": members} for name, members in rooms]}
+    down = shards_down(app[broker_key])
+    listed = [{"name": name, "members": members} for name, members in rooms]
+    return {"rooms": listed, **({"down": down} if down else {})}
 
 
 CALLS = {

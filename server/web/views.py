@@ -11,10 +11,9 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from ..ops import metrics
-from ..ops.config import redacted
 from ..ops.version import VERSION
 from ..rooms.broker import BrokerUnavailable
-from ..rooms.broker.sharded import redis_shards
+from ..rooms.broker.sharded import shards_down
 from ..rooms.items import Join, Leave
 from ..transport.connection import Connection
 from ..transport.upgrade import take_over
@@ -62,10 +61,13 @@ async def room_page(request: web.Request) -> web.Response:
 
 
 async def api_rooms(request: web.Request) -> web.Response:
-    """``{"rooms": [{"name": str, "members": int}, ...]}``: rooms with members, busiest first;
-    503 ``broker_unavailable`` while the broker cannot answer."""
+    """``{"rooms": [{"name": str, "members": int}, ...]}``: rooms with members, busiest first,
+    and ``"down"`` (as in ``/readyz``) while some Redis shards are down and their rooms are
+    left out; 503 ``broker_unavailable`` while the broker cannot answer."""
     try:
-        return web.json_response({"rooms": await _rooms(request)})
+        rooms = await _rooms(request)
+        down = shards_down(request.app[broker_key])
+        return web.json_response({"rooms": rooms, **({"down": down} if down else {})})
     except BrokerUnavailable:
         return web.json_response(
             {"error": "broker_unavailable", "detail": "the broker is unavailable"}, status=503
@@ -86,8 +88,7 @@ async def readyz(request: web.Request) -> web.Response:
     broker = request.app[broker_key]
     if not broker.ready:
         return web.json_response({"status": "broker_unavailable"}, status=503)
-    shards = redis_shards(broker)
-    down = [{"shard": i, "url": redacted(s.url)} for i, s in enumerate(shards) if not s.ready]
+    down = shards_down(broker)
     if down:
         return web.json_response({"status": "degraded", "down": down})
     return web.json_response({"status": "ready"})

@@ -335,15 +335,18 @@ METHODS: dict[str, Method] = {
         _obj(room=_STR, messages={"type": "array", "items": _MESSAGE}),
     ),
     "rooms": Method(
-        "Rooms with members over every instance, busiest first.",
+        "Rooms with members over every instance, busiest first; while some Redis shards are "
+        "down, their rooms are left out and ``down`` names the shards.",
         (),
         (),
-        _obj(
-            rooms={
-                "type": "array",
-                "items": _obj(name=_STR, members=_INT),
-            }
-        ),
+        {
+            "type": "object",
+            "required": ["rooms"],
+            "properties": {
+                "rooms": {"type": "array", "items": _obj(name=_STR, members=_INT)},
+                "down": {"type": "array", "items": _obj(shard=_INT, url=_STR)},
+            },
+        },
     ),
 }
 

@@ -76,6 +76,13 @@ def redis_shards(broker: object) -> tuple[RedisBroker, ...]:
     return (broker,) if isinstance(broker, RedisBroker) else ()
 
 
+def shards_down(broker: object) -> list[dict[str, object]]:
+    """Each Redis shard of ``broker`` that is not up, as ``{"shard": its index, "url": its URL
+    with the password hidden}``."""
+    shards = redis_shards(broker)
+    return [{"shard": i, "url": redacted(s.url)} for i, s in enumerate(shards) if not s.ready]
+
+
 class Placement(dict[str, RedisBroker]):
     """``room -> shard``: the rooms subscribed here are kept, so that a hub's operations cost
     one dict lookup (the entries are bounded by the rooms with a hub on this instance); any
