@@ -3,11 +3,13 @@
 Versions of ``lua/say.lua`` that each do one thing more than the one before (take the
 arguments and return; build the event and payload strings; INCR; RPUSH with the history
 trimmed every 32; PUBLISH, which is today's script; and today's script with an LTRIM per
-message, as before) run against one fresh ``redis-server`` with one connection subscribed to
-every room's channel (read and dropped by a thread). Each version gets ``CALLS`` EVALSHA
-calls of ``MESSAGES`` messages of random rooms of 100, ``PER_WRITE`` calls per write, three
-times, versions in turn; Redis CPU per message from ``/proc/<pid>/stat``. Prints one line
-per version: its CPU per message in each of the three runs, in µs.
+message, as before), and one more that keeps the history in a stream (one ``XADD`` with
+``0-*`` ids, whose sequence part is the seq, in place of INCR and RPUSH), run against one
+fresh ``redis-server`` with one connection subscribed to every room's channel (read and
+dropped by a thread). Each version gets ``CALLS`` EVALSHA calls of ``MESSAGES`` messages of
+random rooms of 100, ``PER_WRITE`` calls per write, three times, versions in turn; Redis CPU
+per message from ``/proc/<pid>/stat``. Prints one line per version: its CPU per message in
+each of the three runs, in µs.
 """
 
 from __future__ import annotations
@@ -50,11 +52,18 @@ RPUSH = (
   local n = redis.call('RPUSH', KEYS[2 * m], ev)
   if n > size + 32 then redis.call('LTRIM', KEYS[2 * m], -size, -1) end"""
 )
+XADD = """local id = redis.call('XADD', KEYS[2 * m] .. ':stream', 'MAXLEN', '~', size, '0-*',
+                        'e', ARGV[3 * m - 1])
+  local text = string.sub(id, 3)
+  local seq = tonumber(text)
+  local payload = 'm ' .. text .. ' ' .. ARGV[3 * m] .. ' {"type":"message","seq":' .. text ..
+                  ARGV[3 * m - 1]"""
 VERSIONS = {
     "arguments only (return at once)": "return 0",
     "+ event and payload strings": LOOP % STRINGS,
     "+ INCR": LOOP % INCR,
     "+ RPUSH, trimmed every 32": LOOP % RPUSH,
+    "XADD (seq from its id) for INCR and RPUSH": LOOP % XADD,
     "+ PUBLISH (today's say.lua)": TODAY,
     "today's say.lua, LTRIM per message": TODAY.replace("n > size + SLACK", "n > size"),
 }
