@@ -576,6 +576,36 @@ def test_online_list_follows_joins_and_leaves(open_room: OpenRoom) -> None:
     expect(carol.locator("#online-list li")).to_have_text(["alice", "carol"])
 
 
+def test_a_stale_leave_naming_oneself_keeps_one_in_the_online_list(
+    live_server: Process, open_room: OpenRoom, contexts: Callable[[], BrowserContext]
+) -> None:
+    """With a Redis broker an instance that stalled gets back the ``leave`` events another
+    published for its members, then their ``join`` (docs/protocol.md): the page, whose own
+    connection never ended, stays in its own list."""
+    open_room("stall", "bob")
+    alice = contexts().new_page()
+    routes: list[WebSocketRoute] = []
+
+    def route(socket: WebSocketRoute) -> None:
+        socket.connect_to_server()
+        routes.append(socket)
+
+    alice.route_web_socket(re.compile(r"/ws\?"), route)
+    alice.goto(f"{live_server.url}/rooms/stall?user=alice")
+    expect(alice.locator("#log li.notice .text", has_text="alice joined")).to_have_count(1)
+    alice.locator("#members").click()
+    names = alice.locator("#online-list li")
+    expect(names).to_have_text(["alice", "bob"])
+
+    now = int(time.time() * 1000)
+    for kind, members in (("leave", 1), ("join", 2)):
+        event = {"type": kind, "user": "alice", "members": members, "ts": now}
+        routes[0].send(orjson.dumps(event).decode())
+    expect(alice.locator("#log li.notice .text", has_text="alice joined")).to_have_count(2)
+    expect(names).to_have_text(["alice", "bob"])
+    expect(alice.locator("#members")).to_have_text("2 online")
+
+
 WAITING_NAME_LINES = """() => {
   const name = document.querySelector("#log li.waiting .meta .user");
   if (!name) return null;

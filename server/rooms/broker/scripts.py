@@ -276,9 +276,9 @@ class Leave:
 class Refresh:
     """REFRESH: keep ``instance``'s members of the room present (``whole`` replaces what Redis
     holds for the instance, else entries are only added), and let go of the members of any
-    instance that stopped refreshing its own, publishing a leave event for each; a ``whole``
-    refresh that finds the instance's entries gone publishes a join event for each of its
-    members. The script returns the number let go.
+    instance that stopped refreshing its own, publishing a leave event for each; a refresh
+    that finds the instance's own entries gone (let go after a stall or an outage) publishes a
+    join event for each of its members. The script returns the number let go.
 
     KEYS: :func:`presence_keys`. ARGV: prefix, room, instance, ttl (seconds), whole (1 or 0),
     the retention (seconds), published, the leave and the join event's tails (after

@@ -179,7 +179,9 @@ function setMembers(count) {
 }
 
 function onPresence(ev) {
-  if (ev.type === "join" && ev.user === state.user) state.seenOwnJoin = true;
+  // One's own name: this page is online, whatever a stale leave says (an instance that
+  // stalled gets the leaves another published for its members, then their joins).
+  if (ev.user === state.user) state.seenOwnJoin ||= ev.type === "join";
   else if (state.seenOwnJoin && typeof ev.user === "string") {
     if (ev.type === "leave") state.online.delete(ev.user);
     else if (state.online.size < ONLINE_SHOWN) state.online.add(ev.user);

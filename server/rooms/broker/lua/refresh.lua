@@ -8,8 +8,8 @@
 -- for two thirds of it has stopped (a crash, a cut-off network). Its entries would expire
 -- at ``ttl`` and take its members' names with them, unseen by the members elsewhere; they
 -- are removed here instead, and a leave event is published for each of its members. An
--- instance that comes back (``whole``, after a reconnect) and finds its entries gone from a
--- room Redis kept publishes a join event for each of its members.
+-- instance that comes back (after a stall, or a reconnect) and finds its entries gone from
+-- a room Redis kept publishes a join event for each of its members.
 -- Returns the number of members let go.
 local function stopped(prefix, instances, me, ttl_ms)
   local gone = {}
@@ -29,7 +29,7 @@ local function stopped(prefix, instances, me, ttl_ms)
   return gone
 end
 -- (Where Redis lost the room itself, its members all resume in a new epoch instead.)
-local back = ARGV[5] == '1' and redis.call('EXISTS', KEYS[2]) == 0 and
+local back = #ARGV > 10 and redis.call('EXISTS', KEYS[2]) == 0 and
   redis.call('EXISTS', ARGV[1] .. 'epoch') == 1
 if ARGV[5] == '1' then redis.call('DEL', KEYS[2], KEYS[3], KEYS[4]) end
 for i = 11, #ARGV, 3 do
