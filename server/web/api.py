@@ -25,15 +25,12 @@ from aiohttp import web
 from ..ops import metrics
 from ..ops.version import VERSION
 from ..rooms.broker import BrokerUnavailable
-from ..rooms.broker.sharded import shards_down
 from ..rooms.names import SERVER_NAME
 from ..wire.api import METHODS, ApiError, openapi, parse_body
 from .keys import broker_key, hubs_key, moderation_key, settings_key
+from .views import room_list
 
 log = logging.getLogger("roomhub.api")
-
-LISTED_ROOMS = 100
-"""Most rooms the ``rooms`` method lists: the busiest ones."""
 
 
 def _json(answer: object, status: int = 200) -> web.Response:
@@ -181,10 +178,7 @@ async def _history(app: web.Application, f: Fields) -> object:
 
 
 async def _rooms(app: web.Application, f: Fields) -> object:
-    rooms = await app[hubs_key].rooms(LISTED_ROOMS)
-    down = shards_down(app[broker_key])
-    listed = [{"name": name, "members": members} for name, members in rooms]
-    return {"rooms": listed, **({"down": down} if down else {})}
+    return await room_list(app)
 
 
 CALLS = {

@@ -32,20 +32,31 @@ from .keys import (
 log = logging.getLogger("roomhub.views")
 
 LISTED_ROOMS = 100
-"""Most rooms the lobby and ``/api/rooms`` list: the busiest ones."""
+"""Most rooms the lobby, ``/api/rooms`` and the server API's ``rooms`` list: the busiest
+ones."""
 
 
-async def _rooms(request: web.Request) -> list[dict[str, object]]:
+async def _rooms(app: web.Application) -> list[dict[str, object]]:
     """Rooms with members over every instance, busiest first (then by name), at most
     ``LISTED_ROOMS``. Raises :class:`BrokerUnavailable` when the broker cannot answer."""
-    rooms = await request.app[hubs_key].rooms(LISTED_ROOMS)
+    rooms = await app[hubs_key].rooms(LISTED_ROOMS)
     return [{"name": name, "members": members} for name, members in rooms]
+
+
+async def room_list(app: web.Application) -> dict[str, object]:
+    """``{"rooms": [{"name": str, "members": int}, ...]}`` (:func:`_rooms`), and ``"down"``
+    (as in ``/readyz``) while some Redis shards are down and their rooms are left out: the
+    body of ``/api/rooms`` and of the server API's ``rooms``. Raises
+    :class:`BrokerUnavailable` when the broker cannot answer."""
+    rooms = await _rooms(app)
+    down = shards_down(app[broker_key])
+    return {"rooms": rooms, **({"down": down} if down else {})}
 
 
 @aiohttp_jinja2.template("lobby.html")
 async def lobby(request: web.Request) -> dict[str, object]:
     try:
-        rooms = await _rooms(request)
+        rooms = await _rooms(request.app)
     except BrokerUnavailable:
         rooms = []
     return {"rooms": rooms, "version": VERSION, "auth": request.app[settings_key].auth}
@@ -61,13 +72,9 @@ async def room_page(request: web.Request) -> web.Response:
 
 
 async def api_rooms(request: web.Request) -> web.Response:
-    """``{"rooms": [{"name": str, "members": int}, ...]}``: rooms with members, busiest first,
-    and ``"down"`` (as in ``/readyz``) while some Redis shards are down and their rooms are
-    left out; 503 ``broker_unavailable`` while the broker cannot answer."""
+    """:func:`room_list`; 503 ``broker_unavailable`` while the broker cannot answer."""
     try:
-        rooms = await _rooms(request)
-        down = shards_down(request.app[broker_key])
-        return web.json_response({"rooms": rooms, **({"down": down} if down else {})})
+        return web.json_response(await room_list(request.app))
     except BrokerUnavailable:
         return web.json_response(
             {"error": "broker_unavailable", "detail": "the broker is unavailable"}, status=503
