@@ -38,6 +38,12 @@ local function names(prefix, instances, limit)
   end
   return out
 end
+-- Publishes a ``kind`` ('join' or 'leave') event of JSON name ``name`` on ``channel``, with
+-- the room's ``members`` and ``tail`` (what follows members), sent at ``published``.
+local function presence(channel, published, kind, name, members, tail)
+  redis.call(PUBLISH, channel, 'p 0 ' .. published .. ' {"type":"' .. kind .. '","user":' ..
+    name .. ',"members":' .. members .. tail)
+end
 -- Tells every instance on the room's channel that the room has a new epoch ``epoch``, made
 -- for the welcome on ``channel``: another instance whose members are still in the epoch Redis
 -- lost catches the room up (payload.py).

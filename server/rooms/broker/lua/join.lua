@@ -47,6 +47,5 @@ local keys = {prefix = ARGV[1], seq = KEYS[1], history = KEYS[2], epoch = KEYS[6
 welcome(keys, ARGV[4], ARGV[2], n, tonumber(ARGV[9]), ARGV[10], ARGV[11], name, ARGV[12],
         tonumber(ARGV[13]), tonumber(ARGV[15]))
 keep(ARGV[1], ARGV[14])
-redis.call(PUBLISH, ARGV[8],
-  'p 0 ' .. ARGV[7] .. ' {"type":"join","user":' .. name .. ',"members":' .. n .. ARGV[6])
+presence(ARGV[8], ARGV[7], 'join', name, n, ARGV[6])
 return n

@@ -12,7 +12,6 @@ local n = total(ARGV[1], KEYS[1])
 rank(KEYS[5], ARGV[2], n)
 keep(ARGV[1], ARGV[8])
 if name then
-  redis.call(PUBLISH, ARGV[7],
-    'p 0 ' .. ARGV[6] .. ' {"type":"leave","user":' .. name .. ',"members":' .. n .. ARGV[5])
+  presence(ARGV[7], ARGV[6], 'leave', name, n, ARGV[5])
 end
 return n

@@ -47,17 +47,13 @@ end
 local gone = stopped(ARGV[1], KEYS[1], ARGV[3], tonumber(ARGV[4]) * 1000)
 local n = total(ARGV[1], KEYS[1])
 rank(KEYS[5], ARGV[2], n)
-local function presence(kind, name, members, tail)
-  redis.call(PUBLISH, ARGV[10], 'p 0 ' .. ARGV[7] .. ' {"type":"' .. kind .. '","user":' ..
-    name .. ',"members":' .. members .. tail)
-end
 for i, name in ipairs(gone) do
-  presence('leave', name, n + #gone - i, ARGV[8])
+  presence(ARGV[10], ARGV[7], 'leave', name, n + #gone - i, ARGV[8])
 end
 if back then
   local here = (#ARGV - 10) / 3
   for i = 11, #ARGV, 3 do
-    presence('join', ARGV[i + 2], n - here + (i - 8) / 3, ARGV[9])
+    presence(ARGV[10], ARGV[7], 'join', ARGV[i + 2], n - here + (i - 8) / 3, ARGV[9])
   end
 end
 return #gone
