@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import importlib.util
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -318,7 +319,10 @@ def broker_urls(broker: str) -> tuple[str, ...]:
                     f"{redacted(url.strip())!r} has a ',' in its password: {ENCODE_PASSWORD}"
                 )
         items = [item.strip() for item in broker.split(",")]
-        urls = tuple(_redis_url(item, index, len(items), URLS) for index, item in enumerate(items))
+        urls = tuple(
+            _redis_url(item, index, len(items), URLS, whole=len(items) == 1)
+            for index, item in enumerate(items)
+        )
     seen: dict[tuple[str, int], str] = {}
     for url in urls:
         parsed = URL(url)
@@ -336,13 +340,14 @@ URLS = "must be memory or redis:// or rediss:// URLs separated by commas"
 ENCODE_PASSWORD = "a password's , @ / : ? # and % must be percent-encoded, like %2C for ,"
 
 
-def _redis_url(item: str, index: int, count: int, accepted: str) -> str:
+def _redis_url(item: str, index: int, count: int, accepted: str, whole: bool = False) -> str:
     """``item`` (the ``index``-th of ``count`` comma-separated URLs) if it is a usable
-    ``redis://`` or ``rediss://`` URL, else ``ValueError`` naming it and what is ``accepted``."""
+    ``redis://`` or ``rediss://`` URL, else ``ValueError`` naming it and what is ``accepted``
+    (``whole``: the item is the whole setting, which the error's prefix shows already)."""
     which = f"item {index + 1} " if count > 1 else ""
     if not item:
         raise ValueError(f"{which}is empty: {accepted}")
-    shown = f"{which}{redacted(item)!r}"
+    shown = "the URL" if whole else f"{which}{redacted(item)!r}"
     if any(c.isspace() or not c.isprintable() for c in item):
         raise ValueError(f"{shown} has a space or a control character: {accepted}")
     try:
@@ -350,7 +355,7 @@ def _redis_url(item: str, index: int, count: int, accepted: str) -> str:
         port = url.explicit_port
     except ValueError as exc:
         hint = f"; {ENCODE_PASSWORD}" if "@" in item else ""
-        raise ValueError(f"{shown} is not a URL ({exc}{hint}): {accepted}") from None
+        raise ValueError(f"{shown} does not parse ({exc}{hint}): {accepted}") from None
     if url.scheme not in REDIS_SCHEMES or not url.host:
         raise ValueError(f"{shown} is not a redis:// or rediss:// URL with a host: {accepted}")
     if port is not None and not 1 <= port <= 65535:
@@ -365,10 +370,16 @@ def _redis_url(item: str, index: int, count: int, accepted: str) -> str:
 def _redis_options(item: str, shown: str) -> None:
     """Raise ``ValueError`` naming ``item`` (as ``shown``) when an option after its ``?`` is
     one redis-py does not take or takes no such value of (its URL options:
-    https://redis.readthedocs.io/en/stable/connections.html#redis.Redis.from_url), or is
-    ``protocol``: the broker reads Redis's answers as RESP2 and sets that itself."""
-    if "protocol" in URL(item).query:
+    https://redis.readthedocs.io/en/stable/connections.html#redis.Redis.from_url), is given
+    twice, is a timeout of 0 seconds or less (Python's sockets take 0 as non-blocking and a
+    negative one as an error), or is ``protocol``: the broker reads Redis's answers as RESP2
+    and sets that itself."""
+    query = URL(item).query
+    if "protocol" in query:
         raise ValueError(f"{shown}: the protocol option is not taken (the broker speaks RESP2)")
+    for name in query:
+        if len(query.getall(name)) > 1:
+            raise ValueError(f"{shown}: the option {name!r} is given more than once")
     try:
         ConnectionPool.from_url(item).make_connection()  # type: ignore[no-untyped-call]
     except TypeError as exc:  # redis-py hands an option it does not know to the connection
@@ -377,8 +388,12 @@ def _redis_options(item: str, shown: str) -> None:
         raise ValueError(f"{shown}: redis-py takes no {what} option in a URL") from None
     except ValueError as exc:
         raise ValueError(f"{shown}: {exc}") from None
+    for name in TIMEOUT_OPTIONS.intersection(query):
+        if not 0 < float(query[name]) < math.inf:
+            raise ValueError(f"{shown}: {name} must be a number of seconds above 0, like 5")
 
 
+TIMEOUT_OPTIONS = frozenset({"socket_timeout", "socket_connect_timeout"})
 UNKNOWN_OPTION_RE = re.compile(r"unexpected keyword argument '(\w+)'")
 
 
