@@ -10,6 +10,12 @@ dropped by a thread). Each version gets ``CALLS`` EVALSHA calls of ``MESSAGES`` 
 random rooms of 100, ``PER_WRITE`` calls per write, three times, versions in turn; Redis CPU
 per message from ``/proc/<pid>/stat``. Prints one line per version: its CPU per message in
 each of the three runs, in µs.
+
+Before them, on the fresh Redis, today's script one call per write, each answered before
+the next: back to back, and with a pause of ``PACES_MS`` between calls (5 ms is how often
+Redis wakes for SAY calls under the harness's 100-room load), ``PACED_SECONDS`` each, to
+show what waking from idle adds to a message (Redis's main-thread CPU from ``INFO cpu``,
+its idle rate subtracted).
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from pathlib import Path
+
+from redis import Redis
 
 from server.rooms.broker import scripts
 
@@ -32,6 +41,10 @@ MESSAGES = 20
 CALLS = 4000
 PER_WRITE = 5
 ROUNDS = 3
+PACES_MS = (0.0, 1.0, 5.0)
+PACED_SECONDS = 4.0
+PACED_CALLS = 200  # distinct calls, sent in turn
+IDLE_SECONDS = 2.0
 TODAY = scripts.source("say")
 LOOP = """local size, ttl = tonumber(ARGV[#ARGV - 1]), ARGV[#ARGV]
 local out = {}
@@ -128,12 +141,15 @@ def main() -> None:
         reader = threading.Thread(target=drain, daemon=True)
         reader.start()
         sock = socket.create_connection(("127.0.0.1", redis.port))
-        writes = {}
+        shas, writes = {}, {}
         rng = random.Random(1)
         for name, source in VERSIONS.items():
             sock.sendall(_command(b"SCRIPT", b"LOAD", source.encode()))
-            sha = sock.recv(1024).split(b"\r\n")[1]
+            sha = shas[name] = sock.recv(1024).split(b"\r\n")[1]
             writes[name] = b"".join(_call(sha, rng) for _ in range(PER_WRITE))
+        # Paced first, on a Redis that holds nothing but what these calls write.
+        today = shas["+ PUBLISH (today's say.lua)"]
+        paced = _paced(redis.port, sock, [_call(today, rng) for _ in range(PACED_CALLS)])
         costs: dict[str, list[float]] = {name: [] for name in VERSIONS}
         for _ in range(ROUNDS):
             for name, write in writes.items():
@@ -151,6 +167,41 @@ def main() -> None:
         listener.close()
     for name, runs in costs.items():
         print(f"{name}: " + " ".join(f"{cost:.2f}" for cost in runs) + " µs per message")
+    for pace, runs in paced.items():
+        print(
+            f"today's say.lua, one call per write, {pace:g} ms between calls: "
+            + " ".join(f"{cost:.2f}" for cost in runs)
+            + " µs per message"
+        )
+
+
+def _paced(port: int, sock: socket.socket, calls: list[bytes]) -> dict[float, list[float]]:
+    """Redis CPU µs per message of ``calls`` (today's script, used in turn) sent one at a time,
+    ``{pace: runs}``: for each pause of :data:`PACES_MS` between calls, ``ROUNDS`` runs of
+    ``PACED_SECONDS``. CPU is the main thread's, from ``INFO cpu`` (microseconds, where
+    ``/proc`` counts 10 ms ticks), its idle rate over ``IDLE_SECONDS`` before subtracted."""
+    costs: dict[float, list[float]] = {pace: [] for pace in PACES_MS}
+    with contextlib.closing(Redis(port=port)) as client:
+
+        def cpu() -> float:
+            info = client.info("cpu")
+            return float(info["used_cpu_user_main_thread"] + info["used_cpu_sys_main_thread"])
+
+        for _ in range(ROUNDS):
+            for pace in PACES_MS:
+                idle_from = cpu()
+                time.sleep(IDLE_SECONDS)
+                idle_rate = (cpu() - idle_from) / IDLE_SECONDS
+                before, started, sent = cpu(), time.monotonic(), 0
+                while time.monotonic() - started < PACED_SECONDS:
+                    sock.sendall(calls[sent % len(calls)])
+                    _replies(sock, 1)
+                    sent += 1
+                    if pace:
+                        time.sleep(pace / 1000)
+                spent = cpu() - before - idle_rate * (time.monotonic() - started)
+                costs[pace].append(spent / (sent * MESSAGES) * 1e6)
+    return costs
 
 
 if __name__ == "__main__":
