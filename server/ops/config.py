@@ -363,18 +363,19 @@ def _redis_url(item: str, index: int, count: int, accepted: str, whole: bool = F
     if url.path not in ("", "/") and not INT_RE.fullmatch(url.path[1:]):
         raise ValueError(f"{shown}: the database after the host must be a number, like /0")
     if url.query_string:
-        _redis_options(item, shown)
+        _redis_options(item, url, shown)
     return item
 
 
-def _redis_options(item: str, shown: str) -> None:
-    """Raise ``ValueError`` naming ``item`` (as ``shown``) when an option after its ``?`` is
-    one redis-py does not take or takes no such value of (its URL options:
+def _redis_options(item: str, url: URL, shown: str) -> None:
+    """Raise ``ValueError`` naming ``item`` (parsed: ``url``; shown as ``shown``) when an
+    option after its ``?`` is one redis-py does not take or takes no such value of (its URL
+    options:
     https://redis.readthedocs.io/en/stable/connections.html#redis.Redis.from_url), is given
     twice, is a timeout of 0 seconds or less (Python's sockets take 0 as non-blocking and a
     negative one as an error), or is ``protocol``: the broker reads Redis's answers as RESP2
     and sets that itself."""
-    query = URL(item).query
+    query = url.query
     if "protocol" in query:
         raise ValueError(f"{shown}: the protocol option is not taken (the broker speaks RESP2)")
     for name in query:
