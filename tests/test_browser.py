@@ -31,6 +31,7 @@ from playwright.sync_api import (
     BrowserContext,
     Locator,
     Page,
+    Route,
     WebSocketRoute,
     expect,
     sync_playwright,
@@ -1109,6 +1110,37 @@ def test_with_the_broker_down_the_page_says_the_server_is_unavailable_and_joins_
         redis_server.start()
         expect(page.locator("#status")).to_have_attribute("data-state", "online", timeout=40_000)
         expect(notice).to_have_count(1)  # said once, not once per attempt
+        expect(page.locator("#log")).not_to_contain_text("Check the name")
+
+
+def test_an_attempt_refused_while_the_broker_was_down_does_not_count_once_it_is_back(
+    tmp_path: Path, redis_server: RedisServer, contexts: Callable[[], BrowserContext]
+) -> None:
+    """Upgrades fail while the broker is down; the one whose /readyz answer finds the server
+    back (here the third) was refused before it came back: the page retries, and does not
+    take it for a refusal of its name or room."""
+    with run_server(tmp_path, quote_provider="sim", broker=redis_server.url) as server:
+        redis_server.stop()
+        wait_status(f"{server.url}/readyz", 503)
+        page = contexts().new_page()
+        answers: list[str] = []
+
+        def readyz(route: Route) -> None:
+            if len(answers) == 2:
+                answers.append("ready")
+                route.fulfill(json={"status": "ready"})
+            else:
+                answers.append("passed on")
+                route.continue_()
+
+        page.route(re.compile(r"/readyz$"), readyz)
+        page.goto(f"{server.url}/rooms/outage?user=alice")
+        deadline = time.monotonic() + 30
+        while len(answers) < 3 and time.monotonic() < deadline:
+            page.wait_for_timeout(50)  # lets the route handler run
+        assert answers[:3] == ["passed on", "passed on", "ready"]
+        redis_server.start()
+        expect(page.locator("#status")).to_have_attribute("data-state", "online", timeout=40_000)
         expect(page.locator("#log")).not_to_contain_text("Check the name")
 
 

@@ -10,8 +10,11 @@ import { rememberToken, storedToken, tokenProblem, tokenRoles } from "./tokens.j
 // 30 s ceiling, an attempt waits 15 s on average).
 const MAX_ATTEMPTS = 25;
 const STABLE_MS = 10_000; // a connection that stayed up this long starts the backoff afresh
-// Attempts that fail before opening, while none of this page's connections has opened yet,
-// before the page stops retrying: the browser cannot tell an HTTP 4xx/5xx answer to the upgrade from an unreachable server.
+// Attempts that fail before opening while the server says it is ready (/readyz), while none
+// of this page's connections has opened yet, before the page stops retrying: the browser
+// cannot tell an HTTP 4xx/5xx answer to the upgrade from an unreachable server. Attempts
+// made while the server says it is unavailable do not count, and neither does the one that
+// finds it back: that one was refused while it was still down.
 const MAX_FIRST_ATTEMPTS = 3;
 // A command word opening the text, as the server reads it (server/bot/commands.py): /stock=,
 // /help, /nope... sent like a message, answered by a bot event, never echoed.
@@ -59,6 +62,7 @@ const state = {
   limits: null, // what the server takes from a connection (welcome.limits, less tooBig)
   tooBig: Infinity, // the smallest message (UTF-8 bytes) refused with 1009: never sent again
   outage: "", // why the server said it is unavailable, while it does
+  refused: 0, // attempts that failed while the server said it was ready (MAX_FIRST_ATTEMPTS)
   retryTimer: 0,
   countdownTimer: 0,
   sent: 0,
@@ -509,7 +513,15 @@ async function notOpened() {
       state.outage = why;
     }
     scheduleReconnect("unavailable, retrying");
-  } else if (!state.opened && state.attempt + 1 >= MAX_FIRST_ATTEMPTS) {
+    return;
+  }
+  if (state.outage) {
+    state.outage = ""; // back: this attempt was refused while it was still unavailable
+    scheduleReconnect();
+    return;
+  }
+  state.refused += 1;
+  if (!state.opened && state.refused >= MAX_FIRST_ATTEMPTS) {
     goOffline(
       "Could not connect: the server refused the connection. " +
         (tokenMode
@@ -547,6 +559,7 @@ function goOffline(reason) {
 function reconnectNow() {
   if (state.socket || !canJoin()) return;
   state.attempt = 0;
+  state.refused = 0;
   connect();
 }
 
@@ -626,6 +639,7 @@ function startWithToken(token) {
   composer.hidden = false;
   textInput.focus();
   state.attempt = 0;
+  state.refused = 0;
   state.opened = false;
   connect();
 }
