@@ -124,9 +124,15 @@ function onFrame(data) {
   }
 }
 
+// This VU's room and name, fixed at its first iteration. VU ids are shared with the backend's
+// VUs, so they need not fill the rooms evenly; the listeners' first iterations are numbered
+// 0..VUS-1 (all start at once), which puts VUS/ROOMS listeners in each room.
+let listener = null;
+
 // One listener: joins its room, reads until the scenario's end, then closes.
 export default function () {
-  const n = exec.vu.idInTest;
+  if (listener === null) listener = exec.scenario.iterationInTest;
+  const n = listener;
   const endAt = exec.scenario.startTime + JOIN_MS + DURATION_MS + DRAIN_MS;
   if (Date.now() >= endAt - 1000) {
     sleep(Math.max(0, endAt - Date.now()) / 1000 + 0.25); // too late to join: idle to the end
