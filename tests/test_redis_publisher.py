@@ -12,6 +12,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 import redis
 
@@ -219,6 +220,25 @@ async def test_pipelines_leave_a_batch_window_apart_and_one_after_a_quiet_spell_
             assert isinstance(two, Event) and two.seq == 2
             assert isinstance(three, Event) and three.seq == 3
             assert admin.info("commandstats")["cmdstat_evalsha"]["calls"] == calls + 1
+
+
+async def test_a_pipeline_of_more_messages_than_one_call_carries_leaves_in_several_in_order(
+    redis_server: RedisServer,
+) -> None:
+    """Messages queued within one window, more than ``SAY_BATCH`` of them, leave in one
+    pipeline of as few SAY calls as hold them, and are sequenced in the order they were said."""
+    count = 2 * redis_broker.SAY_BATCH + 1
+    async with windowed(redis_server, 1.0) as made:
+        sink = await ann_in_lobby(made)
+        with redis.Redis(port=redis_server.port) as admin:
+            calls = admin.info("commandstats")["cmdstat_evalsha"]["calls"]
+            for n in range(count):
+                made.say("lobby", "ann", ChatMessage(str(n), str(n)), sender=1)
+            events = await sink.take(count)
+            assert admin.info("commandstats")["cmdstat_evalsha"]["calls"] == calls + 3
+    assert all(isinstance(e, Event) for e in events)
+    assert [e.seq for e in events] == list(range(1, count + 1))
+    assert [orjson.loads(e.data)["text"] for e in events] == [str(n) for n in range(count)]
 
 
 async def test_a_ban_check_and_a_join_do_not_wait_for_the_batch_window(

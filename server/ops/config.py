@@ -136,7 +136,7 @@ class Settings:
         64 * 1024, "bytes; a bigger server API request body is refused with 413"
     )
     redis_batch_window: int = _setting(
-        5000,
+        20000,
         "microseconds, shortest gap between two pipelines of the Redis broker; operations "
         "queued within it leave together (0: no gap)",
     )

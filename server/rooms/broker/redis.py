@@ -136,8 +136,9 @@ besides (not counted in the pool)."""
 CLOSE_DRAIN = 2.0
 """Seconds :meth:`RedisBroker.close` waits for queued operations (the last leaves)."""
 CONTROL_CHANNEL = "roomhub:control"
-SAY_BATCH = 64
-"""Most messages one SAY call carries (Redis runs nothing else while a script runs)."""
+SAY_BATCH = 128
+"""Most messages one SAY call carries (Redis runs nothing else while a script runs: about
+1 ms for a full call; docs/scaling.md "A 20 ms window")."""
 WATCHDOG_EVERY = 1.0
 """Seconds between checks for a pipeline unanswered past ``COMMAND_TIMEOUT``."""
 
