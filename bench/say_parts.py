@@ -13,7 +13,8 @@ each of the three runs, in µs.
 
 Before them, on the fresh Redis, today's script one call per write, each answered before
 the next: back to back, and with a pause of ``PACES_MS`` between calls (5 ms is how often
-Redis wakes for SAY calls under the harness's 100-room load), ``PACED_SECONDS`` each, to
+Redis woke for SAY calls under the harness's 100-room load with a 5 ms batch window),
+``PACED_SECONDS`` each, to
 show what waking from idle adds to a message (Redis's main-thread CPU from ``INFO cpu``,
 its idle rate subtracted).
 """
